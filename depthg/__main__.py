@@ -1,0 +1,3 @@
+from depthg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""Command line: ``python -m depthg {prep,train,eval,reproduce,presets}``.
+
+The CLI only parses arguments and calls the library. A :class:`~depthg.errors.DepthGError` (bad path, unknown
+name, unprepared dataset, missing weights) is printed as one line without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from depthg.errors import DepthGError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the DepthG head and probes from a preset",
+                       description="Train a preset. Overrides are section.key=value, e.g. loss.dfc=false "
+                                   "train.iterations=100 fidelity=reference.")
+    p.add_argument("--preset", default="synthetic", help="named preset (see `python -m depthg presets`)")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
+    p.add_argument("--config", help="a resolved config.json to start from instead of a preset")
+    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: preset + seed)")
+    p.add_argument("--results-dir", help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from depthg.config import Config, load_preset
+    from depthg.train import train
+
+    cfg = Config.from_json(args.config).with_overrides(args.overrides) if args.config else \
+        load_preset(args.preset, args.overrides)
+    result = train(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
+                   evaluate_at_end=not args.no_eval, progress=not args.no_progress)
+    print(f"run folder: {result.run_dir}")
+    if result.metrics:
+        from depthg.results import format_metrics
+        print(format_metrics(result.metrics))
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint with the STEGO protocol",
+                       description="Evaluate this project's checkpoint or an authors' released STEGO/DepthG "
+                                   "Lightning .ckpt: 320 px centre crop, flip averaging, DenseCRF, Hungarian "
+                                   "matching for the cluster probe, linear-probe metrics.")
+    p.add_argument("checkpoint", help="path to a .pt checkpoint of this project or a released .ckpt")
+    p.add_argument("--crf", dest="crf", action="store_true", default=None, help="run DenseCRF (default: config)")
+    p.add_argument("--no-crf", dest="crf", action="store_false", help="skip DenseCRF")
+    p.add_argument("--preset", help="preset whose data/eval settings to use for a released checkpoint "
+                                    "(default: inferred from its hyper-parameters)")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. data.data_dir=...)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--run-name", help="name of the results folder under results/runs/")
+    p.add_argument("--results-dir", help="results root")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from depthg.evaluate import evaluate_checkpoint
+    from depthg.results import format_metrics
+
+    out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
+                              split=args.split, run_name=args.run_name, results_dir=args.results_dir)
+    print(f"results folder: {out.run_dir}")
+    print(format_metrics(out.metrics))
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="run the four notebooks with papermill on the synthetic default")
+    p.add_argument("--results-dir", help="results root")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a papermill parameter passed to every notebook")
+    p.set_defaults(func=_run_reproduce)
+
+
+def _run_reproduce(args) -> int:
+    from depthg.reproduce import reproduce
+
+    reproduce(results_dir=args.results_dir, parameters=dict(args.parameter))
+    return 0
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list presets, or print one resolved as JSON")
+    p.add_argument("name", nargs="?")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=_run_presets)
+
+
+def _run_presets(args) -> int:
+    from depthg.config import load_preset, preset_names
+
+    if args.name is None:
+        print("\n".join(preset_names()))
+    else:
+        print(load_preset(args.name, args.overrides).to_json())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from depthg.data.prep import add_prep_parser
+
+    parser = argparse.ArgumentParser(prog="python -m depthg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_prep_parser(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_reproduce(sub)
+    _add_presets(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DepthGError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

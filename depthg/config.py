@@ -1,0 +1,398 @@
+"""Typed configuration, named presets and the `paper` / `reference` fidelity switches.
+
+A :class:`Config` is immutable; it is resolved once (preset + overrides), saved as JSON with every result, and
+unpacked at the edge: method functions receive plain scalars, never this object (DESIGN.md §10.3-4). Schedule state
+that changes during training (decayed DFC weight, FPS sample count) lives in :mod:`depthg.schedules`, not here,
+because the release mutates its shared config and then saves already-decayed values into checkpoints
+(METHOD.md §3.5, §9 #25).
+
+Presets that reproduce the paper's tables use the values of METHOD.md §7.2 (``local_config.yml`` defaults plus the
+overrides of ``paper_reproduction.sh`` lines 4-14) with every fidelity aspect set to ``reference``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from depthg.errors import ConfigError
+
+Fidelity = Literal["paper", "reference"]
+FIDELITY_VALUES = ("paper", "reference")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """One switch per aspect of DESIGN.md §3; ``fidelity=reference`` sets them all."""
+
+    dfc_target: Fidelity = "paper"  # DFC target from depth at the sampled locations vs sign product (METHOD §3.4)
+    fps_coords: Fidelity = "paper"  # (x, y) on patch centres in selection order vs transposed off-grid (§4.3)
+    depth_lifting: Fidelity = "paper"  # fov in degrees, normalised depth vs tan(90 rad), z=-5d, raw 0..255 (§4.1)
+    fps_start: Fidelity = "paper"  # seedable start vs index 0 (§4.2)
+    step_unit: Fidelity = "paper"  # iterations vs legacy global steps = 3 x iterations (§2.4, §3.5)
+    lhp: Fidelity = "paper"  # 3D kNN, weights normalised by their sum vs global 1% quantile, /(h*w) (§5.2-5.3)
+    depth_loading: Fidelity = "paper"  # float depth, missing file is an error vs 8-bit, Potsdam truncation (§1.6)
+    knn_features: Fidelity = "paper"  # eval-mode features vs dropout active (§1.5)
+    image_interpolation: Fidelity = "paper"  # bilinear image resize vs NEAREST (§1.6, §9 #13)
+
+    @classmethod
+    def all(cls, value: str) -> "FidelityConfig":
+        _check_choice("fidelity", value, FIDELITY_VALUES)
+        return cls(**{f.name: value for f in fields(cls)})
+
+    @property
+    def summary(self) -> str:
+        """'paper', 'reference' or 'mixed' (with the aspects that differ from paper)."""
+        values = {getattr(self, f.name) for f in fields(self)}
+        if len(values) == 1:
+            return values.pop()
+        ref = [f.name for f in fields(self) if getattr(self, f.name) == "reference"]
+        return "mixed(reference: " + ", ".join(ref) + ")"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cocostuff27"
+    data_dir: str = ""  # empty: depthg.paths.data_root() (DEPTHG_DATA_DIR or <repo>/data)
+    res: int = 224  # training resolution (METHOD §1.6)
+    crop_type: str = "five"  # "five" (five-crop derived set, §1.4) or "none"
+    crop_ratio: float = 0.5
+    num_neighbors: int = 7  # kNN partner rank drawn from 1..num_neighbors (§1.7)
+    knn_res: int = 224  # one value for the kNN file name and its computation (§9 #8)
+    batch_size: int = 32
+    num_workers: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "vit_small_patch8"
+    weights: str = "hub"  # "hub", "random" (only when asked by name) or a path (DINO .pth, timm, released .ckpt)
+    dim: int = 70  # K, the code dimension
+    dropout: bool = True  # Dropout2d(0.1) three times in training (§2.1)
+    n_classes: int = 27
+    extra_clusters: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    feature_samples: int = 11  # S: the sample grid is S x S
+    neg_samples: int = 5
+    pointwise: bool = True
+    zero_clamp: bool = True
+    stabilize: bool = False
+    pos_intra_weight: float = 0.67
+    pos_intra_shift: float = 0.08
+    pos_inter_weight: float = 0.25
+    pos_inter_shift: float = 0.02
+    neg_inter_weight: float = 0.63
+    neg_inter_shift: float = 0.66
+    correspondence_weight: float = 1.0
+    dfc: bool = True  # depth-feature correlation term on/off
+    depth_feat_weight: float = 0.0
+    depth_feat_shift: float = 0.0
+    depth_sampling: str = "fps"  # "fps" or "random" (STEGO; the release's "none")
+    lhp: bool = False  # 3D local hidden positives; off in every released run (§5.2)
+    lhp_weight: float = 0.2
+    lhp_depth_weight: float = 1.0
+    lhp_weight_balance: bool = False
+    lhp_neighbourhood: str = "knn3d"  # paper fidelity only: "knn3d" or "window3" (§5.3)
+    lhp_k: int = 8
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    depth_loss_decay: bool = False
+    decay_every_steps: int = 300
+    depth_loss_decay_factor: float = 1.0
+    fix_depth_feat_shift: bool = False
+    fps_sample_decay: bool = False
+    fps_sample_decay_every_steps: int = 300
+    fps_sample_decay_factor: float = 0.9
+    fps_min_samples: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # The release stops at max_steps=7000 legacy global steps = ceil(7000/3) = 2334 iterations (METHOD §2.4).
+    iterations: int = 2334
+    lr: float = 5e-4
+    probe_lr: float = 5e-3
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    bf16: bool = True  # bf16 autocast for the frozen backbone, CUDA only
+    checkpoint_every: int = 500
+    log_every: int = 10
+    val_every: int = 0  # 0: validate only at the end
+    tensorboard: bool = False
+    threads: int = 0  # torch.set_num_threads; 0 leaves the default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    res: int = 320  # STEGO protocol: 320 px centre crop (METHOD §6.2)
+    batch_size: int = 8
+    flip: bool = True
+    crf: bool = True
+    crf_workers: int = 2
+    max_images: int = 0  # 0: the whole split
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.depth_sampling", self.loss.depth_sampling, ("fps", "random"))
+        _check_choice("loss.lhp_neighbourhood", self.loss.lhp_neighbourhood, ("knn3d", "window3"))
+        _check_choice("data.crop_type", self.data.crop_type, ("five", "none"))
+        for f in fields(FidelityConfig):
+            _check_choice(f"fidelity.{f.name}", getattr(self.fidelity, f.name), FIDELITY_VALUES)
+        for key, value, low in (
+            ("loss.feature_samples", self.loss.feature_samples, 1),
+            ("loss.neg_samples", self.loss.neg_samples, 0),
+            ("data.batch_size", self.data.batch_size, 1),
+            ("data.res", self.data.res, 8),
+            ("model.dim", self.model.dim, 1),
+            ("model.n_classes", self.model.n_classes, 2),
+            ("model.extra_clusters", self.model.extra_clusters, 0),
+            ("train.iterations", self.train.iterations, 0),
+        ):
+            if value < low:
+                raise ConfigError(f"{key}={value} is invalid: it must be >= {low}.")
+
+    # ---- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        return _build(cls, d, prefix="")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist.")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> "Config":
+        return apply_overrides(self, overrides)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}.")
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, d: dict[str, Any], prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be a mapping, got {d!r}.")
+    hints = _section_types(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; valid keys"
+            f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}."
+        )
+    kwargs = {}
+    for name, value in d.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, tp)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a JSON or command-line value to the field's type, refusing what does not fit."""
+    if typing.get_origin(tp) is Literal:
+        _check_choice(key, value, typing.get_args(tp))
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}={value!r} is not a boolean (use true or false).")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}={value!r} is not an integer.")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} is not an integer.") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not a number.")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number.") from None
+    if tp is str:
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp!r}.")
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str] | None) -> Config:
+    """Return a new Config with dotted-key overrides applied.
+
+    ``overrides`` is a mapping ``{"loss.dfc": False}`` or a list of ``"loss.dfc=false"`` strings (the CLI form).
+    ``fidelity=reference`` (or ``paper``) sets every aspect; ``fidelity.fps_coords=paper`` sets one.
+    """
+    if not overrides:
+        return cfg
+    if isinstance(overrides, (list, tuple)):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like section.key=value (e.g. loss.dfc=false).")
+            k, v = item.split("=", 1)
+            pairs[k.strip()] = v.strip()
+        overrides = pairs
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        if key == "fidelity":
+            d["fidelity"] = dataclasses.asdict(FidelityConfig.all(str(value)))
+            continue
+        if key == "preset":
+            raise ConfigError("'preset' cannot be overridden; choose it with --preset.")
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config section {p!r} in {key!r}; sections: {', '.join(_sections())}.")
+            node = node[p]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            section = ".".join(parts[:-1]) or "<root>"
+            valid = [k for k, v in node.items() if not isinstance(v, dict)]
+            raise ConfigError(f"unknown config key {key!r}; valid keys in {section}: {', '.join(valid)}.")
+        node[parts[-1]] = value
+    return Config.from_dict(d)
+
+
+def _sections() -> list[str]:
+    return [f.name for f in fields(Config) if dataclasses.is_dataclass(_section_types(Config)[f.name])]
+
+
+# ---- presets --------------------------------------------------------------------------------------------------
+
+_REFERENCE = FidelityConfig.all("reference")
+
+
+def _paper_run(name: str, *, data: dict, model: dict, loss: dict, schedule: dict) -> Config:
+    """A paper-table run: local_config.yml defaults + paper_reproduction.sh overrides, reference fidelity."""
+    return Config(
+        name=name,
+        data=replace(DataConfig(), **data),
+        model=replace(ModelConfig(), **model),
+        loss=replace(LossConfig(), **loss),
+        schedule=replace(ScheduleConfig(), **schedule),
+        fidelity=_REFERENCE,
+    )
+
+
+def _presets() -> dict[str, Config]:
+    p = {}
+    # paper_reproduction.sh l.5 (METHOD §7.2)
+    p["cocostuff27_vits8"] = _paper_run(
+        "cocostuff27_vits8",
+        data=dict(dataset="cocostuff27"),
+        model=dict(backbone="vit_small_patch8", dim=70, n_classes=27),
+        loss=dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,
+                  neg_inter_weight=0.7000000000000001, neg_inter_shift=0.761,
+                  depth_feat_weight=0.19, depth_feat_shift=0.03, depth_sampling="fps"),
+        schedule=dict(depth_loss_decay=True, decay_every_steps=250, depth_loss_decay_factor=0.6,
+                      fps_sample_decay=True, fps_sample_decay_every_steps=1000, fps_sample_decay_factor=0.9),
+    )
+    # paper_reproduction.sh l.8
+    p["cocostuff27_vitb8"] = _paper_run(
+        "cocostuff27_vitb8",
+        data=dict(dataset="cocostuff27"),
+        model=dict(backbone="vit_base_patch8", dim=90, n_classes=27),
+        loss=dict(feature_samples=12,
+                  pos_intra_weight=0.23052367315917113, pos_intra_shift=0.12326312284078644,
+                  pos_inter_weight=1.0500945312858674, pos_inter_shift=0.21028290947990444,
+                  neg_inter_weight=0.2485038032028848, neg_inter_shift=0.9748103425096648,
+                  depth_feat_weight=0.16026274975444096, depth_feat_shift=0.035909146298813595,
+                  depth_sampling="fps"),
+        schedule=dict(depth_loss_decay=True, decay_every_steps=300, depth_loss_decay_factor=0.64,
+                      fps_sample_decay=True, fps_sample_decay_every_steps=1000, fps_sample_decay_factor=1.0),
+    )
+    # paper_reproduction.sh l.11: no FPS ("none" = random sampling), pointwise off
+    p["cityscapes_vitb8"] = _paper_run(
+        "cityscapes_vitb8",
+        data=dict(dataset="cityscapes"),
+        model=dict(backbone="vit_base_patch8", dim=100, n_classes=27),
+        loss=dict(pointwise=False,
+                  pos_intra_weight=0.95, pos_intra_shift=0.39, pos_inter_weight=1.02, pos_inter_shift=0.25,
+                  neg_inter_weight=0.5700000000000001, neg_inter_shift=0.26,
+                  depth_feat_weight=0.09, depth_feat_shift=0.03, depth_sampling="random"),
+        schedule=dict(depth_loss_decay=True, decay_every_steps=400, depth_loss_decay_factor=0.8),
+    )
+    # paper_reproduction.sh l.14: batch 16; the decay factor 1 makes the decay a no-op
+    p["potsdam_vits8"] = _paper_run(
+        "potsdam_vits8",
+        data=dict(dataset="potsdam", batch_size=16),
+        model=dict(backbone="vit_small_patch8", dim=90, n_classes=3),
+        loss=dict(pos_intra_weight=0.61, pos_intra_shift=0.2, pos_inter_weight=0.34, pos_inter_shift=0.09,
+                  neg_inter_weight=0.72, neg_inter_shift=0.63,
+                  depth_feat_weight=0.13, depth_feat_shift=0.14, depth_sampling="fps"),
+        schedule=dict(depth_loss_decay=True, decay_every_steps=200, depth_loss_decay_factor=1.0),
+    )
+    # The embedded default: the synthetic RGB-D world on CPU in minutes. A small random-weight ViT (no weights can
+    # be downloaded here), 112 px inputs (14 x 14 patches), S = 7 so FPS picks 49 of 196 patches (25%, as 121/784
+    # does at the paper's setting), paper fidelity.
+    p["synthetic"] = Config(
+        name="synthetic",
+        data=DataConfig(dataset="synthetic", res=112, crop_type="none", knn_res=112, batch_size=8, num_workers=0),
+        model=ModelConfig(backbone="vit_tiny_patch8", weights="random", dim=32, n_classes=6),
+        loss=replace(LossConfig(), feature_samples=7, depth_feat_weight=0.15, depth_feat_shift=0.05),
+        schedule=ScheduleConfig(depth_loss_decay=True, decay_every_steps=100, depth_loss_decay_factor=0.8),
+        train=TrainConfig(iterations=300, checkpoint_every=100, log_every=10, bf16=False),
+        eval=EvalConfig(res=112, batch_size=16, crf=True, crf_workers=2),
+        fidelity=FidelityConfig(),
+    )
+    return p
+
+
+PRESETS: dict[str, Config] = _presets()
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def load_preset(name: str, overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """The named preset with overrides applied; an unknown name is an error listing the valid ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}.")
+    return PRESETS[name].with_overrides(overrides)

@@ -1,0 +1,47 @@
+"""Every path the project uses comes from here (DESIGN.md §10.9): no absolute paths in code, configs or notebooks.
+
+Roots can be moved with environment variables, so notebooks and CI can point at other places without edits:
+``DEPTHG_DATA_DIR`` (datasets and derived data) and ``DEPTHG_RESULTS_DIR`` (tables, figures, runs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def repo_root() -> Path:
+    """The checkout holding this package (the folder with pyproject.toml)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """Root of all datasets: the explicit ``data_dir`` if given, else $DEPTHG_DATA_DIR, else <repo>/data."""
+    if data_dir:
+        return Path(data_dir).expanduser().resolve()
+    env = os.environ.get("DEPTHG_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else repo_root() / "data"
+
+
+def results_root(results_dir: str | os.PathLike | None = None) -> Path:
+    """Root of results: the explicit ``results_dir`` if given, else $DEPTHG_RESULTS_DIR, else <repo>/results."""
+    if results_dir:
+        return Path(results_dir).expanduser().resolve()
+    env = os.environ.get("DEPTHG_RESULTS_DIR")
+    return Path(env).expanduser().resolve() if env else repo_root() / "results"
+
+
+def derived_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where the preparation stages of ``dataset`` write (crops, depth, kNN): <data>/<dataset>/derived.
+
+    Derived data never goes into a source image folder (METHOD.md §9 #7).
+    """
+    return data_root(data_dir) / dataset / "derived"
+
+
+def runs_dir(results_dir: str | os.PathLike | None = None) -> Path:
+    return results_root(results_dir) / "runs"
+
+
+def figures_dir(results_dir: str | os.PathLike | None = None) -> Path:
+    return results_root(results_dir) / "figures"
