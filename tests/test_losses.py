@@ -1,0 +1,153 @@
+"""Correlation losses: STEGO terms, DFC in both targets, negatives and the assembled loss (METHOD.md §3)."""
+
+import pytest
+import torch
+
+from depthg import losses, sampling
+
+WEIGHTS = dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,
+               neg_inter_weight=0.7, neg_inter_shift=0.761)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_correlation_hand_case():
+    a = torch.tensor([3.0, 4.0, 0.0, 2.0]).view(1, 2, 1, 2)  # vectors (3,0), (4,2)
+    b = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)  # vector (0,1)
+    corr = losses.correlation(a, b)
+    assert corr.shape == (1, 1, 2, 1, 1)
+    assert corr.flatten().tolist() == pytest.approx([0.0, 2 / 20 ** 0.5])
+
+
+def test_stego_term_hand_case():
+    """One location pair: loss = -max(cd, 0) * (fd - shift); unclamped with zero_clamp=False; capped at 0.8."""
+    f = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    c1 = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    c2 = torch.tensor([-1.0, 0.0]).view(1, 2, 1, 1)
+    assert losses.stego_term(f, f, c1, c1, 0.25, pointwise=False).item() == pytest.approx(-0.75)
+    assert losses.stego_term(f, f, c1, c1, 0.25, pointwise=False, stabilize=True).item() == pytest.approx(-0.6)
+    assert losses.stego_term(f, f, c1, c2, 0.25, pointwise=False).item() == 0.0
+    assert losses.stego_term(f, f, c1, c2, 0.25, pointwise=False, zero_clamp=False).item() == pytest.approx(0.75)
+
+
+def test_pointwise_centring_keeps_global_mean():
+    f1, f2 = torch.randn(3, 5, 4, 4, generator=_gen(1)), torch.randn(3, 5, 4, 4, generator=_gen(2))
+    raw = losses.correlation(f1, f2)
+    fd = losses.feature_target(f1, f2, pointwise=True)
+    assert fd.mean().item() == pytest.approx(raw.mean().item(), abs=1e-6)
+    row_means = fd.mean(dim=(3, 4))
+    torch.testing.assert_close(row_means, torch.full_like(row_means, raw.mean().item()), atol=1e-6, rtol=0)
+
+
+def test_gradient_reaches_codes_only():
+    f = torch.randn(2, 6, 3, 3, generator=_gen(3), requires_grad=True)
+    z = torch.randn(2, 4, 3, 3, generator=_gen(4), requires_grad=True)
+    losses.stego_term(f, f, z, z, 0.1).mean().backward()
+    assert f.grad is None and z.grad is not None and z.grad.abs().sum() > 0
+
+
+def _dfc(z, depth, target):
+    z = z.detach().requires_grad_(True)
+    loss, D = losses.depth_feature_term(z, z, depth, depth, 0.05, target=target)
+    loss.mean().backward()
+    return loss.mean().item(), z.grad.clone(), D
+
+
+def test_paper_dfc_depends_on_depth_values():
+    z = torch.randn(2, 8, 5, 5, generator=_gen(5))
+    d1, d2 = torch.rand(2, 1, 5, 5, generator=_gen(6)), torch.rand(2, 1, 5, 5, generator=_gen(7))
+    l1, g1, D1 = _dfc(z, d1, "paper")
+    l2, g2, _ = _dfc(z, d2, "paper")
+    assert l1 != pytest.approx(l2) and not torch.allclose(g1, g2)
+    assert D1[0, 1, 2, 3, 4].item() == pytest.approx(1 - abs(d1[0, 0, 1, 2] - d1[0, 0, 3, 4]).item())
+    assert torch.all(D1.diagonal(dim1=1, dim2=3).diagonal(dim1=1, dim2=2) == 1), "self-pairs have D = 1"
+
+
+def test_reference_dfc_ignores_depth_values():
+    """Release: sign product of 1-channel normalised depth, so D = 1 wherever depth > 0 (METHOD.md §3.4)."""
+    z = torch.randn(2, 8, 5, 5, generator=_gen(5))
+    d1 = torch.rand(2, 1, 20, 20, generator=_gen(6)) * 255 + 1
+    l1, g1, D1 = _dfc(z, d1, "reference")
+    l2, g2, _ = _dfc(z, d1 * 0.01 + 7, "reference")
+    assert l1 == pytest.approx(l2) and torch.allclose(g1, g2) and torch.all(D1 == 1)
+    zero_corner = d1.clone()
+    zero_corner[:, :, :4, :4] = 0
+    _, _, D = _dfc(z, zero_corner, "reference")
+    # the resized map is transposed to our sample() layout; the corner (0, 0) is 0 either way
+    assert torch.all(D[:, 0, 0] == 0) and torch.all(D[:, 2, 2, 2, 2] == 1)
+
+
+def test_reference_dfc_pairs_codes_with_release_depth():
+    """Our sample() is the release's transposed; the reference DFC pairs each code with the same depth value."""
+    z = torch.randn(2, 6, 8, 8, generator=_gen(8))
+    coords = sampling.random_coords(2, 4, generator=_gen(9))
+    depth = torch.rand(2, 1, 32, 32, generator=_gen(10)) * 255
+    depth[:, :, 10:, :5] = 0  # zeros on one side only, so the pairing matters
+    ours, _ = losses.depth_feature_term(sampling.sample(z, coords), sampling.sample(z, coords), depth, depth, 0.1,
+                                        target="reference")
+    z_rel = sampling.sample(z, coords).transpose(2, 3)  # the release's layout
+    d_rel = torch.nn.functional.interpolate(depth, size=(4, 4), mode="bilinear", align_corners=True)
+    release = -losses.correlation(z_rel, z_rel).clamp(0) * (losses.correlation(d_rel, d_rel) - 0.1)
+    assert ours.mean().item() == pytest.approx(release.mean().item(), rel=1e-6)
+    z_ours = sampling.sample(z, coords)
+    unpaired = -losses.correlation(z_ours, z_ours).clamp(0) * (losses.correlation(d_rel, d_rel) - 0.1)
+    assert unpaired.mean().item() != pytest.approx(release.mean().item(), rel=1e-3), "test must discriminate"
+
+
+def test_super_perm_no_fixed_points_and_seeded():
+    for seed in range(20):
+        p = losses.super_perm(6, generator=_gen(seed))
+        assert torch.all(p != torch.arange(6)) and p.min() >= 0 and p.max() < 6
+    assert torch.equal(losses.super_perm(6, generator=_gen(3)), losses.super_perm(6, generator=_gen(3)))
+
+
+def _inputs(B=4, C=12, K=6, h=8, S=3, seed=0):
+    g = _gen(seed)
+    f1, f2 = torch.randn(B, C, h, h, generator=g), torch.randn(B, C, h, h, generator=g)
+    z1 = torch.randn(B, K, h, h, generator=g, requires_grad=True)
+    z2 = torch.randn(B, K, h, h, generator=g, requires_grad=True)
+    d1, d2 = torch.rand(B, 1, 4 * h, 4 * h, generator=g) * 255, torch.rand(B, 1, 4 * h, 4 * h, generator=g) * 255
+    c1, c2 = sampling.random_coords(B, S, generator=g), sampling.random_coords(B, S, generator=g)
+    return f1, f2, z1, z2, d1, d2, c1, c2
+
+
+@pytest.mark.parametrize("target", ["paper", "reference"])
+def test_correlation_loss_assembly(target):
+    f1, f2, z1, z2, d1, d2, c1, c2 = _inputs()
+    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, **WEIGHTS, neg_samples=3, dfc_weight=0.19,
+                                  dfc_shift=0.03, dfc_target=target, generator=_gen(11))
+    assert set(out) == {"intra", "inter", "neg", "dfc", "total"} and all(v.dim() == 0 for v in out.values())
+    expected = (0.58 * out["intra"] + 0.36 * out["inter"] + 0.7 * out["neg"] + 0.19 * out["dfc"])
+    assert out["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    s1, s2 = sampling.sample(z1, c1), sampling.sample(z2, c2)
+    f1s, f2s = sampling.sample(f1, c1), sampling.sample(f2, c2)
+    assert out["intra"].item() == pytest.approx(losses.stego_term(f1s, f1s, s1, s1, 0.07).mean().item(), rel=1e-5)
+    assert out["inter"].item() == pytest.approx(losses.stego_term(f1s, f2s, s1, s2, 0.025).mean().item(), rel=1e-5)
+    # negatives: the concatenation of the rounds, as the release forms it, with the same permutations
+    g = _gen(11)
+    rounds = []
+    for _ in range(3):
+        p = losses.super_perm(4, generator=g)
+        rounds.append(losses.stego_term(f1s, sampling.sample(f1[p], c2), s1, sampling.sample(z1[p], c2), 0.761))
+    assert out["neg"].item() == pytest.approx(torch.cat(rounds).mean().item(), rel=1e-5)
+    out["total"].backward()
+    assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+def test_paper_dfc_in_assembly_uses_depth_at_coords1():
+    f1, f2, z1, z2, d1, d2, c1, c2 = _inputs(seed=1)
+    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, **WEIGHTS, neg_samples=0, dfc_weight=1.0,
+                                  dfc_shift=0.03, dfc_target="paper")
+    dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1), (8, 8)), c1)
+    s1 = sampling.sample(z1, c1)
+    expected = losses.depth_feature_term(s1, s1, dd, dd, 0.03, target="paper")[0].mean()
+    assert out["dfc"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dfc_weight_zero_skips_depth():
+    f1, f2, z1, z2, _, _, c1, c2 = _inputs(seed=2)
+    out = losses.correlation_loss(f1, f2, z1, z2, None, None, c1, c2, **WEIGHTS, neg_samples=2, dfc_weight=0.0,
+                                  generator=_gen(1))
+    assert out["dfc"].item() == 0.0 and torch.isfinite(out["total"])
