@@ -1,0 +1,238 @@
+"""The frozen DINO ViT backbone (METHOD.md §2.1, DESIGN.md §6).
+
+A timm VisionTransformer, frozen and always in eval mode. ``forward`` returns the patch features of the last block
+after the final LayerNorm (prefix tokens removed) and, on request, the last block's attention probabilities.
+
+Weights (DESIGN.md §6), chosen by the ``weights`` argument:
+- ``"hub"``: the DINO weights of the timm hub (``timm/<model>.<tag>`` on Hugging Face);
+- a path: a DINO ``.pth`` (plain, or nested under teacher/student/state_dict/model with module./backbone.
+  prefixes), a timm state dict (``.pth``/``.bin``/``.safetensors``), or a released STEGO/DepthG Lightning
+  ``.ckpt`` whose ``net.model.*`` keys hold the DINO weights;
+- ``"random"``: timm's initialisation, only when asked for by name.
+``weights_source`` records which one was used, for provenance.
+
+Shapes: B batch, H/W image size, p patch size, h/w patch grid (H/p, W/p), C channels (embed dim), P prefix tokens
+(CLS + registers), T = P + h*w tokens, M pretrained grid positions (28*28 for 224 px at p=8), nh attention heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from depthg.checkpoints import file_sha256, read_checkpoint, vit_state_from_checkpoint
+from depthg.errors import ConfigError, WeightsError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_arch: str  # architecture name in timm's registry
+    hub_tag: str | None  # pretrained tag on the timm hub; None: no released weights (random only)
+    origin: str  # where the weights come from originally (for error messages)
+    overrides: dict = field(default_factory=dict)  # constructor arguments on top of timm's defaults
+
+    @property
+    def hub_id(self) -> str:
+        return f"timm/{self.timm_arch}.{self.hub_tag}"
+
+
+# Our short names -> timm. DINO v1 files: DG src/modules.py:41-50; DINOv2: facebookresearch/dinov2 README.
+BACKBONES: dict[str, BackboneSpec] = {
+    "vit_small_patch8": BackboneSpec("vit_small_patch8_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
+                                     "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
+    "vit_base_patch8": BackboneSpec("vit_base_patch8_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
+                                    "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+    "vit_small_patch16": BackboneSpec("vit_small_patch16_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
+                                      "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
+    "vit_base_patch16": BackboneSpec("vit_base_patch16_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
+                                     "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2", "lvd142m", "https://dl.fbaipublicfiles.com/dinov2/"
+                                  "dinov2_vits14/dinov2_vits14_pretrain.pth"),
+    "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2", "lvd142m", "https://dl.fbaipublicfiles.com/dinov2/"
+                                  "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
+    # Synthetic world and tests: ViT-Ti width (192, 3 heads) at patch 8 with 4 blocks, so a 224 px forward takes
+    # well under a second on a laptop CPU. No released weights exist: random initialisation only.
+    "vit_tiny_patch8": BackboneSpec("vit_tiny_patch16_224", None, "none (random initialisation only)",
+                                    {"patch_size": 8, "depth": 4}),
+}
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a backbone name; ConfigError listing the valid names otherwise."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r} (model.backbone); valid names: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Patch position embeddings [1,M,C] on a square grid -> [1,h*w,C] for a (h, w) grid, as DINO does.
+
+    DINO (DG src/dino/vision_transformer.py:179-199, also DINOv2) resizes bicubically with scale factors
+    (h + 0.1) / sqrt(M) rather than a target size; the scale factor, not the size, sets the sampling positions, so
+    this differs slightly from timm's own resampling (size-based and antialiased) and is kept for parity.
+    Unlike DINO, the height factor goes to the rows for non-square grids (DINO swaps them; equal for squares).
+    """
+    _, M, C = pos.shape
+    m = math.isqrt(M)
+    assert m * m == M, f"pretrained position grid must be square, got {M} positions"
+    h, w = grid_hw
+    if (h, w) == (m, m):
+        return pos
+    grid = pos.reshape(1, m, m, C).permute(0, 3, 1, 2).float()  # [1,C,m,m]
+    grid = F.interpolate(grid, scale_factor=((h + 0.1) / m, (w + 0.1) / m), mode="bicubic", align_corners=False)
+    assert grid.shape[-2:] == (h, w), f"interpolated grid {tuple(grid.shape[-2:])} != {(h, w)}"
+    return grid.permute(0, 2, 3, 1).reshape(1, h * w, C).to(pos.dtype)
+
+
+def block_attention(attn: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities [B,nh,T,T] of a timm ``Attention`` module on its (already normed) input [B,T,C].
+
+    timm computes attention with fused scaled_dot_product_attention and never materialises the probabilities, so
+    they are recomputed from the same qkv projection (DINO returns them from the last block, vision_transformer.py
+    :228-240).
+    """
+    B, T, _ = tokens.shape
+    nh, hd = attn.num_heads, attn.head_dim
+    qkv = attn.qkv(tokens).reshape(B, T, 3, nh, hd).permute(2, 0, 3, 1, 4)  # [3,B,nh,T,hd]
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+    # softmax in float32 whatever the autocast dtype, so rows sum to 1 to float precision
+    return ((q * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)
+
+
+RANDOM_WEIGHTS_SEED = 0
+
+
+class DinoBackbone(nn.Module):
+    """Frozen DINO ViT: images [B,3,H,W] -> patch features [B,C,h,w] (+ last-block attention [B,nh,T,T])."""
+
+    def __init__(self, name: str = "vit_small_patch8", weights: str | Path = "hub", *, autocast: bool = True):
+        super().__init__()
+        spec = backbone_spec(name)
+        self.name = name
+        self.autocast = autocast  # bf16 autocast, used on CUDA only
+        # dynamic_img_size: patch embedding accepts any multiple of the patch size (320 px eval); position
+        # embeddings are interpolated in _embed. num_classes=0: no classifier head.
+        kwargs = dict(num_classes=0, dynamic_img_size=True, **spec.overrides)
+        if isinstance(weights, str) and weights == "hub":
+            self.vit = _create_from_hub(name, spec, kwargs)
+            self.weights_source = f"hub:{spec.hub_id}"
+        elif isinstance(weights, str) and weights == "random":
+            # A fixed seed, apart from the caller's RNG: every training seed, rank, kNN stage and evaluation that
+            # asks for "random" gets the same frozen network, as they would get the same DINO weights.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                self.vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
+            self.weights_source = f"random(seed={RANDOM_WEIGHTS_SEED}, timm {timm.__version__})"
+        else:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', "
+                                   "'random' or the path of a DINO .pth, timm state dict or released STEGO/DepthG "
+                                   ".ckpt)")
+            # built on the meta device (no random init, which costs seconds for ViT-B) and then filled from the
+            # file; load_vit_state checks that every tensor is replaced
+            with torch.device("meta"):
+                self.vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
+            self.vit.to_empty(device="cpu")
+            state = vit_state_from_checkpoint(read_checkpoint(path), path)
+            self.load_vit_state(state, f"file:{path} sha256:{file_sha256(path)[:12]}")
+        self.patch_size = self.vit.patch_embed.patch_size[0]
+        self.embed_dim = self.vit.embed_dim
+        self.num_heads = self.vit.blocks[-1].attn.num_heads
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> DinoBackbone:
+        """Always eval: the backbone is frozen, its dropout/drop-path never active (METHOD §2.1)."""
+        return super().train(False)
+
+    def load_vit_state(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Load a DINO/timm ViT state dict (keys as in timm's VisionTransformer) and record ``source``.
+
+        Checks every shape before loading: timm's converter would silently resample a mismatched patch embedding
+        (e.g. a /16 file into a /8 model). Raises WeightsError naming ``source`` on any mismatch.
+        """
+        model_state = self.vit.state_dict()
+        patch_key = "patch_embed.proj.weight"
+        if patch_key in state and state[patch_key].shape != model_state[patch_key].shape:
+            raise WeightsError(f"{source}: patch embedding {tuple(state[patch_key].shape)} does not fit backbone "
+                               f"{self.name!r} {tuple(model_state[patch_key].shape)}; choose the backbone the "
+                               "weights were trained with (model.backbone).")
+        # timm's converter maps original DINOv2 names (mask_token, register_tokens) onto timm's; identity for DINO.
+        state = timm.models.vision_transformer.checkpoint_filter_fn(state, self.vit)
+        missing = sorted(set(model_state) - set(state))
+        unexpected = sorted(set(state) - set(model_state))
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(model_state[k].shape)}" for k in model_state
+                 if k in state and state[k].shape != model_state[k].shape]
+        if missing or unexpected or wrong:
+            raise WeightsError(f"{source}: not a {self.name!r} ViT state dict; missing keys {_few(missing)}, "
+                               f"unexpected keys {_few(unexpected)}, shape mismatches {_few(wrong)}.")
+        self.vit.load_state_dict(state, strict=True)
+        self.weights_source = source
+
+    def forward(self, x: torch.Tensor, *, attention: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [B,3,H,W] normalised images -> (features [B,C,h,w] float32, attention [B,nh,T,T] float32 or None)."""
+        B, _, H, W = x.shape
+        p = self.patch_size
+        if H % p or W % p:
+            raise ConfigError(f"input size {H}x{W} is not a multiple of the patch size {p} of backbone "
+                              f"{self.name!r}; use a resolution divisible by {p}")
+        h, w = H // p, W // p
+        use_bf16 = self.autocast and x.device.type == "cuda"
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            tokens = self._embed(x, (h, w))  # [B,T,C]
+            for block in self.vit.blocks[:-1]:
+                tokens = block(tokens)
+            last = self.vit.blocks[-1]
+            attn = block_attention(last.attn, last.norm1(tokens)) if attention else None
+            tokens = self.vit.norm(last(tokens))
+        P = self.vit.num_prefix_tokens
+        assert tokens.shape[1] == P + h * w, f"{tokens.shape[1]} tokens for {P} prefix + {h}x{w} patches"
+        feats = tokens[:, P:].float().reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()  # [B,C,h,w]
+        return feats, (attn.float() if attn is not None else None)
+
+    def _embed(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Patch embedding + prefix tokens + (interpolated) position embedding -> tokens [B,T,C]."""
+        vit = self.vit
+        B = x.shape[0]
+        patches = vit.patch_embed(x).reshape(B, grid_hw[0] * grid_hw[1], -1)  # NHWC [B,h,w,C] -> [B,h*w,C]
+        prefix = [t.expand(B, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]  # [B,P_i,C]
+        n_pos_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens  # prefix tokens with a position
+        pos_patch = interpolate_pos_embed(vit.pos_embed[:, n_pos_prefix:], grid_hw)  # [1,h*w,C]
+        if vit.no_embed_class:
+            tokens = torch.cat(prefix + [patches + pos_patch], dim=1)
+        else:
+            pos = torch.cat([vit.pos_embed[:, :n_pos_prefix], pos_patch], dim=1)  # [1,T,C]
+            tokens = torch.cat(prefix + [patches], dim=1) + pos
+        return vit.norm_pre(vit.patch_drop(vit.pos_drop(tokens)))
+
+
+def _create_from_hub(name: str, spec: BackboneSpec, kwargs: dict) -> nn.Module:
+    if spec.hub_tag is None:
+        raise WeightsError(f"backbone {name!r} has no released weights; use model.weights='random' (as the "
+                           "synthetic presets do) or the path of a weights file")
+    try:
+        return timm.create_model(f"{spec.timm_arch}.{spec.hub_tag}", pretrained=True, **kwargs)
+    except Exception as err:  # offline, no cache, HTTP error: all end the same way for the user
+        raise WeightsError(
+            f"could not load the weights of backbone {name!r} from the timm hub (Hugging Face model id "
+            f"{spec.hub_id!r}): {type(err).__name__}: {err}. Without network access, either (1) set model.weights "
+            f"to a local weights file (the original DINO file is {spec.origin}; timm .safetensors/.pth state dicts "
+            f"also work), (2) set model.weights to an authors' released STEGO/DepthG .ckpt (its net.model.* keys "
+            f"hold the DINO weights), or (3) pre-fill the Hugging Face cache (HF_HOME) with {spec.hub_id!r} on a "
+            "machine with network access. Set HF_HUB_OFFLINE=1 to skip the network retries."
+        ) from err
+
+
+def _few(keys: list[str], n: int = 8) -> str:
+    """At most n keys for an error message."""
+    if not keys:
+        return "none"
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more

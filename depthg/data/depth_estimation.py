@@ -1,0 +1,204 @@
+"""Depth stage: monocular depth maps from a Hugging Face ``transformers`` depth-estimation model.
+
+Shapes: B batch, H, W input image (each image keeps its own size), h, w model resolution.
+
+The release ran ZoeDepth ZoeD_M12_N through its own repository code and stored 8-bit per-image min-max PNGs next
+to the source images, overwriting Cityscapes RGB files (METHOD.md §1.3, §9 #7). Here (DESIGN.md §5):
+- any ``AutoModelForDepthEstimation`` checkpoint: Depth Anything V2 Small by default (Apache-2.0), or
+  ``Intel/zoedepth-nyu-kitti`` as in the paper (ANCHORS.md §5); a local model directory works the same way;
+- the output is upsampled (bicubic, the processor's own post-processing) to the input image size;
+- metric models (ZoeDepth, Depth Anything metric variants) give depth in metres, larger = farther, stored as is;
+  ZoeDepth runs with horizontal-flip averaging as the release's ``zoe.infer`` did;
+- relative models (Depth Anything, DPT/MiDaS) give affine-invariant *disparity*, larger = nearer. It becomes depth by
+  per-image min-max normalisation to n in [0,1], then depth = 1 / (n + eps). eps bounds the far end where the
+  disparity is ~0 (sky): the farthest pixel is (1 + eps) / eps times the nearest (11x for eps = 0.1), instead of
+  infinitely far. The release's MiDaS branch inverted linearly (1 - n, ``DG generate_depth.py:192-197``); the
+  reciprocal keeps the perspective compression of true depth, which the 3D lifting of FPS works on (METHOD.md §4.1);
+- stored as our 16-bit PNG + JSON sidecar (``write_depth``) at ``derived/depth/<split>/<key>.png``, with the model,
+  its output kind, the normalisation and the conversion in the sidecar. Nothing is written into the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthg.data.depth_io import sidecar_path, write_depth
+from depthg.data.prep import StageResult, atomic_path, run_stage
+from depthg.errors import ConfigError, WeightsError
+from depthg.paths import derived_dir
+
+DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
+PAPER_MODEL = "Intel/zoedepth-nyu-kitti"
+_METRIC_MODEL_TYPES = ("zoedepth", "glpn", "depth_pro")
+
+
+def depth_dir(dataset: str, data_dir=None) -> Path:
+    """``<data>/<dataset>/derived/depth``: holds ``<split>/<key>.png`` + ``.json`` (``directory:<folder>``: the
+    folder's name), where ``depthg.data.datasets`` looks for depth first."""
+    return derived_dir(dataset.split(":", 1)[-1], data_dir) / "depth"
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda if available, else cpu; anything else must be a torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, auto).") from e
+
+
+def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Relative disparity [..., H, W] (larger = nearer) -> depth (larger = farther), per map.
+
+    n = (disp - min) / (max - min) in [0, 1]; depth = 1 / (n + eps), in [1 / (1 + eps), 1 / eps]. A constant map
+    gives n = 0 (depth 1 / eps everywhere).
+    """
+    assert eps > 0, f"eps must be > 0, got {eps}"
+    d = disparity.to(torch.float32)
+    lo = d.amin(dim=(-2, -1), keepdim=True)
+    span = d.amax(dim=(-2, -1), keepdim=True) - lo
+    n = torch.where(span > 0, (d - lo) / span.clamp_min(torch.finfo(d.dtype).tiny), torch.zeros_like(d))
+    return 1.0 / (n + eps)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def load_depth_model(model: str, device: torch.device):
+    """(processor, model in eval mode on ``device``) from a HF id or a local directory; clear error if missing."""
+    try:
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    except ImportError as e:
+        raise WeightsError("depth estimation needs the `transformers` package: pip install 'depthg[depth]'.") from e
+    local = Path(model).expanduser()
+    if model.startswith(("/", ".", "~")) and not local.is_dir():
+        raise WeightsError(f"depth model directory {local} does not exist; pass a folder made by save_pretrained "
+                           f"(config.json, weights, preprocessor_config.json) or a Hugging Face model id.")
+    source = str(local) if local.is_dir() else model
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, local_files_only=_offline())
+        net = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=_offline())
+    except (OSError, ValueError) as e:
+        raise WeightsError(
+            f"cannot load depth model {model!r} ({str(e).splitlines()[0]}). Without network, download it elsewhere "
+            f"(e.g. `huggingface-cli download {model} --local-dir <dir>`) and pass --model /path/to/model_dir, or "
+            f"copy a filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) here and set "
+            f"HF_HUB_OFFLINE=1.") from e
+    return processor, net.eval().to(device)
+
+
+class DepthEstimator:
+    """A transformers depth model that maps RGB images to depth maps (larger = farther) at the input size."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", output_kind: str = "auto",
+                 eps: float = 0.1):
+        if output_kind not in ("auto", "disparity", "metric"):
+            raise ConfigError(f"output kind must be auto, disparity or metric, got {output_kind!r}.")
+        if eps <= 0:
+            raise ConfigError(f"--eps must be > 0, got {eps}.")
+        self.model_id, self.eps, self.device = model, eps, resolve_device(device)
+        self.processor, self.net = load_depth_model(model, self.device)
+        cfg = self.net.config
+        if output_kind == "auto":
+            metric = cfg.model_type in _METRIC_MODEL_TYPES or getattr(cfg, "depth_estimation_type", "") == "metric"
+            output_kind = "metric" if metric else "disparity"
+        self.kind = output_kind
+        self.flip_tta = cfg.model_type == "zoedepth"  # as ZoeDepth's own infer() (METHOD.md §1.3)
+
+    def sidecar(self) -> dict:
+        """What the sidecar of every map records about how it was made."""
+        meta = {"model": self.model_id, "model_type": self.net.config.model_type, "output_kind": self.kind,
+                "upsampling": "bicubic to the input image size (processor post-processing)",
+                "flip_tta": self.flip_tta}
+        if self.kind == "disparity":
+            meta.update(normalisation="per-image min-max of the disparity to n in [0,1]",
+                        conversion="depth = 1 / (n + eps)", eps=self.eps)
+        else:
+            meta.update(normalisation="none", conversion="none (metric depth, clamped at 0)")
+        return meta
+
+    @property
+    def units(self) -> str:
+        return "metres" if self.kind == "metric" else "relative"
+
+    @torch.no_grad()
+    def _predict_group(self, pixels: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """pixels [B,3,h,w] of images with one processed size -> raw model output per image, [H,W] each."""
+        out = self.net(pixel_values=pixels)
+        if self.flip_tta:
+            flipped = self.net(pixel_values=pixels.flip(-1))
+            post = self.processor.post_process_depth_estimation(out, source_sizes=sizes, target_sizes=sizes,
+                                                                outputs_flipped=flipped)
+        else:
+            post = self.processor.post_process_depth_estimation(out, target_sizes=sizes)
+        return [p["predicted_depth"].reshape(size).float() for p, size in zip(post, sizes)]
+
+    def predict(self, images: list) -> list[np.ndarray]:
+        """PIL RGB images (any sizes) -> float32 depth [H,W] per image, larger = farther."""
+        sizes = [(im.height, im.width) for im in images]
+        pixels = [self.processor(images=im.convert("RGB"), return_tensors="pt")["pixel_values"] for im in images]
+        groups: dict[tuple, list[int]] = {}  # images whose processed size agrees are batched together
+        for j, p in enumerate(pixels):
+            groups.setdefault(tuple(p.shape), []).append(j)
+        raw: list[torch.Tensor | None] = [None] * len(images)
+        for idx in groups.values():
+            batch = torch.cat([pixels[j] for j in idx]).to(self.device)  # [B,3,h,w]
+            for j, r in zip(idx, self._predict_group(batch, [sizes[j] for j in idx])):
+                raw[j] = r
+        if self.kind == "disparity":
+            depth = [disparity_to_depth(r, self.eps) for r in raw]
+        else:
+            depth = [r.clamp_min(0) for r in raw]  # bicubic upsampling can overshoot below 0 at edges
+        return [d.cpu().numpy().astype(np.float32) for d in depth]
+
+
+def _write(depth: np.ndarray, path: Path, *, source: str, units: str, extra: dict) -> None:
+    tmp = atomic_path(path)
+    write_depth(tmp, depth, source=source, units=units, extra=extra)
+    os.replace(sidecar_path(tmp), sidecar_path(path))  # PNG last: a PNG without sidecar does not count as done
+    os.replace(tmp, path)
+
+
+def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, output_kind: str = "auto",
+              eps: float = 0.1, batch_size: int = 4, device: str = "auto", rank: int = 0, world: int = 1,
+              overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
+    """The depth stage over ``splits``: depth for every source image of this rank (i % world == rank).
+
+    The model is loaded only when some item still needs it, so a finished stage reruns without weights.
+    """
+    from depthg.data.datasets import source_dataset
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}.")
+    root = depth_dir(dataset, data_dir)
+    params = {"model": model, "output_kind": output_kind, "eps": eps}
+    estimator: list[DepthEstimator] = []  # created on first use
+    results = []
+    for split in splits:
+        src = source_dataset(dataset, data_dir, split, with_depth=False)
+        keys = list(src.keys())
+        paths = [root / split / f"{key}.png" for key in keys]
+
+        def process(batch: list[int], src=src, paths=paths, split=split) -> None:
+            if not estimator:
+                estimator.append(DepthEstimator(model, device=device, output_kind=output_kind, eps=eps))
+            est = estimator[0]
+            items = [src[i] for i in batch]
+            for i, item, depth in zip(batch, items, est.predict([it["image"] for it in items])):
+                _write(depth, paths[i], source=est.model_id, units=est.units,
+                       extra={**est.sidecar(), "dataset": dataset, "split": split, "key": item["key"]})
+
+        results.append((split, run_stage(
+            root, "depth", split, params, len(keys),
+            done=lambda i, paths=paths: paths[i].is_file() and sidecar_path(paths[i]).is_file(),
+            remove=lambda i, paths=paths: [p.unlink(missing_ok=True) for p in (paths[i], sidecar_path(paths[i]))],
+            process=process, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
+            desc=f"depth {dataset}/{split}", progress=progress)))
+    return results

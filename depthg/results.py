@@ -1,0 +1,128 @@
+"""Results as data with provenance (DESIGN.md §7, §10.8).
+
+Every run folder ``results/runs/<name>/`` holds the resolved ``config.json``, ``metrics.json`` and
+``provenance.json`` (git commit and dirty flag, seed, package versions, device, backbone weights, wall time,
+command). Tables and figures are generated from these files, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from depthg.paths import repo_root
+
+_PACKAGES = ("depthg", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pydensecrf2", "transformers")
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """Commit hash and dirty flag of the checkout (``unknown`` outside a git work tree)."""
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"{torch.get_num_threads()} torch threads"
+
+
+def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: float,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "git": git_state(),
+        "seed": seed,
+        "device": device_description(device),
+        "backbone_weights": weights,
+        "wall_time_s": round(float(wall_time_s), 3),
+        "packages": package_versions(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+        "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+
+
+def _jsonable(x: Any) -> Any:
+    """numpy scalars/arrays and NaN into plain JSON (NaN becomes null: absent classes have no IoU)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run(run_dir: Path, *, config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+              provenance: dict[str, Any] | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if config is not None:
+        write_json(run_dir / "config.json", config)
+    if metrics is not None:
+        write_json(run_dir / "metrics.json", metrics)
+    if provenance is not None:
+        write_json(run_dir / "provenance.json", provenance)
+    return run_dir
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """config, metrics, provenance and the training log (metrics.jsonl) of a run folder."""
+    run_dir = Path(run_dir)
+    out: dict[str, Any] = {"run_dir": str(run_dir)}
+    for name in ("config", "metrics", "provenance"):
+        p = run_dir / f"{name}.json"
+        out[name] = json.loads(p.read_text()) if p.is_file() else None
+    log = run_dir / "metrics.jsonl"
+    out["log"] = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    return out
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One line per probe: accuracy and mIoU, e.g. ``cluster (crf): acc 61.2  mIoU 30.4``."""
+    lines = []
+    metrics = metrics.get("last_step", metrics)
+    for key, m in metrics.items():
+        if isinstance(m, dict) and "accuracy" in m and "mIoU" in m:
+            lines.append(f"{key:<22} acc {m['accuracy']:6.2f}  mIoU {m['mIoU']:6.2f}")
+    return "\n".join(lines)
