@@ -244,3 +244,29 @@ def test_fivecrop_directory_without_labels(data_dir):
     assert len(list((root / "img" / "val").glob("*.png"))) == 5 * len(tree.keys["val"])
     assert len(list((root / "depth" / "val").glob("*.json"))) == 5 * len(tree.keys["val"])
     assert not (root / "label").exists()
+
+
+def test_reference_depth_of_a_crop_keeps_the_full_images_8bit_values(coco_tree):
+    """The release crops its 8-bit depth files, so a crop's reference depth is the source's 0..255 values, not the
+    crop re-stretched to its own 0..255 (METHOD.md §1.3-1.4); paper depth is min-max per training image."""
+    from depthg.data.fivecrop import run_fivecrop
+    from depthg.data.transforms import depth_tensor
+
+    run_fivecrop("cocostuff27", coco_tree.data_dir, ["train"], ratio=0.5, progress=False)
+    src = source_dataset("cocostuff27", coco_tree.data_dir, "train")[0]
+    assert src["depth_bits"] == 8
+    crops = five_crop_dataset("cocostuff27", coco_tree.data_dir, "train", ratio=0.5)
+    for k in range(5):
+        item = crops[k]
+        expected = five_crop(src["depth"], 0.5)[k]
+        ref = depth_tensor(item["depth"], item["depth"].shape[0], fidelity="reference", dataset="cocostuff27",
+                           is_8bit=item["depth_bits"] == 8, value_range=item["depth_range"])[0].numpy()
+        h, w = expected.shape
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2  # depth_tensor centre-crops to a square
+        assert np.array_equal(ref, expected[top:top + side, left:left + side].astype(np.float32))
+        paper = depth_tensor(item["depth"], side, fidelity="paper", dataset="cocostuff27",
+                             is_8bit=False, value_range=item["depth_range"])
+        e = expected.astype(np.float32)
+        norm = (e - e.min()) / (e.max() - e.min())  # min-max over the whole crop, before the square centre crop
+        assert np.allclose(paper[0].numpy(), norm[top:top + side, left:left + side], atol=1e-4)

@@ -159,7 +159,8 @@ class SourceDataset(Dataset):
         if label is not None and label.shape != size:
             raise DataError(f"label file {label_path} is {label.shape} but its image {self.image_path(i)} is {size}; "
                             f"the label does not belong to this image: restore it from the dataset download.")
-        item = dict(key=key, image=image, label=label, depth=None, depth_bits=None, depth_units=None)
+        item = dict(key=key, image=image, label=label, depth=None, depth_bits=None, depth_units=None,
+                    depth_range=None)
         if self.with_depth:
             paths = self.depth_paths(i)
             path = next((p for p in paths if p.is_file()), None)
@@ -170,7 +171,10 @@ class SourceDataset(Dataset):
             if depth.shape != size:
                 raise DataError(f"depth file {path} is {depth.shape} but its image is {size}; regenerate it with "
                                 f"{self.depth_hint} (--overwrite).")
-            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"))
+            crop = meta.get("five_crop") or {}
+            source_range = (crop["source_min"], crop["source_max"], crop.get("source_bits")) \
+                if "source_min" in crop else None
+            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range)
         return item
 
 
@@ -391,7 +395,7 @@ class TrainPairs(Dataset):
         img = image_tensor(item["image"], self.res, interpolation=self.image_interpolation)
         label = _label_or_ignore(item["label"], item["image"], self.res)
         depth = depth_tensor(item["depth"], self.res, fidelity=self.depth_loading, dataset=self.source.name,
-                             is_8bit=item["depth_bits"] == 8)
+                             is_8bit=item["depth_bits"] == 8, value_range=item.get("depth_range"))
         return img, label, depth
 
     def __getitem__(self, index: int) -> dict:

@@ -139,23 +139,28 @@ def _read_sidecar(png_path: Path) -> dict:
     return meta
 
 
-def _to_uint8_semantics(depth: np.ndarray) -> np.ndarray:
-    """floor(norm * 255) in float32 as the release's writer (METHOD.md §1.3: min-max, *255, uint8 cast truncates)."""
+def _to_uint8_semantics(depth: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """floor(norm * 255) in float32 as the release's writer (METHOD.md §1.3: min-max, *255, uint8 cast truncates).
+
+    ``value_range`` (min, max) of the full source image, for a five-crop: the release normalised the whole image
+    before cropping, so a crop's values are not stretched to its own 0..255 (METHOD.md §1.4)."""
     d = depth.astype(np.float32)
-    lo, hi = d.min(), d.max()
+    lo, hi = (d.min(), d.max()) if value_range is None else (np.float32(value_range[0]), np.float32(value_range[1]))
     if hi == lo:  # the release would divide by zero; a flat scene is uniformly "nearest"
         return np.zeros_like(d)
     norm = (d - lo) / (hi - lo)
     return np.floor(norm * np.float32(255)).astype(np.float32)
 
 
-def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bit: bool = False) -> np.ndarray:
+def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bit: bool = False,
+                       value_range: tuple | None = None) -> np.ndarray:
     """Full-resolution depth float [H,W] -> the float32 [H,W] depth the training loader uses.
 
     paper:     per-image min-max to [0,1], larger = farther (a constant map gives zeros).
     reference: the release's 8-bit values 0..255 = floor(norm * 255) (METHOD.md §1.3, §1.6); an input that already
                is a release 8-bit file (``is_8bit``, from ``read_depth(..., with_meta=True)[1]["bits"] == 8``) is
-               used as is. For ``dataset == "potsdam"`` the release's bug: to_tensor gives v/255, the int cast keeps
+               used as is; a five-crop of a full map is normalised with the full map's ``value_range``
+               (min, max, bits of the source, from the crop's sidecar), as the release crops its 8-bit files. For ``dataset == "potsdam"`` the release's bug: to_tensor gives v/255, the int cast keeps
                only v == 255, so the result is 1 at the per-image maximum and 0 elsewhere (METHOD.md §1.6, §4.6).
     """
     depth = np.asarray(depth)
@@ -172,8 +177,10 @@ def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bi
         if depth.min() < 0 or depth.max() > 255:
             raise DataError(f"8-bit depth for dataset {dataset!r} holds values outside 0..255")
         v = np.floor(depth).astype(np.float32)
+    elif value_range is not None and value_range[2] == 8:  # crop of a release 8-bit map: its values, unchanged
+        v = np.rint(depth).astype(np.float32)  # integers stored in 16 bits come back within half a step
     else:
-        v = _to_uint8_semantics(depth)
+        v = _to_uint8_semantics(depth, None if value_range is None else value_range[:2])
     if dataset == "potsdam":
         # DG src/data.py:193, :226: to_tensor(8-bit PNG) = v/255 in [0,1], then .long() truncates to 0 except 1.0.
         return (v == 255).astype(np.float32)

@@ -50,13 +50,14 @@ def label_tensor(label: np.ndarray, res: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(resize_crop(img, res), dtype=np.int64).copy())
 
 
-def depth_tensor(depth: np.ndarray, res: int, *, fidelity: str, dataset: str, is_8bit: bool) -> torch.Tensor:
+def depth_tensor(depth: np.ndarray, res: int, *, fidelity: str, dataset: str, is_8bit: bool,
+                 value_range: tuple | None = None) -> torch.Tensor:
     """Full-resolution depth float32 [H,W] -> float32 [1,R,R] with the training semantics of ``fidelity``.
 
     paper: per-image min-max to [0,1]; reference: 0..255 (Potsdam: the release's truncation to ~0). The conversion
     runs on the full image first (its min/max are the full image's, as in the release's files), then NEAREST.
     """
-    d = depth_for_training(depth, fidelity=fidelity, dataset=dataset, is_8bit=is_8bit)
+    d = depth_for_training(depth, fidelity=fidelity, dataset=dataset, is_8bit=is_8bit, value_range=value_range)
     img = Image.fromarray(np.ascontiguousarray(d, dtype=np.float32))  # mode "F"
     return torch.from_numpy(np.asarray(resize_crop(img, res), dtype=np.float32).copy())[None]  # [1,R,R]
 
