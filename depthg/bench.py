@@ -140,6 +140,98 @@ def bench_loss(args):
               f"{t_coords * 1e3:7.2f} ms)  loss={total:.5f}")
 
 
+@command("knn", help="chunked top-k cosine kNN on random features: wall time and peak extra memory", args=[
+    (("--n",), dict(type=int, default=50_000)), (("--dim",), dict(type=int, default=384)),
+    (("--k",), dict(type=int, default=30)), (("--chunk",), dict(type=int, default=None)),
+    (("--device",), dict(default="cpu"))])
+def bench_knn(args):
+    from depthg.data.knn import benchmark_knn
+
+    print(f"kNN: {_machine()}")
+    r = benchmark_knn(args.n, args.dim, args.k, args.chunk, args.device, verbose=False)
+    print(f"  N={args.n} x {args.dim}, top-{args.k}, chunk={r['chunk']} rows: {r['seconds']:.1f} s, peak extra "
+          f"memory {r['peak_extra_rss_mb']:.0f} MB (target < 1024 MB)")
+
+
+def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
+    """Iterations/s of the real training iteration (depthg.train._one_iteration) on synthetic inputs of the real
+    shapes: images, kNN partners, labels and depth maps drawn at random; backbone weights as the config says."""
+    from pathlib import Path
+
+    from depthg.distributed import DistInfo
+    from depthg.train import _one_iteration, build_training, make_schedule
+
+    torch.manual_seed(0)
+    model, step, optimizers = build_training(cfg, device)
+    schedule, gen = make_schedule(cfg).start(), torch.Generator(device=device).manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    batch = {"img": torch.randn(batch_size, 3, res, res, generator=g),
+             "img_pos": torch.randn(batch_size, 3, res, res, generator=g),
+             "label": torch.randint(0, cfg.model.n_classes, (batch_size, res, res), generator=g),
+             "depth": torch.rand(batch_size, 1, res, res, generator=g) * 255,
+             "depth_pos": torch.rand(batch_size, 1, res, res, generator=g) * 255}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    run = lambda it: _one_iteration(model, step, optimizers, batch, schedule, gen, cfg, DistInfo(), it, Path("-"))
+    for it in range(warmup):
+        run(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for it in range(iterations):
+        run(it)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return iterations / (time.perf_counter() - t0)
+
+
+@command("train", help="training iterations/s: synthetic preset on CPU; paper COCO ViT-S/8 setting on a GPU", args=[
+    (("--iterations",), dict(type=int, default=20))])
+def bench_train(args):
+    from depthg.config import load_preset
+
+    print(f"train: {_machine()}")
+    cfg = load_preset("synthetic", ["loss.depth_sampling=fps"])
+    ips = _train_iterations_per_s(cfg, cfg.data.batch_size, cfg.data.res, args.iterations, 3, torch.device("cpu"))
+    print(f"  CPU, synthetic preset (B={cfg.data.batch_size}, {cfg.data.res} px, {cfg.model.backbone}, "
+          f"S={cfg.loss.feature_samples}, FPS): {ips:.2f} it/s = {ips * cfg.data.batch_size:.1f} images/s")
+    if not torch.cuda.is_available():
+        print("  GPU: no CUDA device here; the paper setting (COCO ViT-S/8, B=32, 224 px, 11x11 FPS, 5 negatives) "
+              "was not measured")
+        return
+    cfg = load_preset("cocostuff27_vits8", ["model.weights=random", "train.bf16=true"])
+    ips = _train_iterations_per_s(cfg, 32, 224, args.iterations, 5, torch.device("cuda"))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    print(f"  GPU {torch.cuda.get_device_name()}, COCO ViT-S/8 paper setting (B=32, 224 px, S=11 FPS, 5 negatives, "
+          f"bf16 backbone, random weights): {ips:.2f} it/s, peak memory {peak:.2f} GiB; the paper's 2,334 "
+          f"iterations take {2334 / ips / 60:.1f} min (target >= 10 it/s)")
+
+
+@command("crf", help="DenseCRF evaluation throughput with 1 and 2 worker processes", args=[
+    (("--images",), dict(type=int, default=16)), (("--res",), dict(type=int, default=320)),
+    (("--classes",), dict(type=int, default=27))])
+def bench_crf(args):
+    from depthg.crf import CRFPool
+    from depthg.data.synthetic import render_scene
+
+    print(f"crf: {_machine()}")
+    scenes = [render_scene(0, i, args.res) for i in range(args.images)]
+    images = np.stack([s["image"] for s in scenes])  # uint8 [N,R,R,3]
+    g = torch.Generator().manual_seed(0)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(np.stack([s["label"] for s in scenes])), args.classes)
+    logits = onehot.permute(0, 3, 1, 2).float() * 2 + torch.randn(args.images, args.classes, args.res, args.res,
+                                                                    generator=g)
+    logits = torch.nn.functional.avg_pool2d(logits, 8)  # the code grid of a /8 ViT, upsampled inside the CRF
+    for workers in (1, 2):
+        with CRFPool(workers) as pool:
+            pool(images[:workers], logits[:workers])  # start the workers outside the timing
+            t0 = time.perf_counter()
+            pool(images, logits)
+            dt = time.perf_counter() - t0
+        print(f"  {workers} worker(s): {args.images / dt:.2f} images/s ({args.res}x{args.res}, {args.classes} "
+              f"classes, 10 mean-field iterations)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m depthg.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
