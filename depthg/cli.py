@@ -117,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # section.key=value overrides may come before or after options (argparse alone stops collecting positionals
+    # at the first option), so leftovers of that shape join the overrides
+    args, rest = parser.parse_known_args(argv)
+    stray = [a for a in rest if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = list(args.overrides or []) + rest
     try:
         return int(args.func(args) or 0)
     except DepthGError as e:
