@@ -10,10 +10,12 @@ correlation D for the DFC term. Gradients reach only the codes z; the target is 
 DFC target (DESIGN.md §3, METHOD.md §3.4 and §3.7):
 * ``"reference"``: as released, D = Corr(d^, d^) of the 1-channel depth resized uniformly to S x S, which is the
   product of signs of the depth, i.e. 1 wherever depth > 0. It does not depend on depth values.
-* ``"paper"``: D = 1 - |d~_hw - d~_ij| of the per-image min-max normalised depth d~ in [0, 1] sampled at the *same*
-  locations as the codes: 1 for patches at equal depth, falling linearly to 0 across the image's depth range, so
-  near-in-depth patches are pulled together and far-apart ones, once D < shift, pushed apart (the paper's
-  figure-1 caption, METHOD.md §3.7). Our choice; the paper's exact formula could not be read.
+* ``"paper"``: P = 1 - |d~_hw - d~_ij| of the per-image min-max normalised depth d~ in [0, 1] sampled at the *same*
+  locations as the codes (1 for patches at equal depth, falling linearly to 0 across the image's depth range),
+  centred per anchor: D = P - mean_ij P. Pairs closer in depth than the anchor's average pair are pulled together,
+  farther ones pushed apart (the paper's figure-1 caption, METHOD.md §3.7); the shift moves that boundary. Our
+  choice; the paper's exact formula could not be read. Uncentred, P >= 0 makes the term pure attraction for the
+  small shifts of the presets, and the codes collapse to one direction (measured on the synthetic world).
 
 Shapes: B batch, C feature channels, K code channels, h/w feature grid, H/W full-resolution depth, S sample side;
 correlation tensors are [B,S,S,S,S] indexed (b, h, w, i, j): location (h, w) of the first map against (i, j) of
@@ -93,7 +95,11 @@ def depth_target(d1, d2, side, *, target):
         assert d1.shape[1:] == (1, side, side) and d2.shape == d1.shape, (
             f"paper DFC needs depth sampled at the codes, [B,1,{side},{side}]; got {tuple(d1.shape)}")
         # [B,1,S,S] -> [B,S,S,1,1] - [B,1,1,S,S] -> [B,S,S,S,S]
-        return 1 - (d1[:, 0, :, :, None, None] - d2[:, 0, None, None, :, :]).abs()
+        proximity = 1 - (d1[:, 0, :, :, None, None] - d2[:, 0, None, None, :, :]).abs()
+        # Centred per anchor: pairs closer in depth than the anchor's average pair are pulled together, farther ones
+        # pushed apart (the paper's Fig. 1 caption, METHOD.md §3.7). Uncentred, 1 - |Δd| >= 0 makes the term pure
+        # attraction for any small shift, which collapses the codes to one direction.
+        return proximity - proximity.mean(dim=(3, 4), keepdim=True)
     raise ConfigError(f"dfc_target={target!r} is not one of {DFC_TARGETS}.")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from depthg import checkpoints
 from depthg.config import Config
@@ -210,7 +210,7 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
     writer = _tensorboard(cfg, run_dir) if info.is_main else None
     bar = tqdm(total=total, initial=start, disable=not (progress and info.is_main), desc=cfg.name,
                dynamic_ncols=True)
-    last_time, it = time.time(), start
+    last_time, last_it, it = time.time(), start, start
     log = log_path.open("a") if info.is_main else None
     try:
         for it, batch in zip(range(start, total), loader):
@@ -219,8 +219,8 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
             schedule.advance()
             if info.is_main and (it % cfg.train.log_every == 0 or it == total - 1):
                 now = time.time()
-                ips = cfg.data.batch_size * (it + 1 - bar.n) / max(now - last_time, 1e-9)
-                last_time = now
+                ips = cfg.data.batch_size * (it + 1 - last_it) / max(now - last_time, 1e-9)
+                last_time, last_it = now, it + 1
                 record = {"iteration": it, **{k: float(v) for k, v in out.items()},
                           "dfc_weight": schedule.dfc_weight, "dfc_shift": schedule.dfc_shift,
                           "feature_samples": schedule.samples, "images_per_s": round(ips, 2)}
@@ -247,7 +247,7 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
     if info.is_main:
         if evaluate_at_end:
             from depthg.evaluate import evaluate_model
-            metrics = evaluate_model(model, cfg)
+            metrics = evaluate_model(model, cfg, progress=progress)
         write_run(run_dir, metrics={"last_step": metrics} if metrics else None, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=time.time() - t0,
             extra={"iterations": total, "resumed_from": start if resume else None, "world_size": info.world}))

@@ -61,8 +61,12 @@ def test_paper_dfc_depends_on_depth_values():
     l1, g1, D1 = _dfc(z, d1, "paper")
     l2, g2, _ = _dfc(z, d2, "paper")
     assert l1 != pytest.approx(l2) and not torch.allclose(g1, g2)
-    assert D1[0, 1, 2, 3, 4].item() == pytest.approx(1 - abs(d1[0, 0, 1, 2] - d1[0, 0, 3, 4]).item())
-    assert torch.all(D1.diagonal(dim1=1, dim2=3).diagonal(dim1=1, dim2=2) == 1), "self-pairs have D = 1"
+    P = 1 - (d1[0, 0, 1, 2] - d1[0, 0]).abs()  # proximity of anchor (1, 2) to every location
+    assert D1[0, 1, 2, 3, 4].item() == pytest.approx((P[3, 4] - P.mean()).item(), abs=1e-6)
+    assert torch.allclose(D1.mean(dim=(3, 4)), torch.zeros(2, 5, 5), atol=1e-6), "centred per anchor"
+    self_pairs = D1.diagonal(dim1=1, dim2=3).diagonal(dim1=1, dim2=2)
+    assert torch.all(self_pairs >= D1.amax(dim=(3, 4)) - 1e-6), "an anchor is its own closest pair"
+    assert (D1 < 0).any() and (D1 > 0).any(), "both pulls and pushes"
 
 
 def test_reference_dfc_ignores_depth_values():

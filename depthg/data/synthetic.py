@@ -44,13 +44,17 @@ VAL_OFFSET = 1_000_000
 _EPS = 1e-3
 _F = np.float32
 _PATTERNS = ("plain", "stripes", "checker", "noise")
-# per class: patterns to draw from, hue range, saturation range, value range (a loose prior so classes are learnable)
+# Per class: patterns to draw from, hue, saturation and value ranges. Each class has a typical appearance, as real
+# classes do (grass is green, bricks are red): the stand-in backbone is a random ViT whose features encode colour and
+# texture, so this is where class evidence lives for it, as it lives in DINO's features for photographs. The forced
+# ambiguities below (a texture shared by a wall and a box, ground material on an object, same-coloured twins of
+# different classes, shadows and lamp gradients) are the exceptions that depth has to resolve.
 _PRIORS = {
-    GROUND: (("plain", "noise", "checker"), (0.05, 0.33), (0.2, 0.6), (0.3, 0.6)),
-    WALL: (("plain", "stripes", "noise"), (0.0, 1.0), (0.0, 0.35), (0.5, 0.85)),
-    BOX: (_PATTERNS, (0.04, 0.14), (0.35, 0.75), (0.4, 0.85)),
-    BALL: (("plain", "stripes"), (0.0, 1.0), (0.6, 0.95), (0.6, 0.95)),
-    PILLAR: (("plain", "noise"), (0.0, 1.0), (0.0, 0.15), (0.6, 0.9)),
+    GROUND: (("plain", "noise", "checker"), (0.20, 0.32), (0.35, 0.65), (0.30, 0.55)),  # grass / moss green
+    WALL: (("plain", "stripes", "noise"), (0.98, 1.03), (0.40, 0.65), (0.45, 0.75)),  # brick red
+    BOX: (("plain", "stripes", "noise"), (0.09, 0.14), (0.65, 0.90), (0.75, 0.95)),  # bright orange / wood
+    BALL: (("plain", "stripes"), (0.72, 0.88), (0.55, 0.90), (0.55, 0.90)),  # purple / magenta
+    PILLAR: (("plain", "noise"), (0.0, 1.0), (0.0, 0.10), (0.80, 0.97)),  # white / light grey stone
 }
 
 
@@ -60,7 +64,7 @@ _PRIORS = {
 def _material(rng, cls, kind=None) -> dict:
     kinds, hue, sat, val = _PRIORS[cls]
     kind = kind or str(rng.choice(kinds))
-    a = np.array(colorsys.hsv_to_rgb(rng.uniform(*hue), rng.uniform(*sat), rng.uniform(*val)), _F)
+    a = np.array(colorsys.hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*sat), rng.uniform(*val)), _F)
     b = a * _F(rng.uniform(0.35, 0.7))
     # noise = sum of 4 sinusoids of random direction and wavelength (cheap smooth "value noise")
     ang = rng.uniform(0, np.pi, 4)
