@@ -169,3 +169,15 @@ def test_sample_grid_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(path) as im:
         assert im.width > 100 and im.height > 100
+
+
+def test_regenerating_with_other_parameters_drops_stale_derived_data(tmp_path):
+    root = tmp_path / "synthetic"
+    write_synthetic(root, n_train=2, n_val=1, res=32, seed=0, progress=False)
+    stale = root / "derived" / "knn" / "nns_x_train_none_32.npz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    write_synthetic(root, n_train=2, n_val=1, res=32, seed=0, progress=False)  # same world: kept
+    assert stale.is_file()
+    write_synthetic(root, n_train=3, n_val=1, res=32, seed=0, progress=False)  # another world: dropped
+    assert not stale.exists() and (root / "img" / "train" / "00002.png").is_file()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -425,7 +426,9 @@ class SyntheticScenes:
 
 
 def _params(n_train: int, n_val: int, res: int, seed: int) -> dict:
-    return dict(generator="depthg.data.synthetic", version=1, n_train=n_train, n_val=n_val, res=res, seed=seed,
+    # version: bump whenever rendering changes, so stale worlds (and their derived kNN files) are regenerated.
+    # 2: class-typical appearance priors.
+    return dict(generator="depthg.data.synthetic", version=2, n_train=n_train, n_val=n_val, res=res, seed=seed,
                 classes=list(CLASS_NAMES), depth="camera z in metres, sky = FAR", far=FAR, clip=CLIP,
                 val_offset=VAL_OFFSET)
 
@@ -441,6 +444,8 @@ def write_synthetic(root, *, n_train: int, n_val: int, res: int = 224, seed: int
     manifest = root / "manifest.json"
     same = manifest.is_file() and json.loads(manifest.read_text()) == params
     if not same:
+        if manifest.is_file():  # another world was here: what was derived from it (kNN files) is stale too
+            shutil.rmtree(root / "derived", ignore_errors=True)
         manifest.unlink(missing_ok=True)
         for f in root.glob("[idl]*/*/[0-9][0-9][0-9][0-9][0-9].*"):
             if f.parts[-3] in ("img", "label", "depth") and f.suffix in (".png", ".json"):
