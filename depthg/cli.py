@@ -75,13 +75,15 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--results-dir", help="results root")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a papermill parameter passed to every notebook")
+    p.add_argument("--store", action="store_true",
+                   help="also copy the executed notebooks over notebooks/ (maintainers, after changing the code)")
     p.set_defaults(func=_run_reproduce)
 
 
 def _run_reproduce(args) -> int:
     from depthg.reproduce import reproduce
 
-    reproduce(results_dir=args.results_dir, parameters=dict(args.parameter))
+    reproduce(results_dir=args.results_dir, parameters=dict(args.parameter), store=args.store)
     return 0
 
 

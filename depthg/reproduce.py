@@ -16,8 +16,26 @@ from depthg.paths import repo_root, results_root
 NOTEBOOKS = ("01_data_prep", "02_train", "03_ablation", "04_figures")
 
 
+def store_executed(executed: list[Path]) -> None:
+    """Copy executed notebooks over notebooks/ without papermill's volatile metadata (timings), so the stored
+    copies that nbval checks hold outputs of the current code (maintainers: ``reproduce --store``)."""
+    import nbformat
+
+    for src in executed:
+        nb = nbformat.read(src, as_version=4)
+        nb.metadata.pop("papermill", None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                raise DepthGError(f"{src} ran with injected parameters; store only a run with the stored defaults.")
+            if "tags" in cell.metadata and not cell.metadata["tags"]:
+                cell.metadata.pop("tags")
+        nbformat.write(nb, repo_root() / "notebooks" / src.name)
+
+
 def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
-              notebooks: tuple[str, ...] = NOTEBOOKS) -> list[Path]:
+              notebooks: tuple[str, ...] = NOTEBOOKS, store: bool = False) -> list[Path]:
     import papermill
 
     out_dir = results_root(results_dir) / "notebooks"
@@ -37,4 +55,6 @@ def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
                                    progress_bar=False)
         print(f"[reproduce] {name} done in {time.time() - t0:.0f} s -> {dst}", flush=True)
         written.append(dst)
+    if store:
+        store_executed(written)
     return written

@@ -1,0 +1,251 @@
+"""Figures, drawn from results and library outputs and saved as PNG (DESIGN.md §8, §10.8).
+
+Every function draws on its own matplotlib Figure with the Agg canvas (no pyplot state, no display needed) and
+returns the path it wrote. Figures are small (modest size and DPI) because the notebooks embed them.
+
+* :func:`sample_grid`: image / depth / label rows of a dataset (01_data_prep);
+* :func:`loss_curves`: the terms of a run's ``metrics.jsonl`` against iterations (02_train);
+* :func:`ablation_bars`: mean ± std per variant of an aggregated ablation table (03_ablation);
+* :func:`fps_vs_random`: the sample locations the loss reads, FPS vs random, drawn on the depth map (04_figures);
+* :func:`lhp_vs_attention`: one patch's 3D-LHP propagation weights beside its last-block attention (04_figures);
+* :func:`predictions_grid`: image, ground truth, cluster probe (Hungarian-mapped) and linear probe (04_figures).
+
+Figure data helpers: :func:`patch_map` (a patch's row of a weight matrix, or of attention over patch tokens, as an
+h x w map) and :func:`prediction_examples` (probe predictions with the dataset-level Hungarian mapping).
+
+Shapes: H/W image size, h/w feature grid, N = h*w patches, T tokens (prefix + patches), nh heads, S sample side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 80
+# keys of a metrics.jsonl record that are not loss terms
+_NOT_TERMS = ("iteration", "images_per_s", "dfc_weight", "dfc_shift", "feature_samples")
+
+
+def _figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def class_colors(n: int, dataset: str = "") -> np.ndarray:
+    """[n,3] float RGB in [0,1]: the synthetic world's own colours, else a seaborn husl palette."""
+    if dataset == "synthetic":
+        from depthg.data.synthetic import CLASS_COLORS
+
+        if n <= len(CLASS_COLORS):
+            return CLASS_COLORS[:n] / 255.0
+    import seaborn as sns
+
+    return np.array(sns.color_palette("husl", n))
+
+
+def _label_image(label: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """int label [H,W] (-1 / out of range = ignore, drawn black) -> RGB [H,W,3]."""
+    label = np.asarray(label)
+    valid = (label >= 0) & (label < len(colors))
+    rgb = np.zeros(label.shape + (3,))
+    rgb[valid] = colors[label[valid]]
+    return rgb
+
+
+def _off(axes: Iterable) -> None:
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def sample_grid(items: Sequence[dict], path: str | Path, *, colors: np.ndarray, max_items: int = 4) -> Path:
+    """Rows of image / depth (dark = far) / label for items with "image" (PIL or [H,W,3]), "depth" [H,W] and
+    "label" [H,W] (None = unlabelled)."""
+    items = list(items)[:max_items]
+    assert items, "sample_grid needs at least one item"
+    fig = _figure(6.0, 2.0 * len(items))
+    axes = fig.subplots(len(items), 3, squeeze=False)
+    for row, it in zip(axes, items):
+        row[0].imshow(np.asarray(it["image"]))
+        row[1].imshow(it["depth"], cmap="magma_r")
+        if it.get("label") is not None:
+            row[2].imshow(_label_image(it["label"], colors), interpolation="nearest")
+        _off(row)
+    for ax, title in zip(axes[0], ("image", "depth", "label")):
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Path:
+    """One small panel per logged loss term (and the DFC weight / FPS samples schedules), against iteration."""
+    df = pd.DataFrame(list(log))
+    assert len(df) and "iteration" in df, "loss_curves needs metrics.jsonl records with an 'iteration'"
+    keys = [k for k in df.columns if k not in _NOT_TERMS] + [k for k in ("dfc_weight", "feature_samples") if k in df]
+    cols = 4
+    rows = -(-len(keys) // cols)
+    fig = _figure(2.4 * cols, 1.9 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        ax.plot(df["iteration"], df[key], lw=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def ablation_bars(agg: pd.DataFrame, path: str | Path, *, metrics: Sequence[str] = ("cluster_miou", "linear_miou"),
+                  title: str = "") -> Path:
+    """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per variant (rows of :func:`ablation.aggregate`)."""
+    import seaborn as sns
+
+    from depthg.ablation import METRIC_LABELS
+
+    fig = _figure(3.2 * len(metrics), 3.2)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    colors = sns.color_palette("deep", len(agg))
+    for ax, m in zip(axes, metrics):
+        x = np.arange(len(agg))
+        ax.bar(x, agg[f"{m}_mean"], yerr=agg[f"{m}_std"].fillna(0), color=colors, capsize=3)
+        ax.set_xticks(x)
+        ax.set_xticklabels(agg["variant"], rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{METRIC_LABELS.get(m, m)} (%)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _to_pixels(coords: torch.Tensor, H: int, W: int) -> np.ndarray:
+    """coords [S,S,2] (x, y) in [-1, 1] as grid_sample (align_corners=True) reads them -> pixel (x, y) [S*S,2]."""
+    xy = coords.reshape(-1, 2).detach().cpu().numpy()
+    return np.stack([(xy[:, 0] + 1) / 2 * (W - 1), (xy[:, 1] + 1) / 2 * (H - 1)], axis=1)
+
+
+def fps_vs_random(image: np.ndarray, depth: np.ndarray, samples: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """The image, then the depth map [H,W] with each set of sample coordinates ({title: [S,S,2]}) drawn where the
+    loss reads them; FPS picks are numbered in selection order (the first ten)."""
+    H, W = depth.shape
+    fig = _figure(2.6 * (1 + len(samples)), 2.8)
+    axes = fig.subplots(1, 1 + len(samples), squeeze=False)[0]
+    axes[0].imshow(np.asarray(image))
+    axes[0].set_title("image", fontsize=9)
+    for ax, (title, coords) in zip(axes[1:], samples.items()):
+        px = _to_pixels(coords, H, W)
+        ax.imshow(depth, cmap="magma_r")
+        ax.scatter(px[:, 0], px[:, 1], s=12, c="cyan", edgecolors="black", linewidths=0.5)
+        if "fps" in title.lower():
+            for i, (x, y) in enumerate(px[:10]):
+                ax.annotate(str(i), (x, y), fontsize=6, color="white", xytext=(2, 2), textcoords="offset points")
+        ax.set_title(title, fontsize=9)
+    _off(axes)
+    return _save(fig, path)
+
+
+def patch_map(matrix: torch.Tensor, grid_hw: tuple[int, int], patch: tuple[int, int], *, prefix: int = 0) -> np.ndarray:
+    """Row ``patch`` (r, c) of a patch-to-patch matrix as an h x w map.
+
+    ``matrix`` is [N,N] (3D-LHP weights), or [nh,T,T] attention whose first ``prefix`` tokens are CLS/registers:
+    the row of the patch's token over the patch tokens, averaged over heads.
+    """
+    h, w = grid_hw
+    i = patch[0] * w + patch[1]
+    assert 0 <= i < h * w, f"patch {patch} outside the {h}x{w} grid"
+    if matrix.dim() == 3:  # attention [nh,T,T] -> mean over heads of the query row, patch keys only
+        assert matrix.shape[-1] == prefix + h * w, f"{matrix.shape[-1]} tokens != {prefix} prefix + {h}x{w}"
+        row = matrix[:, prefix + i, prefix:].mean(0)  # [N]
+    else:
+        assert matrix.shape == (h * w, h * w), f"weights {tuple(matrix.shape)} do not fit a {h}x{w} grid"
+        row = matrix[i]
+    return row.reshape(h, w).float().cpu().numpy()  # [N] -> [h,w]
+
+
+def lhp_vs_attention(image: np.ndarray, depth: np.ndarray, maps: dict[str, np.ndarray], patch: tuple[int, int],
+                     grid_hw: tuple[int, int], path: str | Path) -> Path:
+    """Image and depth with the chosen patch marked, then each h x w map ({title: map}), e.g. 3D-LHP weights and
+    last-block attention of that patch."""
+    H, W = depth.shape
+    h, w = grid_hw
+    cy, cx = (patch[0] + 0.5) * H / h, (patch[1] + 0.5) * W / w  # patch centre in pixels
+    fig = _figure(2.5 * (2 + len(maps)), 2.8)
+    axes = fig.subplots(1, 2 + len(maps), squeeze=False)[0]
+    axes[0].imshow(np.asarray(image))
+    axes[1].imshow(depth, cmap="magma_r")
+    for ax in axes[:2]:
+        ax.scatter([cx], [cy], marker="x", s=50, c="red")
+    axes[0].set_title("image", fontsize=9)
+    axes[1].set_title("depth", fontsize=9)
+    for ax, (title, m) in zip(axes[2:], maps.items()):
+        ax.imshow(m, cmap="viridis", interpolation="nearest")
+        ax.scatter([patch[1]], [patch[0]], marker="x", s=50, c="red")
+        ax.set_title(title, fontsize=9)
+    _off(axes)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def prediction_examples(model, cfg, *, n_show: int = 4, device: str | torch.device = "cpu") -> dict:
+    """Cluster- and linear-probe predictions on the evaluation split (``cfg.eval.max_images`` of it, no CRF), the
+    cluster ids mapped to classes by Hungarian matching over all those images
+    (:meth:`depthg.metrics.UnsupervisedMetrics.map_clusters`); returns the first ``n_show`` images (uint8
+    [n,R,R,3]), labels, mapped cluster and linear predictions [n,R,R] and the matched accuracy/mIoU."""
+    from depthg.data.datasets import build_eval_set
+    from depthg.data.transforms import unnormalize
+    from depthg.evaluate import predict_logits
+    from depthg.metrics import UnsupervisedMetrics
+
+    model = model.to(device).eval()
+    dataset = build_eval_set(cfg)
+    n = min(cfg.eval.max_images or len(dataset), len(dataset))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=cfg.eval.batch_size)
+    scores = UnsupervisedMetrics(cfg.model.n_classes, extra_clusters=cfg.model.extra_clusters)
+    shown = {"image": [], "label": [], "cluster": [], "linear": []}
+    for batch in loader:
+        img, label = batch["img"].to(device), batch["label"]
+        cluster_lp, linear_lp = predict_logits(model, img, flip=cfg.eval.flip, size=label.shape[-2:])
+        cluster = cluster_lp.argmax(1).cpu()
+        scores.update(cluster, label)
+        take = max(0, min(n_show - len(shown["image"]), len(img)))
+        if take:
+            shown["image"] += list(unnormalize(img[:take]).cpu().numpy())  # uint8 [take,R,R,3]
+            shown["label"] += list(label[:take].numpy())
+            shown["cluster"] += list(cluster[:take].numpy())
+            shown["linear"] += list(linear_lp[:take].argmax(1).cpu().numpy())
+    out = {k: np.stack(v) for k, v in shown.items()}
+    out["cluster"] = scores.map_clusters(out["cluster"])  # dataset-level matching over all n images
+    result = scores.compute()
+    out.update(accuracy=result["accuracy"], mIoU=result["mIoU"], images=n)
+    return out
+
+
+def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray) -> Path:
+    """Rows of image / ground truth / cluster probe (Hungarian-mapped) / linear probe from
+    :func:`prediction_examples`."""
+    n = len(examples["image"])
+    fig = _figure(8.0, 2.0 * n)
+    axes = fig.subplots(n, 4, squeeze=False)
+    for i, row in enumerate(axes):
+        row[0].imshow(examples["image"][i])
+        for ax, key in zip(row[1:], ("label", "cluster", "linear")):
+            ax.imshow(_label_image(examples[key][i], colors), interpolation="nearest")
+        _off(row)
+    for ax, title in zip(axes[0], ("image", "ground truth", "cluster probe (Hungarian)", "linear probe")):
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
