@@ -126,7 +126,7 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast for the frozen backbone, CUDA only
     checkpoint_every: int = 500
     log_every: int = 10
-    val_every: int = 0  # 0: validate only at the end
+    val_every: int = 0  # >0: also validate every N iterations (no CRF) and report the best beside the last step
     tensorboard: bool = False
     threads: int = 0  # torch.set_num_threads; 0 leaves the default
 

@@ -55,7 +55,8 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     if cfg.eval.max_images:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
-                                         num_workers=cfg.data.num_workers)
+                                         num_workers=cfg.data.num_workers,
+                                         generator=torch.Generator())  # leaves the global RNG (training) alone
     n, extra = cfg.model.n_classes, cfg.model.extra_clusters
     scores = {"cluster": UnsupervisedMetrics(n, extra_clusters=extra), "linear": UnsupervisedMetrics(n, hungarian=False)}
     if crf:

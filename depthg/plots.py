@@ -93,7 +93,7 @@ def sample_grid(items: Sequence[dict], path: str | Path, *, colors: np.ndarray, 
 
 def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Path:
     """One small panel per logged loss term (and the DFC weight / FPS samples schedules), against iteration."""
-    df = pd.DataFrame(list(log))
+    df = pd.DataFrame([r for r in log if "validation" not in r])  # training records (validation rows apart)
     assert len(df) and "iteration" in df, "loss_curves needs metrics.jsonl records with an 'iteration'"
     keys = [k for k in df.columns if k not in _NOT_TERMS] + [k for k in ("dfc_weight", "feature_samples") if k in df]
     cols = 4

@@ -210,7 +210,7 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
     writer = _tensorboard(cfg, run_dir) if info.is_main else None
     bar = tqdm(total=total, initial=start, disable=not (progress and info.is_main), desc=cfg.name,
                dynamic_ncols=True)
-    last_time, last_it, it = time.time(), start, start
+    last_time, last_it, it, best = time.time(), start, start, None
     log = log_path.open("a") if info.is_main else None
     try:
         for it, batch in zip(range(start, total), loader):
@@ -231,6 +231,8 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
                         writer.add_scalar(f"train/{k}", v, it)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.1f}")
                 bar.update(it + 1 - bar.n)
+            if cfg.train.val_every and (it + 1) % cfg.train.val_every == 0 and it + 1 < total:
+                best = _validate(model, cfg, info, it + 1, best, log)
             if (it + 1) % cfg.train.checkpoint_every == 0 or it + 1 == total:
                 _save(ckpt_path, cfg, model, step, optimizers, schedule, it + 1, generator, info)
     finally:
@@ -248,11 +250,38 @@ def _train(cfg, device, info, run_name, results_dir, resume, evaluate_at_end, pr
         if evaluate_at_end:
             from depthg.evaluate import evaluate_model
             metrics = evaluate_model(model, cfg, progress=progress)
-        write_run(run_dir, metrics={"last_step": metrics} if metrics else None, provenance=provenance(
+        summary = {"last_step": metrics} if metrics else None
+        if summary and best is not None:
+            summary["best_on_validation"] = best
+        write_run(run_dir, metrics=summary, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=time.time() - t0,
             extra={"iterations": total, "resumed_from": start if resume else None, "world_size": info.world}))
     barrier(info)
     return TrainResult(run_dir=run_dir, iterations=total, checkpoint=ckpt_path, metrics=metrics)
+
+
+def _validate(model, cfg: Config, info: DistInfo, iteration: int, best: dict | None, log) -> dict | None:
+    """Periodic validation (``train.val_every``) without CRF, logged; returns the best so far by cluster mIoU.
+
+    The release selects its checkpoint on the evaluation split (METHOD.md §2.4, §9 #12); here that number is only
+    reported beside the last-step result and labelled, and no checkpoint is chosen by it. Rank 0 evaluates while
+    the other ranks wait; the head goes back to training mode afterwards (evaluation switches dropout off).
+    """
+    if info.is_main:
+        from depthg.evaluate import evaluate_model
+
+        m = evaluate_model(model, cfg, crf=False, progress=False)
+        model.train()
+        record = {"iteration": iteration - 1, "validation": {k: {"accuracy": v["accuracy"], "mIoU": v["mIoU"]}
+                                                             for k, v in m.items() if k in ("cluster", "linear")}}
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if best is None or m["cluster"]["mIoU"] > best["metrics"]["cluster"]["mIoU"]:
+            best = {"label": "best on the evaluation split (selected on test data, as the release does; "
+                             "not a held-out result)", "after_iterations": iteration,
+                    "metrics": {k: m[k] for k in ("cluster", "linear")}}
+    barrier(info)
+    return best
 
 
 def _one_iteration(model, ddp_step, optimizers, batch, schedule, generator, cfg, info, it, ckpt_path) -> dict:

@@ -125,3 +125,15 @@ def test_torchrun_two_gloo_processes_hold_identical_weights(synthetic_world, tmp
     assert len(saved["rng"]) == 2  # both ranks' RNG states, for resume
     for k, v in saved["head"].items():
         assert torch.equal(v, w0["head." + k])
+
+
+def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_world, tmp_path):
+    cfg = _cfg(synthetic_world, "train.iterations=4", "train.val_every=2", "eval.max_images=4")
+    result = train(cfg, run_name="val", results_dir=str(tmp_path), progress=False)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"last_step", "best_on_validation"}
+    best = metrics["best_on_validation"]
+    assert "test data" in best["label"] and best["after_iterations"] == 2  # the last step is not re-validated
+    log = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if "validation" in r] == [1]
+    assert [r["iteration"] for r in log if "loss" in r] == [0, 3]  # log_every=10: the first and the last
