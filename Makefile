@@ -23,7 +23,7 @@ venv: $(STAMP)
 
 ## The whole test suite: unit, golden parity, integration and the notebooks under nbval.
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 ## The fast tier only (under a minute).
 test-fast: $(STAMP)
