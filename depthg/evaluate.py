@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from depthg.config import Config, load_preset
 from depthg.crf import CRFPool
-from depthg.data.datasets import build_eval_set
+from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
 from depthg.errors import ConfigError
 from depthg.metrics import UnsupervisedMetrics
@@ -113,12 +113,12 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
                         results_dir: str | None = None) -> EvalResult:
     """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/."""
-    from depthg import checkpoints
+    from depthg import checkpoints, released
 
     t0 = time.time()
     path = Path(path)
-    if checkpoints.is_released_file(path):
-        model, info = checkpoints.load_released_checkpoint(path)
+    if released.is_released_file(path):
+        model, info = released.load_released_checkpoint(path)
         # the preset gives data and evaluation settings; the architecture comes from the file itself
         arch = {"model.backbone": info["backbone"], "model.dim": info["dim"], "model.n_classes": info["n_classes"],
                 "model.extra_clusters": info["extra_clusters"], "model.weights": str(path)}

@@ -206,7 +206,7 @@ def prediction_examples(model, cfg, *, n_show: int = 4, device: str | torch.devi
     cluster ids mapped to classes by Hungarian matching over all those images
     (:meth:`depthg.metrics.UnsupervisedMetrics.map_clusters`); returns the first ``n_show`` images (uint8
     [n,R,R,3]), labels, mapped cluster and linear predictions [n,R,R] and the matched accuracy/mIoU."""
-    from depthg.data.datasets import build_eval_set
+    from depthg.data.pairs import build_eval_set
     from depthg.data.transforms import unnormalize
     from depthg.evaluate import predict_logits
     from depthg.metrics import UnsupervisedMetrics

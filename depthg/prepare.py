@@ -130,7 +130,7 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
         raise DataError(f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
                         f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}; "
                         f"`python -m depthg prep check --dataset {dataset}` shows what exists).")
-    from depthg.data.datasets import build_eval_set, build_train_set
+    from depthg.data.pairs import build_eval_set, build_train_set
 
     train, val = build_train_set(cfg), build_eval_set(cfg)  # any remaining inconsistency raises here
     return Prepared(dataset, data_root(data_dir), len(train), len(val), _knn_file(cfg, data_dir), actions)

@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from depthg import checkpoints
 from depthg.config import Config
-from depthg.data.datasets import build_train_set
+from depthg.data.pairs import build_train_set
 from depthg.distributed import DistInfo, ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
 from depthg.errors import ConfigError, TrainingError
 from depthg.model import DepthGModel
 from depthg.paths import runs_dir
-from depthg.results import provenance, write_json, write_run
+from depthg.results import provenance, write_run
 from depthg.schedules import Schedule
 from depthg.step import StepSettings, TrainStep
 

@@ -13,7 +13,8 @@ import timm
 import torch
 
 from depthg.backbone import DinoBackbone
-from depthg.checkpoints import load_released_checkpoint, read_checkpoint, released_hparams
+from depthg.checkpoints import read_checkpoint
+from depthg.released import load_released_checkpoint, released_hparams
 from depthg.errors import WeightsError
 
 C = 384  # ViT-S

@@ -42,7 +42,7 @@ def test_eval_cli_on_released_checkpoint_writes_results_with_provenance(released
 
 
 def test_flip_averaged_code_is_flip_equivariant(released_synthetic):
-    from depthg.checkpoints import load_released_checkpoint
+    from depthg.released import load_released_checkpoint
 
     model, _ = load_released_checkpoint(released_synthetic)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,8 @@
 The entry points most code needs are re-exported here; everything else is imported from its module.
 """
 
-from depthg.data.datasets import EvalSet, TrainPairs, build_eval_set, build_train_set, source_dataset
+from depthg.data.datasets import source_dataset
+from depthg.data.pairs import EvalSet, TrainPairs, build_eval_set, build_train_set
 from depthg.data.labels import DatasetInfo, dataset_info
 
 __all__ = ["DatasetInfo", "EvalSet", "TrainPairs", "build_eval_set", "build_train_set", "dataset_info",
