@@ -61,3 +61,22 @@ def test_eval_cli_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope.ckpt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope.ckpt" in err and "Traceback" not in err
+
+
+def test_git_dirty_flag_ignores_results_outputs(tmp_path):
+    import subprocess
+
+    from depthg.results import git_state
+
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("old\n")
+    run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "table.md").write_text("new\n")  # a run rewrote its outputs: still clean code
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
