@@ -36,6 +36,23 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """"auto" -> cuda if available, else cpu; "cuda" under torchrun -> this rank's GPU. An unknown string or CUDA
+    asked for where there is none is a ConfigError naming the value."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...).") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for, but no CUDA device is available; use cpu.")
+        if info is not None and info.enabled and device.index is None:
+            return torch.device("cuda", info.local_rank)
+    return device
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group that torchrun describes in the environment (no-op for a single process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -175,13 +175,10 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
 # ---- real datasets -----------------------------------------------------------------------------------------------
 
 def _knn_file(cfg: Config, data_dir) -> Path:
-    from depthg.data.datasets import effective_crop
-    from depthg.data.knn_file import knn_path, legacy_knn_path
+    """The kNN file training will read (depthg.data.pairs.train_knn_paths: ours first, then the release's)."""
+    from depthg.data.pairs import train_knn_paths
 
-    d = cfg.data
-    name = d.dataset.split(":", 1)[-1]
-    ours = knn_path(name, "train", cfg.model.backbone, effective_crop(d.dataset, d.crop_type), d.knn_res, data_dir)
-    legacy = legacy_knn_path(name, "train", cfg.model.backbone, d.crop_type, d.knn_res, data_dir)
+    ours, legacy = train_knn_paths(cfg, data_dir)
     return legacy if legacy.is_file() and not ours.is_file() else ours
 
 

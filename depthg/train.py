@@ -30,7 +30,8 @@ from tqdm import tqdm
 from depthg import checkpoints
 from depthg.config import Config
 from depthg.data.pairs import build_train_set
-from depthg.distributed import DistInfo, ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
+from depthg.distributed import (DistInfo, ResumableBatchSampler, barrier, init_distributed, resolve_device,
+                                shutdown_distributed)
 from depthg.errors import ConfigError, TrainingError
 from depthg.model import DepthGModel
 from depthg.paths import runs_dir
@@ -45,17 +46,6 @@ class TrainResult:
     iterations: int
     checkpoint: Path
     metrics: dict | None
-
-
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu.")
-        if info is not None and info.enabled and name == "cuda":
-            return torch.device("cuda", info.local_rank)
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -137,3 +137,16 @@ def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_wo
     log = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if "validation" in r] == [1]
     assert [r["iteration"] for r in log if "loss" in r] == [0, 3]  # log_every=10: the first and the last
+
+
+def test_one_device_resolver_for_training_and_preparation():
+    from depthg.distributed import DistInfo, resolve_device
+    from depthg.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'gpu0' is not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda", DistInfo(rank=1, world=2, local_rank=1))

@@ -28,6 +28,7 @@ import torch
 
 from depthg.data.depth_io import sidecar_path, write_depth
 from depthg.data.prep import StageResult, atomic_path, run_stage
+from depthg.distributed import resolve_device
 from depthg.errors import ConfigError, WeightsError
 from depthg.paths import derived_dir
 
@@ -40,16 +41,6 @@ def depth_dir(dataset: str, data_dir=None) -> Path:
     """``<data>/<dataset>/derived/depth``: holds ``<split>/<key>.png`` + ``.json`` (``directory:<folder>``: the
     folder's name), where ``depthg.data.datasets`` looks for depth first."""
     return derived_dir(dataset.split(":", 1)[-1], data_dir) / "depth"
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda if available, else cpu; anything else must be a torch device string."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, auto).") from e
 
 
 def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tensor:

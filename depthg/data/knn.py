@@ -165,7 +165,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing)."""
     from depthg.backbone import DinoBackbone
     from depthg.data.datasets import effective_crop, train_source
-    from depthg.data.depth_estimation import resolve_device
+    from depthg.distributed import resolve_device
 
     if fidelity not in ("paper", "reference"):
         raise ConfigError(f"--fidelity must be paper or reference, got {fidelity!r}.")

@@ -97,6 +97,17 @@ def _check_n_classes(cfg, name: str) -> None:
                           f"set model.n_classes={info.n_classes}.")
 
 
+def train_knn_paths(cfg, data_dir=None) -> tuple:
+    """(ours, legacy) kNN file paths for training ``cfg``; training reads ours if present, else the release's.
+
+    The release's file name encodes crop_type even for Potsdam, which is never cropped (METHOD.md §1.1, §1.5)."""
+    d = cfg.data
+    data_dir = data_dir or d.data_dir or None
+    name = d.dataset.split(":", 1)[-1]
+    ours = knn_path(name, "train", cfg.model.backbone, effective_crop(d.dataset, d.crop_type), d.knn_res, data_dir)
+    return ours, legacy_knn_path(name, "train", cfg.model.backbone, d.crop_type, d.knn_res, data_dir)
+
+
 def build_train_set(cfg) -> TrainPairs:
     """The training pairs of a depthg.config.Config (the edge adapter: unpacks data, model and fidelity fields)."""
     d, name = cfg.data, cfg.data.dataset
@@ -105,12 +116,11 @@ def build_train_set(cfg) -> TrainPairs:
                           n_classes=cfg.model.n_classes)
     crop = effective_crop(name, d.crop_type)
     derived_name = name.split(":", 1)[-1]
-    ours = knn_path(derived_name, "train", cfg.model.backbone, crop, d.knn_res, d.data_dir or None)
-    legacy = legacy_knn_path(derived_name, "train", cfg.model.backbone, d.crop_type, d.knn_res, d.data_dir or None)
+    ours, legacy = train_knn_paths(cfg)
     expect = dict(dataset=name, split="train", backbone=cfg.model.backbone, res=d.knn_res, n_items=len(source))
     if ours.is_file():
         nns, meta = load_knn(ours, expect=dict(expect, crop=crop))
-    elif legacy.is_file():  # the release's name encodes crop_type even for Potsdam
+    elif legacy.is_file():
         nns, meta = load_knn(legacy, expect=dict(expect, dataset=derived_name, crop=d.crop_type))
     else:
         args = (f" --splits train --backbone {cfg.model.backbone} --res {d.knn_res} --crop {crop} "
