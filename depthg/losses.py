@@ -22,11 +22,14 @@ correlation tensors are [B,S,S,S,S] indexed (b, h, w, i, j): location (h, w) of 
 the second.
 """
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from depthg.errors import ConfigError
-from depthg.sampling import normalize_depth, pool_depth, sample
+from depthg.sampling import bilinear_taps, gather_points, normalize_depth, point_tables, pool_depth, sample
 
 DFC_TARGETS = ("paper", "reference")
 
@@ -127,51 +130,157 @@ def super_perm(B, *, generator=None, device=None):
     return perm.to(device) if device is not None else perm
 
 
-def correlation_loss(f1, f2, z1, z2, d1, d2, coords1, coords2, *, pos_intra_weight, pos_intra_shift,
-                     pos_inter_weight, pos_inter_shift, neg_inter_weight, neg_inter_shift, neg_samples=5,
-                     dfc_weight=0.0, dfc_shift=0.0, dfc_target="paper", pointwise=True, zero_clamp=True,
-                     stabilize=False, generator=None):
+@dataclass(frozen=True)
+class CorrelationTerms:
+    """Weights, shifts and flags of the correlation terms (METHOD.md §3.3-§3.4, §7.2), unpacked once at the edge.
+
+    ``dfc_weight``/``dfc_shift`` are the values of this iteration (they decay, depthg.schedules): take them with
+    :meth:`with_dfc`. A ``dfc_weight`` of 0 skips the DFC term and its depth.
+    """
+
+    pos_intra_weight: float
+    pos_intra_shift: float
+    pos_inter_weight: float
+    pos_inter_shift: float
+    neg_inter_weight: float
+    neg_inter_shift: float
+    neg_samples: int = 5
+    dfc_weight: float = 0.0
+    dfc_shift: float = 0.0
+    dfc_target: str = "paper"
+    pointwise: bool = True
+    zero_clamp: bool = True
+    stabilize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dfc_target not in DFC_TARGETS:
+            raise ConfigError(f"dfc_target={self.dfc_target!r} is not one of {DFC_TARGETS}.")
+        if self.neg_samples < 0:
+            raise ConfigError(f"neg_samples={self.neg_samples} must be >= 0 (loss.neg_samples).")
+
+    def with_dfc(self, weight: float, shift: float) -> "CorrelationTerms":
+        """The same terms with this iteration's DFC weight and shift."""
+        return replace(self, dfc_weight=float(weight), dfc_shift=float(shift))
+
+
+class _CodeTerms(torch.autograd.Function):
+    """-mean(clamp(Zc, low, high_k) * T_k) for targets T_k [B,n,m] on one code correlation Zc = za zb^T.
+
+    za [B,n,K], zb [B,m,K] are unit rows; the targets carry no gradient, so d/dZc is the masked target and the
+    backward is two bmm, with no [B,n,m] tensor kept beyond one slope per target. ``highs[k]`` None: no upper cap.
+    Returns the k means, and Zc without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, za, zb, low, highs, *targets):
+        cd = torch.bmm(za, zb.transpose(1, 2))
+        scale = -1.0 / cd.numel()
+        values, slopes = [], []
+        for target, high in zip(targets, highs):
+            values.append((cd.clamp(low, high) * target).sum() * scale)
+            inside = cd >= low if high is None else (cd >= low) & (cd <= high)  # clamp's gradient mask
+            slopes.append(torch.where(inside, target * scale, 0.0))
+        ctx.save_for_backward(za, zb, *slopes)
+        ctx.mark_non_differentiable(cd)
+        return torch.stack(values), cd
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_cd):
+        za, zb, *slopes = ctx.saved_tensors
+        g = sum(grad_values[k] * slope for k, slope in enumerate(slopes))  # d total / d Zc, [B,n,m]
+        return torch.bmm(g, zb), torch.bmm(g.transpose(1, 2), za), None, None, *([None] * len(slopes))
+
+
+@torch.no_grad()
+def _feature_target_points(fa: Tensor, fb: Tensor, shift: float, pointwise: bool) -> Tensor:
+    """:func:`feature_target` minus the shift on unit point rows fa [B,n,C], fb [B,m,C] -> [B,n,m].
+
+    The centred tensor's own mean, which the release subtracts before restoring the old one, is 0 up to rounding,
+    so one pass does it: T = F - rowmean + (mean - shift).
+    """
+    fd = torch.bmm(fa, fb.transpose(1, 2))
+    if not pointwise:
+        return fd.sub_(shift)
+    row_mean = fd.mean(dim=-1, keepdim=True)  # [B,n,1]
+    return fd.sub_(row_mean - (row_mean.mean() - shift))
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """:func:`norm` for points [..., n, C]: L2 along the last axis, eps 1e-10."""
+    return F.normalize(x, dim=-1, eps=1e-10)
+
+
+def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor | None, d2: Tensor | None,
+                     coords1: Tensor, coords2: Tensor, terms: CorrelationTerms, *,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """All correlation terms of one step (METHOD.md §3.3, §3.6) -> dict of scalars intra/inter/neg/dfc/total.
 
     f1/f2 [B,C,h,w] features of the image and its kNN partner, z1/z2 [B,K,h,w] their codes, d1/d2 [B,1,H,W]
-    their full-resolution depth (unused, may be None, when ``dfc_weight`` is 0), coords1/coords2 [B,S,S,2].
+    their full-resolution depth (unused, may be None, when ``terms.dfc_weight`` is 0), coords1/coords2 [B,S,S,2].
     total = w_intra*intra + w_inter*inter + w_neg*neg + dfc_weight*dfc; ``correspondence_weight`` and the LHP
     balance multiply it outside. Negatives: ``neg_samples`` rounds, each pairing the image with the batch
     permuted by :func:`super_perm`, sampled at the partner's coords2. The release concatenates the rounds before
-    the mean; each round has the same size, so the mean of the round means is the same number with 1/rounds of
-    the memory. DFC is intra-image, on the same code correlation as the intra term, so only d1 is read (d2 is
-    taken for a cross-image target, which the release does not have, METHOD.md §3.7). Paper target: d1 is
-    min-max normalised per image, averaged over each patch, and read at coords1 like the codes.
+    the mean; each round has the same size, so the mean of the round means is the same number. DFC is
+    intra-image, on the same code correlation as the intra term, so only d1 is read (d2 is taken for a cross-image
+    target, which the release does not have, METHOD.md §3.7). Paper target: d1 is min-max normalised per image,
+    averaged over each patch, and read at coords1 like the codes.
+
+    The values are those of :func:`stego_term` and :func:`depth_feature_term` on :func:`sample`-d maps (to float
+    rounding), computed on the n = S*S sampled points only: each map becomes a table of rows once and every term
+    reads its points from it (:func:`depthg.sampling.gather_points`), so a negative reads image perm[b] at the
+    coordinates of partner b without copying or resampling whole maps, and each sampled set is normalised once.
     """
     assert coords1.shape == coords2.shape, f"coords differ: {tuple(coords1.shape)} vs {tuple(coords2.shape)}"
-    flags = dict(zero_clamp=zero_clamp, stabilize=stabilize)
-    f1s, z1s = sample(f1, coords1), sample(z1, coords1)  # [B,C,S,S], [B,K,S,S]
-    f2s, z2s = sample(f2, coords2), sample(z2, coords2)
+    t = terms
+    B, _, h, w = f1.shape
+    side, HW = coords1.shape[1], h * w
+    taps1, wts1 = bilinear_taps(coords1, (h, w))  # [B,n,4] each
+    taps2, wts2 = bilinear_taps(coords2, (h, w))
+    first_row = (torch.arange(B, device=f1.device) * HW).view(B, 1, 1)  # table row of each image's (0, 0)
+    f1_rows, f2_rows = point_tables(f1.detach()), point_tables(f2.detach())  # [B*h*w, C] in channel pieces
+    z1_rows, z2_rows = point_tables(z1), point_tables(z2)  # [B*h*w, K], with gradient
+    with torch.no_grad():
+        fa = _unit_rows(gather_points(f1_rows, taps1 + first_row, wts1))  # [B,n,C] anchors
+        fp = _unit_rows(gather_points(f2_rows, taps2 + first_row, wts2))  # [B,n,C] kNN partners
+    za = _unit_rows(gather_points(z1_rows, taps1 + first_row, wts1))  # [B,n,K]
+    zp = _unit_rows(gather_points(z2_rows, taps2 + first_row, wts2))
+    low = 0.0 if t.zero_clamp else -9999.0
+    cap = 0.8 if t.stabilize else None
 
-    cd_intra = correlation(z1s, z1s)
-    intra = distill(feature_target(f1s, f1s, pointwise=pointwise), cd_intra, pos_intra_shift, **flags).mean()
-    inter = stego_term(f1s, f2s, z1s, z2s, pos_inter_shift, pointwise=pointwise, **flags).mean()
+    # intra and DFC share Zc(z~, z~) and its backward
+    intra_target = _feature_target_points(fa, fa, t.pos_intra_shift, t.pointwise)
+    if t.dfc_weight != 0:
+        dfc_target = _depth_target_points(d1, coords1, z1.shape[-2:], side, t.dfc_target).sub_(t.dfc_shift)
+        (intra, dfc), _ = _CodeTerms.apply(za, za, low, (cap, None), intra_target, dfc_target)  # DFC: no cap
+    else:
+        (intra,), _ = _CodeTerms.apply(za, za, low, (cap,), intra_target)
+        dfc = za.new_zeros(())
+    inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fa, fp, t.pos_inter_shift, t.pointwise))[0][0]
 
     neg_means = []
-    for _ in range(neg_samples):
-        perm = super_perm(f1.shape[0], generator=generator, device=f1.device)
-        fn, zn = sample(f1[perm], coords2), sample(z1[perm], coords2)
-        neg_means.append(stego_term(f1s, fn, z1s, zn, neg_inter_shift, pointwise=pointwise, **flags).mean())
-    neg = torch.stack(neg_means).mean() if neg_means else z1s.new_zeros(())
-
-    if dfc_weight != 0:
+    for _ in range(t.neg_samples):
+        perm = super_perm(B, generator=generator, device=f1.device)
+        rows = taps2 + first_row[perm]  # image perm[b] read at partner b's coordinates
         with torch.no_grad():
-            if dfc_target == "paper":
-                # Patch depth on the codes' own grid, read at the codes' coordinates: [B,1,h,w] -> [B,1,S,S].
-                # (The full-resolution map under the same coordinates would be off by up to half a patch.)
-                patch_depth = pool_depth(normalize_depth(d1.float()), z1.shape[-2:])
-                dd = sample(patch_depth, coords1)
-                D = depth_target(dd, dd, z1s.shape[-1], target="paper")
-            else:
-                D = depth_target(d1, d1, z1s.shape[-1], target=dfc_target)
-        dfc = distill(D, cd_intra, dfc_shift, zero_clamp=zero_clamp).mean()
-    else:
-        dfc = z1s.new_zeros(())
+            fn = _unit_rows(gather_points(f1_rows, rows, wts2))
+        zn = _unit_rows(gather_points(z1_rows, rows, wts2))
+        target = _feature_target_points(fa, fn, t.neg_inter_shift, t.pointwise)
+        neg_means.append(_CodeTerms.apply(za, zn, low, (cap,), target)[0][0])
+    neg = torch.stack(neg_means).mean() if neg_means else za.new_zeros(())
 
-    total = (pos_intra_weight * intra + pos_inter_weight * inter + neg_inter_weight * neg + dfc_weight * dfc)
+    total = t.pos_intra_weight * intra + t.pos_inter_weight * inter + t.neg_inter_weight * neg + t.dfc_weight * dfc
     return {"intra": intra, "inter": inter, "neg": neg, "dfc": dfc, "total": total}
+
+
+@torch.no_grad()
+def _depth_target_points(d1: Tensor, coords1: Tensor, grid_hw, side: int, target: str) -> Tensor:
+    """:func:`depth_target` of the image with itself, as [B,n,n] for the points read at coords1."""
+    B = coords1.shape[0]
+    if target == "paper":
+        # Patch depth on the codes' own grid, read at the codes' coordinates: [B,1,h,w] -> [B,1,S,S].
+        # (The full-resolution map under the same coordinates would be off by up to half a patch.)
+        dd = sample(pool_depth(normalize_depth(d1.float()), tuple(grid_hw)), coords1)
+        D = depth_target(dd, dd, side, target="paper")
+    else:
+        D = depth_target(d1, d1, side, target=target)
+    return D.reshape(B, side * side, side * side)  # [B,S,S,S,S] -> [B,n,n]

@@ -23,6 +23,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from depthg.errors import ConfigError
 
@@ -61,6 +62,63 @@ def sample(t, coords):
     assert coords.dim() == 4 and coords.shape[-1] == 2, f"coords must be [B,S,S,2], got {tuple(coords.shape)}"
     assert t.shape[0] == coords.shape[0], f"batch of t {t.shape[0]} != batch of coords {coords.shape[0]}"
     return F.grid_sample(t, coords.to(t.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def bilinear_taps(coords: Tensor, grid_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The four corners :func:`sample` blends at each coordinate: coords [B,S,S,2] -> (taps [B,n,4], weights [B,n,4]).
+
+    ``taps`` are raster indices r*w + c into one h x w map, corners in the order (top-left, top-right, bottom-left,
+    bottom-right), with grid_sample's arithmetic: align_corners=True unnormalisation, border clipping, and a corner
+    past the last row/column clamped onto it (its weight is 0 there). Sample s of the grid is coords[:, s // S, s % S].
+    """
+    assert coords.dim() == 4 and coords.shape[-1] == 2, f"coords must be [B,S,S,2], got {tuple(coords.shape)}"
+    h, w = grid_hw
+    xy = coords.reshape(coords.shape[0], -1, 2).float()  # [B,S,S,2] -> [B,n,2]
+    x = ((xy[..., 0] + 1) / 2 * (w - 1)).clamp(0, w - 1)
+    y = ((xy[..., 1] + 1) / 2 * (h - 1)).clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    tx, ty = x - x0, y - y0  # distances from the top-left corner
+    c0, r0 = x0.long(), y0.long()
+    c1, r1 = (c0 + 1).clamp(max=w - 1), (r0 + 1).clamp(max=h - 1)
+    taps = torch.stack([r0 * w + c0, r0 * w + c1, r1 * w + c0, r1 * w + c1], dim=-1)
+    sx, sy = 1 - tx, 1 - ty
+    weights = torch.stack([sy * sx, sy * tx, ty * sx, ty * tx], dim=-1)
+    return taps, weights
+
+
+# Tables are cut along channels into pieces below this size on CPU: glibc serves blocks over 32 MB with a fresh
+# mmap every time, and page-faulting one in cost ~1 ms/MB on the shared test machine (a 38 MB ViT-S feature table
+# 37 ms, the same copy into a reused block 3 ms); smaller blocks are recycled from the heap between iterations.
+CPU_TABLE_BYTES = 16 * 2**20
+
+
+def point_tables(t: Tensor) -> list[Tensor]:
+    """Maps [B,C,h,w] as rows per location: tables [B*h*w, C_k] (row b*h*w + r*w + c), channel pieces in order.
+
+    One channels-last copy; on CPU cut into pieces under ``CPU_TABLE_BYTES`` (see there), one piece elsewhere.
+    """
+    B, C, h, w = t.shape
+    pieces = 1
+    if t.device.type == "cpu":
+        pieces = min(C, -(-t.numel() * t.element_size() // CPU_TABLE_BYTES))  # ceil
+    step = -(-C // pieces)
+    return [t[:, c:c + step].permute(0, 2, 3, 1).reshape(B * h * w, -1) for c in range(0, C, step)]
+
+
+def gather_points(tables: list[Tensor], rows: Tensor, weights: Tensor) -> Tensor:
+    """Bilinear reads from :func:`point_tables`: rows/weights [..., n, 4] -> [..., n, C].
+
+    ``rows`` index the tables (image * h*w + the tap of :func:`bilinear_taps`), so any image can be read at any
+    coordinates without copying its map; the same values as :func:`sample` (to float rounding), laid out per point.
+    One weighted row sum per point (embedding_bag), so the four corners are never materialised; the gradient
+    reaches the tables.
+    """
+    assert rows.shape == weights.shape and rows.shape[-1] == 4, (
+        f"rows {tuple(rows.shape)} and weights {tuple(weights.shape)} must both be [..., n, 4]")
+    flat_rows, flat_weights = rows.reshape(-1, 4), weights.reshape(-1, 4).to(tables[0].dtype)
+    out = [F.embedding_bag(flat_rows, table, per_sample_weights=flat_weights, mode="sum") for table in tables]
+    out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+    return out.view(*rows.shape[:-1], out.shape[1])
 
 
 def pool_depth(depth, grid_hw):
