@@ -19,6 +19,7 @@ Shapes: B batch, C channels, H/W full-resolution depth, h/w feature grid, N = h*
 n = S*S picks.
 """
 
+import contextlib
 import math
 
 import torch
@@ -178,7 +179,27 @@ def _start_indices(start, B, N, device, generator):
     return torch.full((B,), int(start), device=device, dtype=torch.long)
 
 
-def farthest_point_sample(points, n, *, start=0, generator=None):
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """Run the block with one intra-op thread on CPU, restoring the count after (a no-op elsewhere).
+
+    FPS is ~7 dependent ops of a few 10^4 elements per pick: too small to split, so a second thread only adds a
+    fork/join per op, and on a loaded machine an oversubscribed join stalls. Measured on the 2 shared cores (B=32,
+    784 points, 121 picks, load ~5): 199 ms with 2 threads against 27 ms with this scope.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def farthest_point_sample(points: Tensor, n: int, *, start: int | str | Tensor = 0,
+                          generator: torch.Generator | None = None) -> Tensor:
     """Greedy farthest point sampling of ``n`` of the ``N`` points [B,N,3] -> indices [B,n] in selection order.
 
     Each pick is the point whose squared distance to the nearest chosen point is largest; ties go to the lowest
@@ -198,15 +219,16 @@ def farthest_point_sample(points, n, *, start=0, generator=None):
     best = torch.full((B, N), float("inf"), device=points.device)
     diff, dist = torch.empty_like(P), torch.empty_like(best)
     dx, dy, dz = diff.unbind(0)  # views made once: slicing inside the loop costs as much as arithmetic
-    for _ in range(n - 1):
-        best.scatter_(1, cur[:, None], -1.0)
-        torch.sub(P, P.gather(2, cur.view(1, B, 1).expand(3, B, 1)), out=diff)  # [3,B,N] - [3,B,1]
-        diff.mul_(diff)
-        # (dx^2 + dy^2) + dz^2 in float32, the release's order (not cdist, not |a|^2 - 2ab + |b|^2).
-        torch.add(dx, dy, out=dist).add_(dz)
-        torch.minimum(best, dist, out=best)
-        cur = best.argmax(dim=1)  # first maximum = lowest index on ties
-        picks.append(cur)
+    with _one_cpu_thread(points.device):
+        for _ in range(n - 1):
+            best.scatter_(1, cur[:, None], -1.0)
+            torch.sub(P, P.gather(2, cur.view(1, B, 1).expand(3, B, 1)), out=diff)  # [3,B,N] - [3,B,1]
+            diff.mul_(diff)
+            # (dx^2 + dy^2) + dz^2 in float32, the release's order (not cdist, not |a|^2 - 2ab + |b|^2).
+            torch.add(dx, dy, out=dist).add_(dz)
+            torch.minimum(best, dist, out=best)
+            cur = best.argmax(dim=1)  # first maximum = lowest index on ties
+            picks.append(cur)
     return torch.stack(picks, dim=1)
 
 
