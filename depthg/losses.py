@@ -22,6 +22,8 @@ correlation tensors are [B,S,S,S,S] indexed (b, h, w, i, j): location (h, w) of 
 the second.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,23 +31,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from depthg.errors import ConfigError
-from depthg.sampling import bilinear_taps, gather_points, normalize_depth, point_tables, pool_depth, sample
+from depthg.sampling import (
+    bilinear_taps,
+    gather_points,
+    normalize_depth,
+    point_tables,
+    pool_depth,
+    sample,
+)
 
 DFC_TARGETS = ("paper", "reference")
 
 
-def norm(t):
+def norm(t: Tensor) -> Tensor:
     """L2 normalisation along channels, eps 1e-10 (DG src/modules.py:789): an all-zero vector stays zero."""
     return F.normalize(t, dim=1, eps=1e-10)
 
 
-def correlation(a, b):
+def correlation(a: Tensor, b: Tensor) -> Tensor:
     """Cosine of channel vectors, [B,C,h,w] x [B,C,i,j] -> [B,h,w,i,j] (``tensor_correlation``, DG :797-809)."""
     assert a.shape[:2] == b.shape[:2], f"correlation needs equal batch and channels: {a.shape} vs {b.shape}"
     return torch.einsum("nchw,ncij->nhwij", norm(a), norm(b))
 
 
-def feature_target(f1, f2, *, pointwise=True):
+def feature_target(f1: Tensor, f2: Tensor, *, pointwise: bool = True) -> Tensor:
     """STEGO's target F = Corr(f1, f2), without gradient; optionally centred per anchor location (METHOD.md §3.2).
 
     Pointwise centring subtracts the mean over the second map's locations (i, j) for each (b, h, w) and then
@@ -61,7 +70,7 @@ def feature_target(f1, f2, *, pointwise=True):
     return fd
 
 
-def distill(target, cd, shift, *, zero_clamp=True, stabilize=False):
+def distill(target: Tensor, cd: Tensor, shift: float, *, zero_clamp: bool = True, stabilize: bool = False) -> Tensor:
     """The shared term -clamp(cd) * (target - shift), unreduced [B,h,w,i,j] (DG :1250-1254).
 
     zero_clamp clamps the code correlation at 0 (else at -9999, i.e. not at all); stabilize also caps it at 0.8.
@@ -71,7 +80,8 @@ def distill(target, cd, shift, *, zero_clamp=True, stabilize=False):
     return -clamped * (target - shift)
 
 
-def stego_term(f1, f2, c1, c2, shift, *, pointwise=True, zero_clamp=True, stabilize=False):
+def stego_term(f1: Tensor, f2: Tensor, c1: Tensor, c2: Tensor, shift: float, *, pointwise: bool = True,
+               zero_clamp: bool = True, stabilize: bool = False) -> Tensor:
     """STEGO's unreduced loss [B,h,w,i,j] for features f1/f2 [B,C,.,.] and codes c1/c2 [B,K,.,.] (METHOD.md §3.2).
 
     Equals the first output of the release's ``helper`` (golden a ``loss_pw*_zc*_st*``); the code correlation it
@@ -81,7 +91,7 @@ def stego_term(f1, f2, c1, c2, shift, *, pointwise=True, zero_clamp=True, stabil
                    zero_clamp=zero_clamp, stabilize=stabilize)
 
 
-def depth_target(d1, d2, side, *, target):
+def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
     """The DFC target D [B,S,S,S,S] (see the module docstring).
 
     paper: d1/d2 [B,1,S,S], normalised depth already sampled at the code locations.
@@ -106,7 +116,8 @@ def depth_target(d1, d2, side, *, target):
     raise ConfigError(f"dfc_target={target!r} is not one of {DFC_TARGETS}.")
 
 
-def depth_feature_term(c1, c2, d1, d2, shift, *, target="paper", zero_clamp=True):
+def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: float, *, target: str = "paper",
+                       zero_clamp: bool = True) -> tuple[Tensor, Tensor]:
     """DepthG's DFC term: codes c1/c2 [B,K,S,S] and depth d1/d2 -> (loss [B,S,S,S,S], depth correlation D).
 
     Shapes of d1/d2 depend on ``target`` (see :func:`depth_target`). The release calls it intra-image only,
@@ -117,7 +128,8 @@ def depth_feature_term(c1, c2, d1, d2, shift, *, target="paper", zero_clamp=True
     return distill(D, correlation(c1, c2), shift, zero_clamp=zero_clamp), D
 
 
-def super_perm(B, *, generator=None, device=None):
+def super_perm(B: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Tensor:
     """A random index map of the batch without fixed points, for negatives (METHOD.md §1.7, DG :1184-1188).
 
     A permutation whose fixed points are moved on by +1 mod B: no image is its own negative, though an index may
@@ -158,7 +170,7 @@ class CorrelationTerms:
         if self.neg_samples < 0:
             raise ConfigError(f"neg_samples={self.neg_samples} must be >= 0 (loss.neg_samples).")
 
-    def with_dfc(self, weight: float, shift: float) -> "CorrelationTerms":
+    def with_dfc(self, weight: float, shift: float) -> CorrelationTerms:
         """The same terms with this iteration's DFC weight and shift."""
         return replace(self, dfc_weight=float(weight), dfc_shift=float(shift))
 
@@ -172,7 +184,8 @@ class _CodeTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, za, zb, low, highs, *targets):
+    def forward(ctx, za: Tensor, zb: Tensor, low: float, highs: tuple[float | None, ...],
+                *targets: Tensor) -> tuple[Tensor, Tensor]:
         cd = torch.bmm(za, zb.transpose(1, 2))
         scale = -1.0 / cd.numel()
         values, slopes = [], []
@@ -185,7 +198,7 @@ class _CodeTerms(torch.autograd.Function):
         return torch.stack(values), cd
 
     @staticmethod
-    def backward(ctx, grad_values, _grad_cd):
+    def backward(ctx, grad_values: Tensor, _grad_cd: Tensor) -> tuple[Tensor | None, ...]:
         za, zb, *slopes = ctx.saved_tensors
         g = sum(grad_values[k] * slope for k, slope in enumerate(slopes))  # d total / d Zc, [B,n,m]
         return torch.bmm(g, zb), torch.bmm(g.transpose(1, 2), za), None, None, *([None] * len(slopes))
@@ -273,7 +286,7 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
 
 
 @torch.no_grad()
-def _depth_target_points(d1: Tensor, coords1: Tensor, grid_hw, side: int, target: str) -> Tensor:
+def _depth_target_points(d1: Tensor, coords1: Tensor, grid_hw: tuple[int, int], side: int, target: str) -> Tensor:
     """:func:`depth_target` of the image with itself, as [B,n,n] for the points read at coords1."""
     B = coords1.shape[0]
     if target == "paper":

@@ -19,8 +19,11 @@ Shapes: B batch, C channels, H/W full-resolution depth, h/w feature grid, N = h*
 n = S*S picks.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,12 +42,13 @@ REFERENCE_FOV = 90.0
 REFERENCE_Z_SCALE = -5.0
 
 
-def _check_fidelity(fidelity, name="fidelity"):
+def _check_fidelity(fidelity: str, name: str = "fidelity") -> None:
     if fidelity not in FIDELITIES:
         raise ConfigError(f"{name}={fidelity!r} is not one of {FIDELITIES}; set it to 'paper' or 'reference'.")
 
 
-def random_coords(B, S, *, generator=None, device=None):
+def random_coords(B: int, S: int, *, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
     """STEGO's random locations: U(-1, 1)^2 per sample, [B,S,S,2] (METHOD.md §3.1, DG src/modules.py:1319-1321)."""
     if generator is not None and device is not None and torch.device(device) != generator.device:
         # A generator lives on one device; draw there and move, so a CPU generator can seed CUDA training.
@@ -52,7 +56,7 @@ def random_coords(B, S, *, generator=None, device=None):
     return torch.rand(B, S, S, 2, generator=generator, device=device) * 2 - 1
 
 
-def sample(t, coords):
+def sample(t: Tensor, coords: Tensor) -> Tensor:
     """Bilinear read of ``t`` [B,C,H,W] at ``coords`` [B,S,S,2] ((x, y) in [-1, 1], x along the width).
 
     Returns [B,C,S,S] with ``out[:, :, i, j]`` taken at ``coords[:, i, j]``; align_corners=True (x=-1 is column 0,
@@ -122,19 +126,20 @@ def gather_points(tables: list[Tensor], rows: Tensor, weights: Tensor) -> Tensor
     return out.view(*rows.shape[:-1], out.shape[1])
 
 
-def pool_depth(depth, grid_hw):
+def pool_depth(depth: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     """Average depth [B,1,H,W] over each patch of the feature grid -> [B,1,h,w] (METHOD.md §4.1, DG :1003)."""
     return F.adaptive_avg_pool2d(depth, tuple(grid_hw))
 
 
-def normalize_depth(depth, eps=1e-8):
+def normalize_depth(depth: Tensor, eps: float = 1e-8) -> Tensor:
     """Per-image min-max normalisation of [B,1,H,W] depth to [0, 1]; a flat map becomes zeros."""
     lo = depth.amin(dim=(1, 2, 3), keepdim=True)
     hi = depth.amax(dim=(1, 2, 3), keepdim=True)
     return (depth - lo) / (hi - lo).clamp_min(eps)
 
 
-def depth_to_points(depth, *, fidelity="paper", fov_deg=PAPER_FOV_DEG, z_scale=PAPER_Z_SCALE):
+def depth_to_points(depth: Tensor, *, fidelity: str = "paper", fov_deg: float = PAPER_FOV_DEG,
+                    z_scale: float = PAPER_Z_SCALE) -> Tensor:
     """Lift patch depth [B,1,h,w] to one 3-D point per patch, [B,h*w,3] in raster order (index r*w + c).
 
     reference: X = F*d*(c - w/2)/w, Y = F*d*(r - h/2)/h, Z = -5*d with F = 2*tan(45) (radians, F = 3.2396) on the
@@ -165,7 +170,8 @@ def depth_to_points(depth, *, fidelity="paper", fov_deg=PAPER_FOV_DEG, z_scale=P
     return torch.stack([x, y, z], dim=-1).reshape(B, h * w, 3)  # [B,h,w,3] -> [B,N,3]
 
 
-def _start_indices(start, B, N, device, generator):
+def _start_indices(start: int | str | Tensor, B: int, N: int, device: torch.device,
+                   generator: torch.Generator | None) -> Tensor:
     if isinstance(start, str):
         if start != "random":
             raise ConfigError(f"FPS start={start!r}: use an index, a LongTensor[B] or 'random'.")
@@ -180,7 +186,7 @@ def _start_indices(start, B, N, device, generator):
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     """Run the block with one intra-op thread on CPU, restoring the count after (a no-op elsewhere).
 
     FPS is ~7 dependent ops of a few 10^4 elements per pick: too small to split, so a second thread only adds a
@@ -232,7 +238,7 @@ def farthest_point_sample(points: Tensor, n: int, *, start: int | str | Tensor =
     return torch.stack(picks, dim=1)
 
 
-def indices_to_coords(idx, grid_hw, side, *, fidelity="paper"):
+def indices_to_coords(idx: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str = "paper") -> Tensor:
     """FPS indices [B,n] on an h x w grid -> sample coordinates [B,side,side,2] for :func:`sample`.
 
     paper: (x, y) = (2c/(w-1)-1, 2r/(h-1)-1), exactly on the chosen patch, in selection order.
@@ -255,8 +261,9 @@ def indices_to_coords(idx, grid_hw, side, *, fidelity="paper"):
     return coords * 2 - 1 if fidelity == "reference" else coords
 
 
-def fps_coords(depth, grid_hw, side, *, fidelity="paper", lifting=None, start=0, generator=None,
-               fov_deg=PAPER_FOV_DEG, z_scale=PAPER_Z_SCALE):
+def fps_coords(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str = "paper",
+               lifting: str | None = None, start: int | str | Tensor = 0, generator: torch.Generator | None = None,
+               fov_deg: float = PAPER_FOV_DEG, z_scale: float = PAPER_Z_SCALE) -> Tensor:
     """FPS locations for one batch: depth [B,1,H,W] -> coordinates [B,side,side,2] on the h x w feature grid.
 
     ``fidelity`` sets the coordinate convention (config aspect ``fps_coords``), ``lifting`` the depth lifting
@@ -270,8 +277,9 @@ def fps_coords(depth, grid_hw, side, *, fidelity="paper", lifting=None, start=0,
     return indices_to_coords(idx, grid_hw, side, fidelity=fidelity)
 
 
-def choose_coords(mode, B, grid_hw, side, *, depth=None, device=None, fidelity="paper", lifting=None, start=0,
-                  generator=None):
+def choose_coords(mode: str, B: int, grid_hw: tuple[int, int], side: int, *, depth: Tensor | None = None,
+                  device: torch.device | str | None = None, fidelity: str = "paper", lifting: str | None = None,
+                  start: int | str | Tensor = 0, generator: torch.Generator | None = None) -> Tensor:
     """The sample coordinates of one training batch of ``B`` images -> [B,side,side,2].
 
     ``mode`` is the config's ``depth_sampling``: "fps" (needs ``depth`` [B,1,H,W]) or "random" (STEGO; also the

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 
 from depthg import losses, sampling
-from depthg.bench.baselines import (correlation_loss_release_style, fps_coords_release_style, fps_lean,
-                                    fps_release_style)
+from depthg.bench.baselines import (
+    correlation_loss_release_style,
+    fps_coords_release_style,
+    fps_lean,
+    fps_release_style,
+)
 from depthg.bench.common import command, machine, median_ratio, paired_times
 
 # The COCO ViT-S/8 preset's loss weights (config presets, METHOD.md §7.2).

@@ -29,9 +29,10 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -276,9 +277,9 @@ def loss_and_fps_timing(sizes: Sizes, device: torch.device, channels: int, dim: 
         c1, c2 = (sampling.fps_coords(d, (h, h), S, fidelity="reference", start=0) for d in (d1, d2))
         loss_fn(c1, c2)["total"].backward()
 
-    ours = lambda c1, c2: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,  # noqa: E731
+    ours = lambda c1, c2: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,
                                                   generator=torch.Generator().manual_seed(1))
-    release = lambda c1, c2: correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,  # noqa: E731
+    release = lambda c1, c2: correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,
                                                             generator=torch.Generator().manual_seed(1))
     times = paired_times({"fps": lambda: sampling.farthest_point_sample(points, S * S),
                           "ours": lambda: run(ours), "release": lambda: run(release)}, repeats, device)
@@ -390,7 +391,8 @@ def markdown(r: dict) -> str:
     lines += ["", f"Loader ({ld['workers']} workers, {ld['items_on_disk']} five-crops on disk): "
                   f"{ld['images_per_s']:.1f} images/s; the step consumes "
               + ", ".join(f"{lab} {p} {v:.1f}" for lab, d in ld["step_images_per_s"].items() for p, v in d.items())
-              + " images/s.", "", "| backbone | eval precision | images/s (flip) | with DenseCRF |", "|---|---|---|---|"]
+              + " images/s.", "",
+              "| backbone | eval precision | images/s (flip) | with DenseCRF |", "|---|---|---|---|"]
     for label, by_precision in r["evaluation"].items():
         for precision, e in by_precision.items():
             lines.append(f"| {label} | {precision} | {_f(e['images_per_s'], '.1f')} | "
