@@ -7,6 +7,7 @@ Roots can be moved with environment variables, so notebooks and CI can point at 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -45,3 +46,8 @@ def runs_dir(results_dir: str | os.PathLike | None = None) -> Path:
 
 def figures_dir(results_dir: str | os.PathLike | None = None) -> Path:
     return results_root(results_dir) / "figures"
+
+
+def file_tag(dataset: str) -> str:
+    """A dataset name usable in file names (directory:<folder> -> directory-<folder>)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)

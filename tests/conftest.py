@@ -6,9 +6,8 @@ each test a fresh tree with the default options. Each returns a fake_data.FakeTr
 
 from __future__ import annotations
 
-import pytest
-
 import fake_data
+import pytest
 
 
 @pytest.fixture
@@ -59,9 +58,9 @@ def synthetic_tree(data_dir):
 def synthetic_world(tmp_path_factory):
     """A real (rendered) synthetic world at 112 px with its kNN file for the synthetic preset's backbone: what the
     training, evaluation and notebook tests run on. Returns the data root."""
-    from depthg.config import load_preset
     from depthg.data.knn import run_knn
     from depthg.data.synthetic import write_synthetic
+    from depthg.presets import load_preset
 
     cfg = load_preset("synthetic")
     data_dir = tmp_path_factory.mktemp("world") / "data"

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depthg import ablation, anchors
-from depthg.config import FidelityConfig, load_preset
-from depthg.results import write_run
+from depthg.config import FidelityConfig
+from depthg.presets import load_preset
+from depthg.reporting import ablation, anchors
+from depthg.runs import write_run
 
 SWITCHES = ("dfc", "depth_sampling", "lhp")
 
@@ -128,15 +129,13 @@ def test_run_record_reads_the_crf_metrics_when_the_run_used_crf(tmp_path):
 
 
 def test_run_variants_shares_identical_configs_and_reuses_finished_runs(tmp_path, monkeypatch):
-    import depthg.train
-
     calls = []
 
     def fake_train(cfg, *, run_name, results_dir, resume, evaluate_at_end, progress):
         calls.append(run_name)
         _fake_run(tmp_path, run_name, cfg, cluster=(50 + cfg.train.seed, 20), linear=(70, 30))
 
-    monkeypatch.setattr(depthg.train, "train", fake_train)
+    monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
     base = load_preset("synthetic")  # paper fidelity: the component 'all' run equals the fidelity 'all paper' run
     variants = [ablation.component_variants()[-1], ablation.fidelity_variants()[0]]
     records = ablation.run_variants(base, variants, [0, 1], prefix="t", results_dir=str(tmp_path), log=None)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from depthg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES  # the generator owns its classes
+from depthg.data.synthetic import CLASS_COLORS as SYNTHETIC_CLASS_COLORS  # the generator owns its classes
+from depthg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from depthg.errors import DataError
 
 IGNORE = -1
@@ -70,6 +71,7 @@ class DatasetInfo:
     name: str
     n_classes: int
     class_names: tuple[str, ...]
+    colors: np.ndarray | None = None  # uint8 [n,3] display colours where the dataset has its own, else None
 
 
 def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
@@ -83,7 +85,7 @@ def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
     if base in ("potsdam", "potsdamraw"):
         return DatasetInfo(name, 3, POTSDAM3_CLASS_NAMES)
     if base == "synthetic":
-        return DatasetInfo(name, len(SYNTHETIC_CLASS_NAMES), SYNTHETIC_CLASS_NAMES)
+        return DatasetInfo(name, len(SYNTHETIC_CLASS_NAMES), SYNTHETIC_CLASS_NAMES, SYNTHETIC_CLASS_COLORS)
     if base == "directory":
         n = n_classes or 0
         return DatasetInfo(name, n, tuple(f"class {i}" for i in range(n)))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from depthg.errors import ConfigError
-from depthg.sampling import normalize_depth, pool_depth, sample
+from depthg.model.sampling import normalize_depth, pool_depth, sample
 
 DFC_TARGETS = ("paper", "reference")
 

@@ -10,7 +10,7 @@ Two tables (DESIGN.md §8, §3):
   ``reference`` at a time; then all ``reference``. ``knn_features`` acts only in the kNN stage (the training run
   reads the prepared kNN file), so flipping it in training would change nothing: it is listed, not run.
 
-Runs are ordinary training runs (:func:`depthg.train.train`) under ``results/runs/<prefix>-<variant>-s<seed>/``
+Runs are ordinary training runs (:func:`depthg.evaluation.experiment.train_and_evaluate`) under ``results/runs/<prefix>-<variant>-s<seed>/``
 with their config, metrics and provenance; two variants that resolve to the same config at the same seed share one
 run. Every table row carries its run names, seeds, iterations and git commit(s), so a number can be traced back.
 """
@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from depthg import anchors
 from depthg.config import Config, FidelityConfig
-from depthg.paths import results_root, runs_dir
-from depthg.prepare import file_tag
-from depthg.results import read_run
+from depthg.evaluation.experiment import train_and_evaluate
+from depthg.paths import file_tag, results_root, runs_dir
+from depthg.reporting import anchors
+from depthg.runs import read_run
 
 # (column, metrics key, field): the cluster probe after Hungarian matching, the linear probe by plain argmax.
 METRICS = (("cluster_acc", "cluster", "accuracy"), ("cluster_miou", "cluster", "mIoU"),
@@ -120,8 +120,6 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
     run is trained afresh. Pairs that resolve to the same config share one run either way: within a call, and
     across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
     """
-    from depthg.train import train
-
     variants, seeds = list(variants), [int(s) for s in seeds]
     assert variants and seeds, "need at least one variant and one seed"
     rows, made = [], ({} if made is None else made)
@@ -136,7 +134,7 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
                     status = "reused"
                 else:
                     resume = reuse and _resumable(run_dir, cfg)
-                    train(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
+                    train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
                           progress=progress)
                     status = "resumed" if resume else "trained"
                 made[key] = name
@@ -269,7 +267,7 @@ def notes(cfg: Config, table: str) -> list[str]:
     published = anchors.published(cfg.data.dataset)
     if not published.empty:
         out.append(anchors.ABLATION_STATUS)
-        out.append("Published numbers (depthg.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
+        out.append("Published numbers (depthg.reporting.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
                    "X not retrieved. Sources: " + anchors.expand_sources("+".join(
                        dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))))
     return out

@@ -18,7 +18,7 @@ Two fidelities (DESIGN.md §3, config aspect ``lhp``):
   self included, k = 8 by default, about the release's 1% of 784) or HP's 3x3 window (``"window3"``); w = 1 - delta
   on N(i); weights normalised by their sum, so z^ is a weighted mean of codes.
 
-How training uses it (METHOD.md §5.2; the loop lives in depthg.train): with z, z+ the codes of the image and its
+How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image and its
 kNN partner and d the image's depth,
 
     z_hat  = projection(propagate(z, lhp_weights(d, (h, w), fidelity=...)))
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from depthg.errors import ConfigError
-from depthg.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points, pool_depth
+from depthg.model.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points, pool_depth
 
 NEIGHBOURHOODS = ("knn3d", "window3")
 
