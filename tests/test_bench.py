@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 from depthg.bench import baselines, gpu
 from depthg.bench.__main__ import main
 

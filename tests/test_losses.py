@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 from depthg.errors import ConfigError
 
 WEIGHTS = dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,

@@ -4,7 +4,7 @@ Written from the release's structure as METHOD.md describes it, not from its cod
 on the host (a shrinking array of remaining indices, np.delete), and the correlation loss on whole sampled maps,
 one ``grid_sample`` per term, ``f[perm]`` copies of whole maps for the negatives, every map normalised inside each
 correlation, the rounds concatenated before the mean. Given the same coordinates and permutations they compute the
-same numbers as :func:`depthg.losses.correlation_loss`, which the bench checks.
+same numbers as :func:`depthg.model.losses.correlation_loss`, which the bench checks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 
 
 def fps_release_style(points: np.ndarray, n: int, start: int = 0) -> np.ndarray:
@@ -48,7 +48,7 @@ def fps_lean(points: np.ndarray, n: int, start: int = 0) -> np.ndarray:
 
 def fps_coords_release_style(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str,
                              start: Tensor) -> Tensor:
-    """:func:`depthg.sampling.fps_coords` with the FPS run image by image in numpy on the host, as the release.
+    """:func:`depthg.model.sampling.fps_coords` with the FPS run image by image in numpy on the host, as the release.
 
     start: LongTensor[B], the first pick of each image.
     """
@@ -60,7 +60,7 @@ def fps_coords_release_style(depth: Tensor, grid_hw: tuple[int, int], side: int,
 def correlation_loss_release_style(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor | None,
                                    coords1: Tensor, coords2: Tensor, terms: losses.CorrelationTerms, *,
                                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """The terms of :func:`depthg.losses.correlation_loss` formed as the release forms them (module docstring)."""
+    """The terms of :func:`depthg.model.losses.correlation_loss` formed as the release forms them (module docstring)."""
     t = terms
     flags = dict(pointwise=t.pointwise, zero_clamp=t.zero_clamp, stabilize=t.stabilize)
     f1s, z1s = sampling.sample(f1, coords1), sampling.sample(z1, coords1)  # [B,C,S,S], [B,K,S,S]

@@ -1,8 +1,8 @@
 """CPU micro-benchmarks, each figure beside a release-style baseline measured in the same run and the ratio.
 
-* ``fps``: batched torch FPS (:func:`depthg.sampling.farthest_point_sample`) against per-image numpy loops of the
+* ``fps``: batched torch FPS (:func:`depthg.model.sampling.farthest_point_sample`) against per-image numpy loops of the
   same algorithm (:mod:`depthg.bench.baselines`); checks that all pick the same indices.
-* ``loss``: FPS coordinates of image and partner + :func:`depthg.losses.correlation_loss` forward and backward at
+* ``loss``: FPS coordinates of image and partner + :func:`depthg.model.losses.correlation_loss` forward and backward at
   the paper's shapes (self, kNN, 5 negatives, DFC) for both fidelities, against the release-style FPS and loss;
   checks that both give the same loss.
 * ``knn``, ``train``, ``crf``: kNN, training-iteration and DenseCRF throughput (no baseline).
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 from depthg.bench.baselines import (
     correlation_loss_release_style,
     fps_coords_release_style,
@@ -124,6 +124,7 @@ def bench_loss(args: argparse.Namespace) -> dict:
     (("--k",), dict(type=int, default=30)), (("--chunk",), dict(type=int, default=None)),
     (("--device",), dict(default="cpu"))])
 def bench_knn(args):
+    # lazy: each benchmark loads only what it measures
     from depthg.data.knn import benchmark_knn
 
     print(f"kNN: {machine()}")
@@ -133,32 +134,22 @@ def bench_knn(args):
 
 
 def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
-    """Iterations/s of the real training iteration (depthg.train._one_iteration) on synthetic inputs of the real
-    shapes: images, kNN partners, labels and depth maps drawn at random; backbone weights as the config says."""
-    from pathlib import Path
+    """Iterations/s of the real training iteration (depthg.training.train.iteration) on synthetic inputs of the
+    real shapes: images, kNN partners, labels and depth maps drawn at random; backbone weights as the config says."""
+    # lazy: each benchmark loads only what it measures
+    from depthg.bench.training_run import bench_run, random_batch
+    from depthg.training.train import iteration
 
-    from depthg.distributed import DistInfo
-    from depthg.train import _one_iteration, build_training, make_schedule
-
-    torch.manual_seed(0)
-    model, step, optimizers = build_training(cfg, device)
-    schedule, gen = make_schedule(cfg).start(), torch.Generator(device=device).manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    batch = {"img": torch.randn(batch_size, 3, res, res, generator=g),
-             "img_pos": torch.randn(batch_size, 3, res, res, generator=g),
-             "label": torch.randint(0, cfg.model.n_classes, (batch_size, res, res), generator=g),
-             "depth": torch.rand(batch_size, 1, res, res, generator=g) * 255,
-             "depth_pos": torch.rand(batch_size, 1, res, res, generator=g) * 255}
-    batch = {k: v.to(device) for k, v in batch.items()}
-    run = lambda it: _one_iteration(model, step, optimizers, batch, schedule, gen, cfg, DistInfo(), it, Path("-"))
-    for it in range(warmup):
-        run(it)
+    run = bench_run(cfg, device)
+    batch = random_batch(batch_size, res, cfg.model.n_classes, device)
+    for _ in range(warmup):
+        iteration(run, batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    for it in range(iterations):
-        run(it)
+    for _ in range(iterations):
+        iteration(run, batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return iterations / (time.perf_counter() - t0)
@@ -167,7 +158,8 @@ def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
 @command("train", help="training iterations/s: synthetic preset on CPU; paper COCO ViT-S/8 setting on a GPU", args=[
     (("--iterations",), dict(type=int, default=20))])
 def bench_train(args):
-    from depthg.config import load_preset
+    # lazy: each benchmark loads only what it measures
+    from depthg.presets import load_preset
 
     print(f"train: {machine()}")
     cfg = load_preset("synthetic", ["loss.depth_sampling=fps"])
@@ -190,8 +182,9 @@ def bench_train(args):
     (("--images",), dict(type=int, default=16)), (("--res",), dict(type=int, default=320)),
     (("--classes",), dict(type=int, default=27))])
 def bench_crf(args):
-    from depthg.crf import CRFPool
+    # lazy: each benchmark loads only what it measures
     from depthg.data.synthetic import render_scene
+    from depthg.evaluation.crf import CRFPool
 
     print(f"crf: {machine()}")
     scenes = [render_scene(0, i, args.res) for i in range(args.images)]

@@ -4,7 +4,7 @@ For ViT-S/8 and ViT-B/8 (random weights of the real architectures, no download) 
 on, in fp32 (TF32 off: the reference precision) and with the backbone under bf16 autocast (the paper precision):
 
 * training iterations/s and images/s of the project's own iteration (DepthGModel features of image and partner in
-  one pass, :class:`depthg.step.TrainStep`, backward, the three Adam steps), peak GPU memory, and the time split
+  one pass, :class:`depthg.training.step.TrainStep`, backward, the three Adam steps), peak GPU memory, and the time split
   between data loading, backbone, head + losses (FPS included, forward and backward) and optimiser steps;
 * the data loader (:func:`depthg.data.pairs.build_train_set` on a generated on-disk five-crop set of COCO-sized
   items with 16-bit depth, :mod:`depthg.bench.disk_data`; workers = cores) in images/s against what the step
@@ -36,12 +36,15 @@ from typing import Any
 
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 from depthg.bench.baselines import correlation_loss_release_style
 from depthg.bench.common import command, median_ratio, paired_times, synchronizer
 from depthg.bench.disk_data import COCO_SIZE, write_training_set
-from depthg.config import Config, load_preset
+from depthg.bench.training_run import bench_run, random_batch
+from depthg.config import Config
 from depthg.paths import results_root
+from depthg.presets import PRESETS, load_preset
+from depthg.training.train import iteration
 
 PAPER_ITERATIONS = 2334  # 7000 legacy global steps (METHOD.md §2.4)
 # Evaluation split sizes. Cityscapes: METHOD.md §6.2. COCO-Stuff-27 (STEGO's curated val list) and Potsdam-3
@@ -124,68 +127,55 @@ def _restore_precision(old: dict[str, bool]) -> None:
 
 
 def _model(cfg: Config, device: torch.device, precision: str):
-    from depthg.model import DepthGModel
+    # lazy: the model layer loads timm
+    from depthg.model.segmenter import DepthGModel
 
     torch.manual_seed(0)
     return DepthGModel.from_config(cfg.model, autocast=precision == "bf16").to(device)
 
 
-def _batch(B: int, res: int, n_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    batch = {"img": torch.randn(B, 3, res, res, generator=g), "img_pos": torch.randn(B, 3, res, res, generator=g),
-             "label": torch.randint(0, n_classes, (B, res, res), generator=g),
-             "depth": torch.rand(B, 1, res, res, generator=g) * 255,
-             "depth_pos": torch.rand(B, 1, res, res, generator=g) * 255}
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def train_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str) -> dict:
-    """Iterations/s, images/s, peak memory and the phase split of the project's training iteration."""
-    from depthg.step import StepSettings, TrainStep
+    """Iterations/s, images/s, peak memory and the phase split of the project's training iteration.
 
+    Throughput: :func:`depthg.training.train.iteration` back to back, one synchronize at the end. Split: the same
+    calls (backbone features, step forward + backward, optimiser steps) with a CUDA event between phases.
+    """
     old = _precision(device, precision)
     try:
-        model = _model(cfg, device, precision)
-        step = TrainStep(model.head, model.cluster_probe, model.linear_probe, StepSettings.from_config(cfg),
-                         cfg.model.dim).to(device)
-        groups = model.trainable_parameters()  # head 5e-4, probes 5e-3 (METHOD.md §2.4)
-        optimizers = [torch.optim.Adam(groups["head"], lr=cfg.train.lr),
-                      torch.optim.Adam(groups["cluster_probe"], lr=cfg.train.probe_lr),
-                      torch.optim.Adam(groups["linear_probe"], lr=cfg.train.probe_lr)]
-        batch = _batch(sizes.batch, sizes.res, cfg.model.n_classes, device)
-        generator = torch.Generator(device=device).manual_seed(0)
-        B, lo = sizes.batch, cfg.loss
+        run = bench_run(cfg, device, precision)
+        batch = random_batch(sizes.batch, sizes.res, cfg.model.n_classes, device)
+        B, sched = sizes.batch, run.schedule
 
-        def iteration(timer: _Timer | None) -> None:
-            mark = timer.mark if timer is not None else (lambda name: None)
-            mark("start")
-            feats, _ = model.features(torch.cat([batch["img"], batch["img_pos"]]))  # one pass, as train.py
-            mark("backbone")
-            out = step(feats[:B], feats[B:], batch["depth"], batch["depth_pos"], batch["label"], samples=sizes.side,
-                       dfc_weight=lo.depth_feat_weight, dfc_shift=lo.depth_feat_shift, generator=generator)
-            for opt in optimizers:
+        def marked_iteration(timer: _Timer) -> None:
+            timer.mark("start")
+            feats, _ = run.model.features(torch.cat([batch["img"], batch["img_pos"]]))  # one pass, as training
+            timer.mark("backbone")
+            out = run.ddp_step(feats[:B], feats[B:], batch["depth"], batch["depth_pos"], batch["label"],
+                               samples=sched.samples, dfc_weight=sched.dfc_weight, dfc_shift=sched.dfc_shift,
+                               generator=run.generator)
+            for opt in run.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             out["loss"].backward()
-            mark("head_losses")
-            for opt in optimizers:
+            timer.mark("head_losses")
+            for opt in run.optimizers.values():
                 opt.step()
-            mark("optimiser")
+            timer.mark("optimiser")
 
         sync = synchronizer(device)
         for _ in range(sizes.warmup):
-            iteration(None)
+            iteration(run, batch)
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         splits = []
         for _ in range(sizes.iterations):
             timer = _Timer(device)
-            iteration(timer)
+            marked_iteration(timer)
             splits.append(timer.phases_ms())
         sync()
         t0 = time.perf_counter()
-        for _ in range(sizes.iterations):  # back to back, one synchronize at the end: the throughput
-            iteration(None)
+        for _ in range(sizes.iterations):
+            iteration(run, batch)
         sync()
         seconds = (time.perf_counter() - t0) / sizes.iterations
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -198,6 +188,7 @@ def train_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str
 
 def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.device) -> dict:
     """Images/s of the training loader (anchor + kNN partner with depth per image) on the on-disk set."""
+    # lazy: the data layer is only needed here
     from depthg.data.pairs import build_train_set
 
     cfg = load_preset("cocostuff27_vits8", [f"data.data_dir={data_dir}", f"data.res={sizes.res}",
@@ -222,9 +213,10 @@ def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.devi
 
 def eval_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str, workers: int | None) -> dict:
     """Evaluation images/s at ``eval_res`` with flip averaging; with ``workers`` also with DenseCRF on both probes."""
-    from depthg.crf import CRFPool
+    # lazy: the evaluation layer is only needed here
     from depthg.data.transforms import unnormalize
-    from depthg.evaluate import predict_logits
+    from depthg.evaluation.crf import CRFPool
+    from depthg.evaluation.evaluate import predict_logits
 
     old = _precision(device, precision)
     try:
@@ -252,7 +244,7 @@ def eval_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str,
                 t0, done = time.perf_counter(), 0
                 while done < sizes.crf_images:
                     cluster, linear = predict()
-                    pool(rgb, cluster), pool(rgb, linear)  # both probes, as depthg.evaluate does
+                    pool(rgb, cluster), pool(rgb, linear)  # both probes, as depthg.evaluation.evaluate does
                     done += len(rgb)
                 out["crf_images_per_s"] = done / (time.perf_counter() - t0)
                 out["crf_workers"] = workers
@@ -295,8 +287,6 @@ def projections(train: dict, evaluation: dict, eval_images: dict[str, int], stan
     as in the reduced run); iteration time is scaled linearly in the batch (Potsdam trains with 16), and the
     step's S (11 measured; ViT-B COCO uses 12) is taken as is.
     """
-    from depthg.config import PRESETS
-
     labels = {"vit_small_patch8": "ViT-S/8", "vit_base_patch8": "ViT-B/8"}
     runs = {}
     for name in sorted({p for presets in PAPER_TABLES.values() for p in presets}):

@@ -30,17 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from depthg.config import check_fidelity
 from depthg.errors import ConfigError
-from depthg.sampling import (
-    bilinear_taps,
-    gather_points,
-    normalize_depth,
-    point_tables,
-    pool_depth,
-    sample,
-)
-
-DFC_TARGETS = ("paper", "reference")
+from depthg.model.sampling import bilinear_taps, gather_points, normalize_depth, point_tables, pool_depth, sample
 
 
 def norm(t: Tensor) -> Tensor:
@@ -113,7 +105,8 @@ def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
         # pushed apart (the paper's Fig. 1 caption, METHOD.md §3.7). Uncentred, 1 - |Δd| >= 0 makes the term pure
         # attraction for any small shift, which collapses the codes to one direction.
         return proximity - proximity.mean(dim=(3, 4), keepdim=True)
-    raise ConfigError(f"dfc_target={target!r} is not one of {DFC_TARGETS}.")
+    check_fidelity(target, "dfc_target")
+    raise AssertionError("unreachable: check_fidelity accepts only paper and reference")
 
 
 def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: float, *, target: str = "paper",
@@ -165,8 +158,7 @@ class CorrelationTerms:
     stabilize: bool = False
 
     def __post_init__(self) -> None:
-        if self.dfc_target not in DFC_TARGETS:
-            raise ConfigError(f"dfc_target={self.dfc_target!r} is not one of {DFC_TARGETS}.")
+        check_fidelity(self.dfc_target, "dfc_target")
         if self.neg_samples < 0:
             raise ConfigError(f"neg_samples={self.neg_samples} must be >= 0 (loss.neg_samples).")
 
