@@ -32,7 +32,8 @@ from torch import Tensor
 
 from depthg.config import check_fidelity
 from depthg.errors import ConfigError
-from depthg.model.sampling import bilinear_taps, gather_points, normalize_depth, point_tables, pool_depth, sample
+from depthg.model.sampling import (bilinear_taps, channel_blocks, gather_points, normalize_depth, point_table,
+                                   pool_depth, sample)
 
 
 def norm(t: Tensor) -> Tensor:
@@ -197,13 +198,42 @@ class _CodeTerms(torch.autograd.Function):
 
 
 @torch.no_grad()
-def _feature_target_points(fa: Tensor, fb: Tensor, shift: float, pointwise: bool) -> Tensor:
-    """:func:`feature_target` minus the shift on unit point rows fa [B,n,C], fb [B,m,C] -> [B,n,m].
+def _feature_correlations(f1: Tensor, f2: Tensor, anchor: tuple[Tensor, Tensor],
+                          partners: list[tuple[int, Tensor, Tensor]]) -> list[Tensor]:
+    """Corr(f1 at the anchor points, partner points) for each partner set -> [B,n,m] each (:func:`correlation`).
+
+    anchor = (rows, weights) into f1; partners = (map 1|2, rows, weights). The maps are read one channel block at a
+    time (:func:`depthg.model.sampling.channel_blocks`): per block, one table per map, the dot products and squared
+    norms accumulate, and the table is freed before the next. Dividing the dot products by the norms equals the
+    dot products of :func:`norm`-ed vectors (to float rounding).
+    """
+    dots = [None] * len(partners)
+    sq_anchor, sq = None, [None] * len(partners)
+    for block in channel_blocks(f1):
+        tables = {1: point_table(f1[:, block]), 2: point_table(f2[:, block])}  # [B*h*w, C_block]
+        a = gather_points(tables[1], *anchor)  # [B,n,C_block]
+        sq_anchor = _add(sq_anchor, a.square().sum(-1))
+        for k, (which, rows, weights) in enumerate(partners):
+            b = a if which == 1 and rows is anchor[0] else gather_points(tables[which], rows, weights)
+            sq[k] = _add(sq[k], b.square().sum(-1))
+            dots[k] = torch.bmm(a, b.transpose(1, 2)) if dots[k] is None else dots[k].baddbmm_(a, b.transpose(1, 2))
+        del tables
+    inv_anchor = sq_anchor.sqrt_().clamp_min_(1e-10).reciprocal_()  # 1 / max(|x|, eps), as norm()
+    return [d.mul_(inv_anchor[:, :, None]).mul_(s.sqrt_().clamp_min_(1e-10).reciprocal_()[:, None, :])
+            for d, s in zip(dots, sq)]
+
+
+def _add(total: Tensor | None, part: Tensor) -> Tensor:
+    return part if total is None else total.add_(part)
+
+
+@torch.no_grad()
+def _feature_target_points(fd: Tensor, shift: float, pointwise: bool) -> Tensor:
+    """:func:`feature_target` minus the shift, in place on the correlation fd [B,n,m] of :func:`_feature_correlations`.
 
     The centred tensor's own mean, which the release subtracts before restoring the old one, is 0 up to rounding,
     so one pass does it: T = F - rowmean + (mean - shift).
     """
-    fd = torch.bmm(fa, fb.transpose(1, 2))
     if not pointwise:
         return fd.sub_(shift)
     row_mean = fd.mean(dim=-1, keepdim=True)  # [B,n,1]
@@ -231,9 +261,10 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
     averaged over each patch, and read at coords1 like the codes.
 
     The values are those of :func:`stego_term` and :func:`depth_feature_term` on :func:`sample`-d maps (to float
-    rounding), computed on the n = S*S sampled points only: each map becomes a table of rows once and every term
-    reads its points from it (:func:`depthg.sampling.gather_points`), so a negative reads image perm[b] at the
-    coordinates of partner b without copying or resampling whole maps, and each sampled set is normalised once.
+    rounding), computed on the n = S*S sampled points only: every term reads its points from tables of rows
+    (:func:`depthg.model.sampling.gather_points`), so a negative reads image perm[b] at the coordinates of partner b
+    without copying or resampling whole maps; the feature correlations are accumulated over channel blocks
+    (:func:`_feature_correlations`) and each code point set is normalised once.
     """
     assert coords1.shape == coords2.shape, f"coords differ: {tuple(coords1.shape)} vs {tuple(coords2.shape)}"
     t = terms
@@ -242,35 +273,30 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
     taps1, wts1 = bilinear_taps(coords1, (h, w))  # [B,n,4] each
     taps2, wts2 = bilinear_taps(coords2, (h, w))
     first_row = (torch.arange(B, device=f1.device) * HW).view(B, 1, 1)  # table row of each image's (0, 0)
-    f1_rows, f2_rows = point_tables(f1.detach()), point_tables(f2.detach())  # [B*h*w, C] in channel pieces
-    z1_rows, z2_rows = point_tables(z1), point_tables(z2)  # [B*h*w, K], with gradient
-    with torch.no_grad():
-        fa = _unit_rows(gather_points(f1_rows, taps1 + first_row, wts1))  # [B,n,C] anchors
-        fp = _unit_rows(gather_points(f2_rows, taps2 + first_row, wts2))  # [B,n,C] kNN partners
-    za = _unit_rows(gather_points(z1_rows, taps1 + first_row, wts1))  # [B,n,K]
-    zp = _unit_rows(gather_points(z2_rows, taps2 + first_row, wts2))
+    anchor, partner = (taps1 + first_row, wts1), (taps2 + first_row, wts2)
+    # image perm[b] read at partner b's coordinates, one permutation per round, drawn in the release's order
+    negatives = [(taps2 + first_row[super_perm(B, generator=generator, device=f1.device)], wts2)
+                 for _ in range(t.neg_samples)]
+    fd = _feature_correlations(f1.detach(), f2.detach(), anchor,
+                               [(1, *anchor), (2, *partner), *[(1, *n) for n in negatives]])
+    z1_rows, z2_rows = point_table(z1), point_table(z2)  # [B*h*w, K], with gradient
+    za = _unit_rows(gather_points(z1_rows, *anchor))  # [B,n,K]
+    zp = _unit_rows(gather_points(z2_rows, *partner))
     low = 0.0 if t.zero_clamp else -9999.0
     cap = 0.8 if t.stabilize else None
 
     # intra and DFC share Zc(z~, z~) and its backward
-    intra_target = _feature_target_points(fa, fa, t.pos_intra_shift, t.pointwise)
+    intra_target = _feature_target_points(fd[0], t.pos_intra_shift, t.pointwise)
     if t.dfc_weight != 0:
         dfc_target = _depth_target_points(d1, coords1, z1.shape[-2:], side, t.dfc_target).sub_(t.dfc_shift)
         (intra, dfc), _ = _CodeTerms.apply(za, za, low, (cap, None), intra_target, dfc_target)  # DFC: no cap
     else:
         (intra,), _ = _CodeTerms.apply(za, za, low, (cap,), intra_target)
         dfc = za.new_zeros(())
-    inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fa, fp, t.pos_inter_shift, t.pointwise))[0][0]
-
-    neg_means = []
-    for _ in range(t.neg_samples):
-        perm = super_perm(B, generator=generator, device=f1.device)
-        rows = taps2 + first_row[perm]  # image perm[b] read at partner b's coordinates
-        with torch.no_grad():
-            fn = _unit_rows(gather_points(f1_rows, rows, wts2))
-        zn = _unit_rows(gather_points(z1_rows, rows, wts2))
-        target = _feature_target_points(fa, fn, t.neg_inter_shift, t.pointwise)
-        neg_means.append(_CodeTerms.apply(za, zn, low, (cap,), target)[0][0])
+    inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fd[1], t.pos_inter_shift, t.pointwise))[0][0]
+    neg_means = [_CodeTerms.apply(za, _unit_rows(gather_points(z1_rows, *rows_weights)), low, (cap,),
+                                  _feature_target_points(fd_neg, t.neg_inter_shift, t.pointwise))[0][0]
+                 for rows_weights, fd_neg in zip(negatives, fd[2:])]
     neg = torch.stack(neg_means).mean() if neg_means else za.new_zeros(())
 
     total = t.pos_intra_weight * intra + t.pos_inter_weight * inter + t.neg_inter_weight * neg + t.dfc_weight * dfc

@@ -86,39 +86,42 @@ def bilinear_taps(coords: Tensor, grid_hw: tuple[int, int]) -> tuple[Tensor, Ten
     return taps, weights
 
 
-# Tables are cut along channels into pieces below this size on CPU: glibc serves blocks over 32 MB with a fresh
-# mmap every time, and page-faulting one in cost ~1 ms/MB on the shared test machine (a 38 MB ViT-S feature table
-# 37 ms, the same copy into a reused block 3 ms); smaller blocks are recycled from the heap between iterations.
-CPU_TABLE_BYTES = 16 * 2**20
+# On CPU the feature maps are read through tables of this many bytes at most, one channel block at a time
+# (depthg.model.losses). The block's table is freed before the next is built, so the allocator hands the same memory
+# back instead of mapping fresh pages: page-faulting one fresh 38 MB ViT-S/8 table in cost ~37 ms on the shared test
+# machine, a copy into reused memory 3 ms; blocks over 32 MB would always be fresh (glibc's mmap threshold).
+CPU_TABLE_BYTES = 8 * 2**20
 
 
-def point_tables(t: Tensor) -> list[Tensor]:
-    """Maps [B,C,h,w] as rows per location: tables [B*h*w, C_k] (row b*h*w + r*w + c), channel pieces in order.
-
-    One channels-last copy; on CPU cut into pieces under ``CPU_TABLE_BYTES`` (see there), one piece elsewhere.
-    """
-    B, C, h, w = t.shape
-    pieces = 1
+def channel_blocks(t: Tensor) -> list[slice]:
+    """Channel ranges of [B,C,h,w] whose :func:`point_table` stays under ``CPU_TABLE_BYTES`` on CPU; one elsewhere."""
+    C = t.shape[1]
+    blocks = 1
     if t.device.type == "cpu":
-        pieces = min(C, -(-t.numel() * t.element_size() // CPU_TABLE_BYTES))  # ceil
-    step = -(-C // pieces)
-    return [t[:, c:c + step].permute(0, 2, 3, 1).reshape(B * h * w, -1) for c in range(0, C, step)]
+        blocks = min(C, -(-t.numel() * t.element_size() // CPU_TABLE_BYTES))  # ceil
+    step = -(-C // blocks)
+    return [slice(c, min(c + step, C)) for c in range(0, C, step)]
 
 
-def gather_points(tables: list[Tensor], rows: Tensor, weights: Tensor) -> Tensor:
-    """Bilinear reads from :func:`point_tables`: rows/weights [..., n, 4] -> [..., n, C].
+def point_table(t: Tensor) -> Tensor:
+    """Maps [B,C,h,w] as one row per location, [B*h*w, C], row b*h*w + r*w + c (one channels-last copy)."""
+    B, C, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(B * h * w, C)
 
-    ``rows`` index the tables (image * h*w + the tap of :func:`bilinear_taps`), so any image can be read at any
+
+def gather_points(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    """Bilinear reads from a :func:`point_table`: rows/weights [..., n, 4] -> [..., n, C].
+
+    ``rows`` index the table (image * h*w + the tap of :func:`bilinear_taps`), so any image can be read at any
     coordinates without copying its map; the same values as :func:`sample` (to float rounding), laid out per point.
     One weighted row sum per point (embedding_bag), so the four corners are never materialised; the gradient
-    reaches the tables.
+    reaches the table.
     """
     assert rows.shape == weights.shape and rows.shape[-1] == 4, (
         f"rows {tuple(rows.shape)} and weights {tuple(weights.shape)} must both be [..., n, 4]")
-    flat_rows, flat_weights = rows.reshape(-1, 4), weights.reshape(-1, 4).to(tables[0].dtype)
-    out = [F.embedding_bag(flat_rows, table, per_sample_weights=flat_weights, mode="sum") for table in tables]
-    out = out[0] if len(out) == 1 else torch.cat(out, dim=1)
-    return out.view(*rows.shape[:-1], out.shape[1])
+    out = F.embedding_bag(rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4).to(table.dtype),
+                          mode="sum")
+    return out.view(*rows.shape[:-1], table.shape[1])
 
 
 def pool_depth(depth: Tensor, grid_hw: tuple[int, int]) -> Tensor:
