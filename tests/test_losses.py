@@ -159,8 +159,12 @@ def _values_and_grads(fn, z1, z2):
     ("paper", "fps", dict()), ("reference", "fps", dict()), ("paper", "random", dict(pointwise=False)),
     ("reference", "random", dict(zero_clamp=False)), ("paper", "random", dict(stabilize=True)),
     ("reference", "fps", dict(pointwise=False, zero_clamp=False, stabilize=True))])
-def test_correlation_loss_equals_release_structure(target, coords, flags):
+@pytest.mark.parametrize("table_bytes", [None, 5 * 81 * 4 * 7])  # one channel block; blocks of 7, 7, 7, 3
+def test_correlation_loss_equals_release_structure(target, coords, flags, table_bytes, monkeypatch):
     """Points read from tables equal whole maps sampled per term: values and code gradients within 1e-6."""
+    if table_bytes:
+        monkeypatch.setattr(sampling, "CPU_TABLE_BYTES", table_bytes)
+        assert len(sampling.channel_blocks(torch.zeros(5, 24, 9, 9))) == 4
     f1, f2, z1, z2, d1, d2, c1, c2 = _inputs(B=5, C=24, K=7, h=9, S=4, seed=3)
     if coords == "fps":
         c1, c2 = (sampling.fps_coords(d, (9, 9), 4, fidelity=target, start=0) for d in (d1, d2))

@@ -172,8 +172,8 @@ class _CodeTerms(torch.autograd.Function):
     """-mean(clamp(Zc, low, high_k) * T_k) for targets T_k [B,n,m] on one code correlation Zc = za zb^T.
 
     za [B,n,K], zb [B,m,K] are unit rows; the targets carry no gradient, so d/dZc is the masked target and the
-    backward is two bmm, with no [B,n,m] tensor kept beyond one slope per target. ``highs[k]`` None: no upper cap.
-    Returns the k means, and Zc without gradient.
+    backward is two bmm. The targets are consumed: each becomes its slope in place. ``highs[k]`` None: no upper
+    cap. Returns the k means, and Zc without gradient.
     """
 
     @staticmethod
@@ -182,10 +182,12 @@ class _CodeTerms(torch.autograd.Function):
         cd = torch.bmm(za, zb.transpose(1, 2))
         scale = -1.0 / cd.numel()
         values, slopes = [], []
+        below = cd < low
         for target, high in zip(targets, highs):
-            values.append((cd.clamp(low, high) * target).sum() * scale)
-            inside = cd >= low if high is None else (cd >= low) & (cd <= high)  # clamp's gradient mask
-            slopes.append(torch.where(inside, target * scale, 0.0))
+            values.append(torch.vdot(cd.clamp(low, high).flatten(), target.flatten()) * scale)
+            # d value / d Zc: the scaled target where clamp passes the gradient (low <= Zc <= high), in place
+            slope = target.mul_(scale).masked_fill_(below, 0.0)
+            slopes.append(slope if high is None else slope.masked_fill_(cd > high, 0.0))
         ctx.save_for_backward(za, zb, *slopes)
         ctx.mark_non_differentiable(cd)
         return torch.stack(values), cd
@@ -198,33 +200,25 @@ class _CodeTerms(torch.autograd.Function):
 
 
 @torch.no_grad()
-def _feature_correlations(f1: Tensor, f2: Tensor, anchor: tuple[Tensor, Tensor],
-                          partners: list[tuple[int, Tensor, Tensor]]) -> list[Tensor]:
-    """Corr(f1 at the anchor points, partner points) for each partner set -> [B,n,m] each (:func:`correlation`).
+def _feature_correlations(f1: Tensor, f2: Tensor, reads: list[tuple[int, Tensor, Tensor]]) -> list[Tensor]:
+    """Corr(f1 at the first read's points, each read's points) -> [B,n,m] per read (:func:`correlation`).
 
-    anchor = (rows, weights) into f1; partners = (map 1|2, rows, weights). The maps are read one channel block at a
-    time (:func:`depthg.model.sampling.channel_blocks`): per block, one table per map, the dot products and squared
-    norms accumulate, and the table is freed before the next. Dividing the dot products by the norms equals the
-    dot products of :func:`norm`-ed vectors (to float rounding).
+    reads = (map 1|2, rows, weights); the first is the anchor. Each map is turned into tables one channel block at
+    a time (:func:`depthg.model.sampling.channel_blocks`), its points copied out and the table freed before the
+    next; then one bmm per read over all channels, divided by the norms, which equals the dot products of
+    :func:`norm`-ed vectors (to float rounding).
     """
-    dots = [None] * len(partners)
-    sq_anchor, sq = None, [None] * len(partners)
+    B, C = f1.shape[:2]
+    points = [f1.new_empty(*rows.shape[:-1], C) for _, rows, _ in reads]  # [B,n,C] each
     for block in channel_blocks(f1):
         tables = {1: point_table(f1[:, block]), 2: point_table(f2[:, block])}  # [B*h*w, C_block]
-        a = gather_points(tables[1], *anchor)  # [B,n,C_block]
-        sq_anchor = _add(sq_anchor, a.square().sum(-1))
-        for k, (which, rows, weights) in enumerate(partners):
-            b = a if which == 1 and rows is anchor[0] else gather_points(tables[which], rows, weights)
-            sq[k] = _add(sq[k], b.square().sum(-1))
-            dots[k] = torch.bmm(a, b.transpose(1, 2)) if dots[k] is None else dots[k].baddbmm_(a, b.transpose(1, 2))
+        for out, (which, rows, weights) in zip(points, reads):
+            out[..., block] = gather_points(tables[which], rows, weights)
         del tables
-    inv_anchor = sq_anchor.sqrt_().clamp_min_(1e-10).reciprocal_()  # 1 / max(|x|, eps), as norm()
-    return [d.mul_(inv_anchor[:, :, None]).mul_(s.sqrt_().clamp_min_(1e-10).reciprocal_()[:, None, :])
-            for d, s in zip(dots, sq)]
-
-
-def _add(total: Tensor | None, part: Tensor) -> Tensor:
-    return part if total is None else total.add_(part)
+    inverse_norms = [torch.linalg.vector_norm(x, dim=-1).clamp_min_(1e-10).reciprocal_() for x in points]  # [B,n]
+    anchor, inv_anchor = points[0], inverse_norms[0][:, :, None]
+    return [torch.bmm(anchor, x.transpose(1, 2)).mul_(inv_anchor).mul_(inv[:, None, :])
+            for x, inv in zip(points, inverse_norms)]
 
 
 @torch.no_grad()
@@ -277,11 +271,13 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
     # image perm[b] read at partner b's coordinates, one permutation per round, drawn in the release's order
     negatives = [(taps2 + first_row[super_perm(B, generator=generator, device=f1.device)], wts2)
                  for _ in range(t.neg_samples)]
-    fd = _feature_correlations(f1.detach(), f2.detach(), anchor,
-                               [(1, *anchor), (2, *partner), *[(1, *n) for n in negatives]])
-    z1_rows, z2_rows = point_table(z1), point_table(z2)  # [B*h*w, K], with gradient
-    za = _unit_rows(gather_points(z1_rows, *anchor))  # [B,n,K]
-    zp = _unit_rows(gather_points(z2_rows, *partner))
+    fd = _feature_correlations(f1.detach(), f2.detach(), [(1, *anchor), (2, *partner), *[(1, *n) for n in negatives]])
+    # codes: anchor and negatives in one read of z1's table (one backward), the partner from z2's
+    z_rows = torch.stack([anchor[0], *[rows for rows, _ in negatives]])  # [1+R,B,n,4]
+    z_weights = torch.stack([wts1] + [wts2] * len(negatives))
+    z1_points = _unit_rows(gather_points(point_table(z1), z_rows, z_weights))  # [1+R,B,n,K], with gradient
+    za, zn = z1_points[0], z1_points[1:]
+    zp = _unit_rows(gather_points(point_table(z2), *partner))
     low = 0.0 if t.zero_clamp else -9999.0
     cap = 0.8 if t.stabilize else None
 
@@ -294,9 +290,9 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
         (intra,), _ = _CodeTerms.apply(za, za, low, (cap,), intra_target)
         dfc = za.new_zeros(())
     inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fd[1], t.pos_inter_shift, t.pointwise))[0][0]
-    neg_means = [_CodeTerms.apply(za, _unit_rows(gather_points(z1_rows, *rows_weights)), low, (cap,),
-                                  _feature_target_points(fd_neg, t.neg_inter_shift, t.pointwise))[0][0]
-                 for rows_weights, fd_neg in zip(negatives, fd[2:])]
+    neg_means = [_CodeTerms.apply(za, zn[r], low, (cap,), _feature_target_points(fd[2 + r], t.neg_inter_shift,
+                                                                                t.pointwise))[0][0]
+                 for r in range(t.neg_samples)]
     neg = torch.stack(neg_means).mean() if neg_means else za.new_zeros(())
 
     total = t.pos_intra_weight * intra + t.pos_inter_weight * inter + t.neg_inter_weight * neg + t.dfc_weight * dfc
