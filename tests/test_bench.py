@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from depthg.model import losses, sampling
 from depthg.bench import baselines, gpu
 from depthg.bench.__main__ import main
+from depthg.model import losses, sampling
 
 
 def _gen(seed=0):

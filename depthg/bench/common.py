@@ -57,5 +57,5 @@ def median_ratio(baseline: list[float], ours: list[float]) -> float:
 
 
 def machine() -> str:
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return f"torch threads={torch.get_num_threads()}, {os.cpu_count()} CPUs{load}"

@@ -21,7 +21,6 @@ import time
 import numpy as np
 import torch
 
-from depthg.model import losses, sampling
 from depthg.bench.baselines import (
     correlation_loss_release_style,
     fps_coords_release_style,
@@ -29,6 +28,7 @@ from depthg.bench.baselines import (
     fps_release_style,
 )
 from depthg.bench.common import command, machine, median_ratio, paired_times
+from depthg.model import losses, sampling
 
 # The COCO ViT-S/8 preset's loss weights (config presets, METHOD.md §7.2).
 PAPER_TERMS = losses.CorrelationTerms(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36,
@@ -84,39 +84,45 @@ def bench_loss(args: argparse.Namespace) -> dict:
         terms = dataclasses.replace(PAPER_TERMS, neg_samples=args.neg, dfc_target=fidelity)
         # paper: a random first pick per image (fps_start=paper), reference: index 0; the same for both sides
         start = (torch.randint(h * h, (B,), generator=gen) if fidelity == "paper" else torch.zeros(B, dtype=torch.long))
-
-        def ours_coords():
-            return [sampling.fps_coords(d, (h, h), S, fidelity=fidelity, start=start) for d in (d1, d2)]
-
-        def release_coords():
-            return [fps_coords_release_style(d, (h, h), S, fidelity=fidelity, start=start) for d in (d1, d2)]
-
-        def run(loss_fn, coords_fn):
-            c1, c2 = coords_fn()
-            result = loss_fn(c1, c2)
-            result["total"].backward()
-            return result["total"].item()
-
-        def ours_loss(c1, c2):
-            return losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,
-                                           generator=torch.Generator().manual_seed(1))
-
-        def release_loss(c1, c2):
-            return correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,
-                                                  generator=torch.Generator().manual_seed(1))
-
-        times = paired_times({"ours": lambda: run(ours_loss, ours_coords),
-                              "release": lambda: run(release_loss, release_coords),
-                              "ours_fps": ours_coords, "release_fps": release_coords}, args.repeats, dev)
-        ratio = median_ratio(times["release"], times["ours"])
-        ours_value, release_value = run(ours_loss, ours_coords), run(release_loss, release_coords)
-        print(f"  {fidelity:<9} ours {_ms(times['ours'])} (FPS {_ms(times['ours_fps']).strip()})   release-style "
-              f"{_ms(times['release'])} (FPS {_ms(times['release_fps']).strip()})   ratio {ratio:5.2f}x   "
-              f"loss {ours_value:.6f} vs {release_value:.6f}")
-        out[fidelity] = {"ours_ms": statistics.median(times["ours"]) * 1e3,
-                         "release_ms": statistics.median(times["release"]) * 1e3, "ratio": ratio,
-                         "loss_diff": abs(ours_value - release_value)}
+        out[fidelity] = _loss_round(f1, f2, z1, z2, d1, d2, terms, start, S, args.repeats, dev)
     return out
+
+
+def _loss_round(f1, f2, z1, z2, d1, d2, terms: losses.CorrelationTerms, start: torch.Tensor, S: int, repeats: int,
+                dev: str) -> dict:
+    """One fidelity of ``bench loss``: ours against the release-style FPS + loss, paired rounds; prints a line."""
+    h, fidelity = f1.shape[-1], terms.dfc_target
+
+    def ours_coords():
+        return [sampling.fps_coords(d, (h, h), S, fidelity=fidelity, start=start) for d in (d1, d2)]
+
+    def release_coords():
+        return [fps_coords_release_style(d, (h, h), S, fidelity=fidelity, start=start) for d in (d1, d2)]
+
+    def run(loss_fn, coords_fn):
+        c1, c2 = coords_fn()
+        result = loss_fn(c1, c2)
+        result["total"].backward()
+        return result["total"].item()
+
+    def ours_loss(c1, c2):
+        return losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,
+                                       generator=torch.Generator().manual_seed(1))
+
+    def release_loss(c1, c2):
+        return correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,
+                                              generator=torch.Generator().manual_seed(1))
+
+    times = paired_times({"ours": lambda: run(ours_loss, ours_coords),
+                          "release": lambda: run(release_loss, release_coords),
+                          "ours_fps": ours_coords, "release_fps": release_coords}, repeats, dev)
+    ratio = median_ratio(times["release"], times["ours"])
+    ours_value, release_value = run(ours_loss, ours_coords), run(release_loss, release_coords)
+    print(f"  {fidelity:<9} ours {_ms(times['ours'])} (FPS {_ms(times['ours_fps']).strip()})   release-style "
+          f"{_ms(times['release'])} (FPS {_ms(times['release_fps']).strip()})   ratio {ratio:5.2f}x   "
+          f"loss {ours_value:.6f} vs {release_value:.6f}")
+    return {"ours_ms": statistics.median(times["ours"]) * 1e3, "release_ms": statistics.median(times["release"]) * 1e3,
+            "ratio": ratio, "loss_diff": abs(ours_value - release_value)}
 
 
 @command("knn", help="chunked top-k cosine kNN on random features: wall time and peak extra memory", args=[

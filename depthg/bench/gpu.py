@@ -3,9 +3,10 @@
 For ViT-S/8 and ViT-B/8 (random weights of the real architectures, no download) at 224 px, batch 32, S=11 FPS, DFC
 on, in fp32 (TF32 off: the reference precision) and with the backbone under bf16 autocast (the paper precision):
 
-* training iterations/s and images/s of the project's own iteration (DepthGModel features of image and partner in
-  one pass, :class:`depthg.training.step.TrainStep`, backward, the three Adam steps), peak GPU memory, and the time split
-  between data loading, backbone, head + losses (FPS included, forward and backward) and optimiser steps;
+* training iterations/s and images/s of the project's own iteration (:func:`depthg.training.train.iteration`:
+  backbone features of image and partner in one pass, :class:`depthg.training.step.TrainStep`, backward, the three
+  Adam steps), peak GPU memory, and the time split between data loading, backbone, head + losses (FPS included,
+  forward and backward) and optimiser steps;
 * the data loader (:func:`depthg.data.pairs.build_train_set` on a generated on-disk five-crop set of COCO-sized
   items with 16-bit depth, :mod:`depthg.bench.disk_data`; workers = cores) in images/s against what the step
   consumes;
@@ -36,12 +37,12 @@ from typing import Any
 
 import torch
 
-from depthg.model import losses, sampling
 from depthg.bench.baselines import correlation_loss_release_style
 from depthg.bench.common import command, median_ratio, paired_times, synchronizer
 from depthg.bench.disk_data import COCO_SIZE, write_training_set
 from depthg.bench.training_run import bench_run, random_batch
 from depthg.config import Config
+from depthg.model import losses, sampling
 from depthg.paths import results_root
 from depthg.presets import PRESETS, load_preset
 from depthg.training.train import iteration

@@ -18,12 +18,12 @@ Two fidelities (DESIGN.md §3, config aspect ``lhp``):
   self included, k = 8 by default, about the release's 1% of 784) or HP's 3x3 window (``"window3"``); w = 1 - delta
   on N(i); weights normalised by their sum, so z^ is a weighted mean of codes.
 
-How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image and its
-kNN partner and d the image's depth,
+How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image
+and its kNN partner and d the image's depth,
 
     z_hat  = projection(propagate(z, lhp_weights(d, (h, w), fidelity=...)))
     z_hatp = projection(z+)                                  # the partner is projected, not propagated
-    L_lhp  = correlation_loss(f, f+, z_hat, z_hatp, d, d+, coords1, coords2, ...)  # same terms and weights,
+    L_lhp  = correlation_loss(f, f+, z_hat, z_hatp, d, d+, coords1, coords2, terms)  # same terms and weights,
              # with dfc_weight multiplied by lhp_depth_weight
     L     += lhp_weight * L_lhp["total"]
 

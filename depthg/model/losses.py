@@ -32,8 +32,15 @@ from torch import Tensor
 
 from depthg.config import check_fidelity
 from depthg.errors import ConfigError
-from depthg.model.sampling import (bilinear_taps, channel_blocks, gather_points, normalize_depth, point_table,
-                                   pool_depth, sample)
+from depthg.model.sampling import (
+    bilinear_taps,
+    channel_blocks,
+    gather_points,
+    normalize_depth,
+    point_table,
+    pool_depth,
+    sample,
+)
 
 
 def norm(t: Tensor) -> Tensor:
