@@ -72,3 +72,7 @@ help:
 clean:
 	rm -rf .pytest_cache build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+## The prepared GPU check (issue 12): writes results/bench/<device>.json + .md; reduced sizes without CUDA.
+bench-gpu: $(STAMP)
+	$(PY) -m depthg.bench gpu
