@@ -4,26 +4,51 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The exact environment: `make lock` compiles pyproject.toml into it, `make venv` installs it (depthg/lockfile.py).
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
 # Tests and notebooks must not depend on a GPU or on the network.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv test test-fast reproduce lab bench lint clean
+.PHONY: venv lock test test-fast reproduce lab bench lint clean
 
-$(STAMP): pyproject.toml
+# uv reads no pip configuration: pass on the package indexes and constraints this machine's pip is configured with
+# (e.g. local mirrors), so that uv resolves and installs from the same places pip would.
+pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p")
+UV_INDEXES = $(foreach u,$(or $(PIP_INDEX_URL),$(call pip_setting,index-url)),--index-url $(u)) \
+	$(foreach u,$(PIP_EXTRA_INDEX_URL) $(call pip_setting,extra-index-url),--extra-index-url $(u))
+UV_CONSTRAINTS = $(foreach c,$(or $(PIP_CONSTRAINT),$(call pip_setting,constraint)),--constraint $(c))
+
+$(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	$(PY) -m ipykernel install --sys-prefix --name depthg --display-name "depthg (.venv)" >/dev/null
+	@$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
+
+## Install exactly requirements.lock (uv pip sync: extra packages go), then depthg itself, editable, without deps.
+$(STAMP): pyproject.toml $(LOCK) | $(UV)
+	@$(PY) -m depthg.lockfile check
+	@echo "uv $(UV_VERSION): installing $(LOCK) into $(VENV)"
+	@set -o pipefail; $(UV) pip sync --python $(PY) --require-hashes $(UV_INDEXES) $(LOCK) 2>&1 | { grep -v '^ [-+~] ' || true; }
+	@$(UV) pip install --quiet --python $(PY) --no-deps $(UV_INDEXES) -e .
+	@$(PY) -m ipykernel install --sys-prefix --name depthg --display-name "depthg (.venv)" >/dev/null
 	@touch $(STAMP)
+	@echo "installed depthg (editable) and the Jupyter kernel 'depthg (.venv)'"
 
 venv: $(STAMP)
 
+## Re-resolve pyproject.toml (with the dev extra) into requirements.lock: Python 3.11 on Linux, with hashes.
+lock: | $(UV)
+	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+		--generate-hashes --custom-compile-command "make lock" $(UV_INDEXES) $(UV_CONSTRAINTS) -o $(LOCK)
+	$(PY) -m depthg.lockfile stamp
+	@echo "$(LOCK): $$(grep -c '^[a-z0-9].*==' $(LOCK)) packages"
+
 ## The whole test suite: unit, golden parity, integration and the notebooks under nbval.
 test: $(STAMP)
-	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name depthg -p no:cacheprovider
 
 ## The fast tier only (under a minute).
 test-fast: $(STAMP)
