@@ -17,9 +17,10 @@ export PYTHONHASHSEED ?= 0
 .PHONY: venv lock test test-fast reproduce lab bench lint clean
 
 # uv reads no pip configuration: pass on the package indexes and constraints this machine's pip is configured with
-# (e.g. local mirrors), so that uv resolves and installs from the same places pip would.
+# (e.g. local mirrors), so that uv resolves and installs from the same places pip would. Like pip, trust every index,
+# preferring the first that has a matching version (a mirror may lack e.g. the old cython pydensecrf2 builds with).
 pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p")
-UV_INDEXES = $(foreach u,$(or $(PIP_INDEX_URL),$(call pip_setting,index-url)),--index-url $(u)) \
+UV_INDEXES = --index-strategy unsafe-first-match $(foreach u,$(or $(PIP_INDEX_URL),$(call pip_setting,index-url)),--index-url $(u)) \
 	$(foreach u,$(PIP_EXTRA_INDEX_URL) $(call pip_setting,extra-index-url),--extra-index-url $(u))
 UV_CONSTRAINTS = $(foreach c,$(or $(PIP_CONSTRAINT),$(call pip_setting,constraint)),--constraint $(c))
 
