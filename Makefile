@@ -29,11 +29,10 @@ $(UV):
 	@$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
 
 ## Install exactly requirements.lock (uv pip sync: extra packages go), then depthg itself, editable, without deps.
-## Bytecode is compiled here, as pip does: imports are twice as slow without it where PYTHONDONTWRITEBYTECODE is set.
 $(STAMP): pyproject.toml $(LOCK) | $(UV)
 	@$(PY) -m depthg.lockfile check
 	@echo "uv $(UV_VERSION): installing $(LOCK) into $(VENV)"
-	@set -o pipefail; $(UV) pip sync --python $(PY) --require-hashes --compile-bytecode $(UV_INDEXES) $(LOCK) 2>&1 | { grep -v '^ [-+~] ' || true; }
+	@set -o pipefail; $(UV) pip sync --python $(PY) --require-hashes $(UV_INDEXES) $(LOCK) 2>&1 | { grep -v '^ [-+~] ' || true; }
 	@$(UV) pip install --quiet --python $(PY) --no-deps $(UV_INDEXES) -e .
 	@$(PY) -m ipykernel install --sys-prefix --name depthg --display-name "depthg (.venv)" >/dev/null
 	@touch $(STAMP)
