@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
+# uv installs without bytecode (compiling all 16k files would add a minute); let the first import of each module write
+# it, as Python does by default, so later runs import torch & co. twice as fast.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv lock test test-fast reproduce lab bench lint clean
 
