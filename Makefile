@@ -23,7 +23,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # (e.g. local mirrors), so that uv resolves and installs from the same places pip would. Like pip, trust every index,
 # preferring the first that has a matching version (a mirror may lack e.g. the old cython pydensecrf2 builds with).
 pip_setting = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p")
-UV_INDEXES = --index-strategy unsafe-first-match $(foreach u,$(or $(PIP_INDEX_URL),$(call pip_setting,index-url)),--index-url $(u)) \
+UV_INDEXES = --index-strategy unsafe-first-match \
+	$(foreach u,$(or $(PIP_INDEX_URL),$(call pip_setting,index-url)),--index-url $(u)) \
 	$(foreach u,$(PIP_EXTRA_INDEX_URL) $(call pip_setting,extra-index-url),--extra-index-url $(u))
 UV_CONSTRAINTS = $(foreach c,$(or $(PIP_CONSTRAINT),$(call pip_setting,constraint)),--constraint $(c))
 
@@ -35,7 +36,8 @@ $(UV):
 $(STAMP): pyproject.toml $(LOCK) | $(UV)
 	@$(PY) -m depthg.lockfile check
 	@echo "uv $(UV_VERSION): installing $(LOCK) into $(VENV)"
-	@set -o pipefail; $(UV) pip sync --python $(PY) --require-hashes $(UV_INDEXES) $(LOCK) 2>&1 | { grep -v '^ [-+~] ' || true; }
+	@set -o pipefail; $(UV) pip sync --python $(PY) --require-hashes $(UV_INDEXES) $(LOCK) 2>&1 \
+		| { grep -v '^ [-+~] ' || true; }  # uv's summary lines, not one line per package
 	@$(UV) pip install --quiet --python $(PY) --no-deps $(UV_INDEXES) -e .
 	@$(PY) -m ipykernel install --sys-prefix --name depthg --display-name "depthg (.venv)" >/dev/null
 	@touch $(STAMP)
@@ -52,7 +54,8 @@ lock: | $(UV)
 
 ## The whole test suite: unit, golden parity, integration and the notebooks under nbval.
 test: $(STAMP)
-	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name depthg -p no:cacheprovider
+	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name depthg \
+		-p no:cacheprovider
 
 ## The fast tier only (under a minute).
 test-fast: $(STAMP)

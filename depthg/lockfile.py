@@ -71,15 +71,15 @@ def check(root: Path | None = None) -> None:
     """Refuse to install a stale lock or one made for another Python, saying what to do."""
     root = root or repo_root()
     lock, pyproject = root / LOCK_NAME, root / "pyproject.toml"
+    if sys.version_info[:2] != LOCK_PYTHON:
+        want = ".".join(map(str, LOCK_PYTHON))
+        raise DepthGError(f"{lock.name} is for Python {want}, this is {sys.version.split()[0]}: remove .venv and run "
+                          f"make with PYTHON=python{want}.")
     if not lock.is_file():
         raise DepthGError(f"{lock} is missing: restore it from git or run `make lock`.")
     if stamped_digest(lock) != inputs_digest(pyproject):
         raise DepthGError(f"{pyproject.name}'s dependencies changed since {lock.name} was compiled: run `make lock` "
                           f"and commit both files.")
-    if sys.version_info[:2] != LOCK_PYTHON:
-        want = ".".join(map(str, LOCK_PYTHON))
-        raise DepthGError(f"{lock.name} is for Python {want}, this is {sys.version.split()[0]}: run make with "
-                          f"PYTHON=python{want}.")
 
 
 def lock_state(root: Path | None = None) -> dict:
