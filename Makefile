@@ -66,7 +66,7 @@ reproduce: $(STAMP)
 	$(PY) -m depthg reproduce
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: $(STAMP)
 	$(PY) -m depthg.bench fps
