@@ -48,7 +48,7 @@ venv: $(STAMP)
 ## Re-resolve pyproject.toml (with the dev extra) into requirements.lock: Python 3.11 on Linux, with hashes.
 lock: | $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
-		--generate-hashes --custom-compile-command "make lock" $(UV_INDEXES) $(UV_CONSTRAINTS) -o $(LOCK)
+		--generate-hashes --no-strip-extras --custom-compile-command "make lock" $(UV_INDEXES) $(UV_CONSTRAINTS) -o $(LOCK)
 	$(PY) -m depthg.lockfile stamp
 	@echo "$(LOCK): $$(grep -c '^[a-z0-9].*==' $(LOCK)) packages"
 

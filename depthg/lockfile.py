@@ -24,7 +24,8 @@ from depthg.paths import repo_root
 LOCK_NAME = "requirements.lock"
 LOCK_PYTHON = (3, 11)  # `make lock` resolves for this Python (uv pip compile --python-version)
 _STAMP = "# pyproject-dependencies-sha256: "
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+# name[extras]==version: extras stay in the lock (uv --no-strip-extras), or pip's hash mode refuses e.g. jsonschema
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 
 
 def normalize(name: str) -> str:

@@ -15,6 +15,7 @@ from depthg.lockfile import LOCK_NAME, check, inputs_digest, lock_state, locked_
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / LOCK_NAME
 LOCKED_EXTRA = "dev"  # `make lock` compiles pyproject.toml --extra dev
+PIN = r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?=="  # name[extras]==
 
 
 def _direct_requirements() -> list[Requirement]:
@@ -36,7 +37,7 @@ def _via_pyproject(lock: Path) -> set[str]:
     """Packages uv annotated ``# via depthg (pyproject.toml)``: the lock's direct requirements."""
     out, current = set(), None
     for line in lock.read_text().splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", line)
+        m = re.match(PIN, line)
         if m:
             current = normalize(m.group(1))
         elif current and re.match(r"^\s+#\s+(via\s+)?depthg \(pyproject\.toml\)", line):
@@ -64,7 +65,7 @@ def test_every_direct_requirement_is_pinned_within_its_specifier():
 
 def test_every_pin_carries_a_hash():
     blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text())
-    pins = [b for b in blocks if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*==", b)]
+    pins = [b for b in blocks if re.match(PIN, b)]
     assert len(pins) == len(locked_versions(LOCK)) > 100
     unhashed = [b.split()[0] for b in pins if "--hash=sha256:" not in b]
     assert not unhashed, f"pins without a hash (uv pip sync --require-hashes refuses them): {unhashed}"
