@@ -17,7 +17,7 @@ export PYTHONHASHSEED ?= 0
 # it, as Python does by default, so later runs import torch & co. twice as fast.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv lock test test-fast reproduce lab bench lint clean
+.PHONY: venv lock test test-fast test-golden test-integration reproduce lab bench lint format help clean
 
 # uv reads no pip configuration: pass on the package indexes and constraints this machine's pip is configured with
 # (e.g. local mirrors), so that uv resolves and installs from the same places pip would. Like pip, trust every index,
@@ -32,7 +32,7 @@ $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -qq --disable-pip-version-check uv==$(UV_VERSION)
 
-## Install exactly requirements.lock (uv pip sync: extra packages go), then depthg itself, editable, without deps.
+# Install exactly requirements.lock (uv pip sync: extra packages go), then depthg itself, editable, without deps.
 $(STAMP): pyproject.toml $(LOCK) | $(UV)
 	@$(PY) -m depthg.lockfile check
 	@echo "uv $(UV_VERSION): installing $(LOCK) into $(VENV)"
@@ -43,6 +43,7 @@ $(STAMP): pyproject.toml $(LOCK) | $(UV)
 	@touch $(STAMP)
 	@echo "installed depthg (editable) and the Jupyter kernel 'depthg (.venv)'"
 
+## Create .venv with exactly requirements.lock, then depthg itself, editable (every target does this first).
 venv: $(STAMP)
 
 ## Re-resolve pyproject.toml (with the dev extra) into requirements.lock: Python 3.11 on Linux, with hashes.
@@ -65,9 +66,11 @@ test-fast: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m depthg reproduce
 
+## JupyterLab with the project's kernel, depthg (.venv).
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
+## CPU micro-benchmarks, each against a release-style baseline measured in the same run.
 bench: $(STAMP)
 	$(PY) -m depthg.bench fps
 	$(PY) -m depthg.bench loss
@@ -75,10 +78,30 @@ bench: $(STAMP)
 	$(PY) -m depthg.bench train
 	$(PY) -m depthg.bench crf
 
+## Lint (ruff, configured in pyproject.toml): must be clean on the whole tree.
 lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check depthg tests
+	$(VENV)/bin/ruff format --check depthg tests
 
+## Format the code in place (ruff format) and apply ruff's safe fixes.
+format: $(STAMP)
+	$(VENV)/bin/ruff format depthg tests
+	$(VENV)/bin/ruff check --fix depthg tests
+
+## Only the golden parity tests (numbers computed by the released code).
+test-golden: $(STAMP)
+	$(PY) -m pytest tests -m golden -p no:cacheprovider
+
+## Only the integration tier (training runs, torchrun, notebooks under nbval).
+test-integration: $(STAMP)
+	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax --nbval-kernel-name depthg \
+		-m integration -p no:cacheprovider
+
+## This list.
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if(doc){split($$1,a,":"); printf "  make %-18s %s\n", a[1], doc}; doc=""}' $(MAKEFILE_LIST)
+
+## Remove build and cache files.
 clean:
 	rm -rf .pytest_cache build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +

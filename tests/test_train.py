@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthg import checkpoints
-from depthg.config import load_preset
 from depthg.errors import TrainingError
-from depthg.train import train
+from depthg.evaluation.experiment import train_and_evaluate
+from depthg.presets import load_preset
+from depthg.training import checkpoints
+from depthg.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,22 +84,22 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_world, tmp_path)
 
 
 def test_resume_log_drops_a_torn_last_line_and_stops_at_damage(tmp_path):
-    from depthg.train import _truncate_log
+    from depthg.training.train import truncate_log
 
     log = tmp_path / "metrics.jsonl"
     records = [json.dumps({"iteration": i, "loss": 1.0 / (i + 1)}) for i in range(5)]
     log.write_text("".join(r + "\n" for r in records) + records[0][:17])  # killed while writing a 6th record
-    _truncate_log(log, start=3)
+    truncate_log(log, start=3)
     assert log.read_text() == "".join(r + "\n" for r in records[:3])
-    _truncate_log(log, start=3)  # a complete log is left as it is
+    truncate_log(log, start=3)  # a complete log is left as it is
     assert log.read_text() == "".join(r + "\n" for r in records[:3])
     log.write_text(records[0] + "\n{not json\n" + records[1] + "\n")
     with pytest.raises(TrainingError, match=r"metrics\.jsonl line 2 is not a JSON record"):
-        _truncate_log(log, start=3)
+        truncate_log(log, start=3)
 
 
 def test_nonfinite_loss_names_iteration_and_term(synthetic_world, tmp_path, monkeypatch):
-    import depthg.step as step_mod
+    import depthg.training.step as step_mod
 
     real = step_mod.correlation_loss
     calls = {"n": 0}
@@ -113,17 +114,17 @@ def test_nonfinite_loss_names_iteration_and_term(synthetic_world, tmp_path, monk
     monkeypatch.setattr(step_mod, "correlation_loss", poisoned)
     cfg = _cfg(synthetic_world, "train.iterations=6", "train.checkpoint_every=2")
     with pytest.raises(TrainingError, match=r"iteration 3 in term\(s\) inter"):
-        train(cfg, run_name="nan", results_dir=str(tmp_path), evaluate_at_end=False, progress=False)
+        train(cfg, run_name="nan", results_dir=str(tmp_path), progress=False)
     state = checkpoints.load_training_state(tmp_path / "runs" / "nan" / "checkpoints" / "last.pt")
     assert state["iteration"] == 2  # the last good checkpoint survives
 
 
 def test_resume_refuses_a_different_config(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=2", "train.checkpoint_every=2")
-    train(cfg, run_name="r", results_dir=str(tmp_path), evaluate_at_end=False, progress=False)
+    train(cfg, run_name="r", results_dir=str(tmp_path), progress=False)
     other = cfg.with_overrides(["loss.pos_inter_weight=0.9", "train.iterations=4"])
     with pytest.raises(TrainingError, match="loss.pos_inter_weight"):
-        train(other, run_name="r", results_dir=str(tmp_path), resume=True, evaluate_at_end=False, progress=False)
+        train(other, run_name="r", results_dir=str(tmp_path), resume=True, progress=False)
 
 
 @pytest.mark.slow
@@ -147,7 +148,7 @@ def test_torchrun_two_gloo_processes_hold_identical_weights(synthetic_world, tmp
 
 def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=4", "train.val_every=2", "eval.max_images=4")
-    result = train(cfg, run_name="val", results_dir=str(tmp_path), progress=False)
+    result = train_and_evaluate(cfg, run_name="val", results_dir=str(tmp_path), progress=False)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert set(metrics) == {"last_step", "best_on_validation"}
     best = metrics["best_on_validation"]
@@ -158,7 +159,7 @@ def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_wo
 
 
 def test_one_device_resolver_for_training_and_preparation():
-    from depthg.distributed import DistInfo, resolve_device
+    from depthg.device import DistInfo, resolve_device
     from depthg.errors import ConfigError
 
     assert resolve_device("cpu") == torch.device("cpu")

@@ -1,0 +1,4 @@
+"""Training: schedules, the per-iteration step, the loop, its checkpoints and the torchrun scale-out.
+
+Layer 4: imports the foundations, ``model`` and ``data`` only (``tests/test_layers.py`` checks this).
+"""
