@@ -46,7 +46,7 @@ def stamped_digest(lock: Path) -> str | None:
     """The inputs digest ``make lock`` wrote into ``lock`` (None if it carries none)."""
     for line in Path(lock).read_text().splitlines():
         if line.startswith(_STAMP):
-            return line[len(_STAMP):].strip()
+            return line[len(_STAMP) :].strip()
     return None
 
 
@@ -74,13 +74,17 @@ def check(root: Path | None = None) -> None:
     lock, pyproject = root / LOCK_NAME, root / "pyproject.toml"
     if sys.version_info[:2] != LOCK_PYTHON:
         want = ".".join(map(str, LOCK_PYTHON))
-        raise DepthGError(f"{lock.name} is for Python {want}, this is {sys.version.split()[0]}: remove .venv and run "
-                          f"make with PYTHON=python{want}.")
+        raise DepthGError(
+            f"{lock.name} is for Python {want}, this is {sys.version.split()[0]}: remove .venv and run "
+            f"make with PYTHON=python{want}."
+        )
     if not lock.is_file():
         raise DepthGError(f"{lock} is missing: restore it from git or run `make lock`.")
     if stamped_digest(lock) != inputs_digest(pyproject):
-        raise DepthGError(f"{pyproject.name}'s dependencies changed since {lock.name} was compiled: run `make lock` "
-                          f"and commit both files.")
+        raise DepthGError(
+            f"{pyproject.name}'s dependencies changed since {lock.name} was compiled: run `make lock` "
+            f"and commit both files."
+        )
 
 
 def lock_state(root: Path | None = None) -> dict:
@@ -93,8 +97,11 @@ def lock_state(root: Path | None = None) -> dict:
     for dist in metadata.distributions():  # sys.path order: the first copy of a package is the one imported
         if dist.metadata["Name"]:
             installed.setdefault(normalize(dist.metadata["Name"]), dist.version)
-    differs = {name: {"locked": v, "installed": installed.get(name)}
-               for name, v in sorted(locked_versions(lock).items()) if installed.get(name) != v}
+    differs = {
+        name: {"locked": v, "installed": installed.get(name)}
+        for name, v in sorted(locked_versions(lock).items())
+        if installed.get(name) != v
+    }
     return {"file": LOCK_NAME, "sha256": hashlib.sha256(lock.read_bytes()).hexdigest(), "differs": differs}
 
 

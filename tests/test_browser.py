@@ -33,9 +33,14 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 RUN_TIMEOUT_S = 400  # the notebook takes ~50 s on a shared 2-core machine
 # JupyterLab user settings: no news or update checks (no network, no toast over the screenshot); no autosave, so
 # the notebook file changes only when the test saves it
-SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-            {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True},
-            "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False}}
+SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+        "doNotDisturbMode": True,
+    },
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+}
 
 
 def _free_port() -> int:
@@ -61,25 +66,57 @@ def jupyterlab(tmp_path):
     root, jupyter = tmp_path / "lab", tmp_path / "jupyter"
     root.mkdir()
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, root / NOTEBOOK)  # autosave must not touch the stored notebook
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(jupyter / "prefix"), "--name",
-                    KERNEL, "--display-name", KERNEL_DISPLAY_NAME], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ipykernel",
+            "install",
+            "--prefix",
+            str(jupyter / "prefix"),
+            "--name",
+            KERNEL,
+            "--display-name",
+            KERNEL_DISPLAY_NAME,
+        ],
+        check=True,
+        capture_output=True,
+    )
     for name, value in SETTINGS.items():
         (jupyter / "settings" / name).parent.mkdir(parents=True, exist_ok=True)
         (jupyter / "settings" / name).write_text(json.dumps(value))
-    env = dict(os.environ, JUPYTER_PATH=str(jupyter / "prefix" / "share" / "jupyter"),
-               JUPYTER_CONFIG_DIR=str(jupyter / "config"), JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(jupyter / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
-               # the notebook writes its world and figures here, not into the checkout
-               DEPTHG_DATA_DIR=str(tmp_path / "data"), DEPTHG_RESULTS_DIR=str(tmp_path / "results"),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        JUPYTER_PATH=str(jupyter / "prefix" / "share" / "jupyter"),
+        JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+        JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(jupyter / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"),
+        # the notebook writes its world and figures here, not into the checkout
+        DEPTHG_DATA_DIR=str(tmp_path / "data"),
+        DEPTHG_RESULTS_DIR=str(tmp_path / "results"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     port, token = _free_port(), os.urandom(16).hex()
     log = (tmp_path / "jupyterlab.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                               f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                               *(["--allow-root"] if os.geteuid() == 0 else [])],  # CI containers run as root
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],  # CI containers run as root
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -114,8 +151,14 @@ def chromium(tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
@@ -128,8 +171,9 @@ def _menu(driver, menu: str, command: str) -> None:
     """Click a menu bar entry, then the item bound to ``command`` (what a user clicks, e.g. Run > Run All Cells)."""
     from selenium.webdriver.common.by import By
 
-    bar = next(e for e in driver.find_elements(By.CSS_SELECTOR, "#jp-menu-panel .lm-MenuBar-item")
-               if e.text.strip() == menu)
+    bar = next(
+        e for e in driver.find_elements(By.CSS_SELECTOR, "#jp-menu-panel .lm-MenuBar-item") if e.text.strip() == menu
+    )
     bar.click()
     items = driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-item[data-command]")
     item = next((e for e in items if e.get_attribute("data-command") == command), None)
@@ -149,7 +193,8 @@ def _wait(predicate, timeout: float, what: str):
 
 def _prompts(driver) -> list[str]:
     return driver.execute_script(
-        "return [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent)")
+        "return [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.textContent)"
+    )
 
 
 @pytest.mark.slow
@@ -161,7 +206,8 @@ def test_stored_notebook_runs_in_jupyterlab_with_the_project_kernel(jupyterlab, 
     chromium.get(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
     kernel_name = lambda: " ".join(e.text for e in chromium.find_elements(By.CSS_SELECTOR, ".jp-KernelName"))
     status = lambda: chromium.execute_script(
-        "const e = document.querySelector('.jp-Notebook-ExecutionIndicator'); return e && e.dataset.status")
+        "const e = document.querySelector('.jp-Notebook-ExecutionIndicator'); return e && e.dataset.status"
+    )
     _wait(lambda: KERNEL_DISPLAY_NAME in kernel_name() and status() == "idle", 120, "the kernel to start")
     n_code = len(_prompts(chromium))
     assert n_code >= 5, f"{NOTEBOOK}: {n_code} code cells shown"
@@ -170,9 +216,13 @@ def test_stored_notebook_runs_in_jupyterlab_with_the_project_kernel(jupyterlab, 
     _wait(lambda: not chromium.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"), 30, "cleared outputs")
     _menu(chromium, "Run", "runmenu:run-all")  # Run All Cells
     # done: every code cell numbered, or a cell failed (Run All then leaves the rest unrun)
-    errors = lambda: [e.text for e in chromium.find_elements(
-        By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        if "Error" in e.text]
+    errors = lambda: [
+        e.text
+        for e in chromium.find_elements(
+            By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        )
+        if "Error" in e.text
+    ]
     done = lambda: errors() or (status() == "idle" and all(re.fullmatch(r"\[\d+\]:", p) for p in _prompts(chromium)))
     _wait(done, RUN_TIMEOUT_S, "Run All Cells to finish")
     assert not errors(), f"a cell failed:\n{errors()[0]}"
@@ -181,8 +231,9 @@ def test_stored_notebook_runs_in_jupyterlab_with_the_project_kernel(jupyterlab, 
     sessions = _api(f"{base}/api/sessions?token={token}")
     assert [s["kernel"]["name"] for s in sessions] == [KERNEL], sessions
     assert kernel_name() == KERNEL_DISPLAY_NAME
-    images = chromium.execute_script("return [...document.querySelectorAll('.jp-OutputArea-output img')]"
-                                     ".map(i => i.complete ? i.naturalWidth : 0)")
+    images = chromium.execute_script(
+        "return [...document.querySelectorAll('.jp-OutputArea-output img')].map(i => i.complete ? i.naturalWidth : 0)"
+    )
     assert images and all(w > 100 for w in images), f"no rendered figure in the outputs (widths {images})"
 
     chromium.execute_script("document.querySelector('.jp-OutputArea-output img').scrollIntoView({block: 'end'})")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from depthg import bench
-from depthg.cli import build_parser
+from depthg.cli.main import build_parser
 
 INTERNAL = re.compile(r"§|METHOD\.md|DESIGN\.md|\(#\d+\)")
 

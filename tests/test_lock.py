@@ -2,11 +2,11 @@
 
 import re
 import shutil
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from depthg.errors import DepthGError
@@ -47,7 +47,8 @@ def _via_pyproject(lock: Path) -> set[str]:
 
 def test_lock_was_compiled_from_this_pyproject():
     assert stamped_digest(LOCK) == inputs_digest(ROOT / "pyproject.toml"), (
-        "pyproject.toml's dependency lists changed since requirements.lock was compiled: run `make lock`")
+        "pyproject.toml's dependency lists changed since requirements.lock was compiled: run `make lock`"
+    )
 
 
 def test_every_direct_requirement_is_pinned_within_its_specifier():
@@ -57,7 +58,8 @@ def test_every_direct_requirement_is_pinned_within_its_specifier():
         name = normalize(req.name)
         assert name in locked, f"{req} (pyproject.toml) is not in {LOCK_NAME}: run `make lock`"
         assert req.specifier.contains(locked[name], prereleases=True), (
-            f"{LOCK_NAME} pins {name}=={locked[name]}, outside pyproject.toml's {req}: run `make lock`")
+            f"{LOCK_NAME} pins {name}=={locked[name]}, outside pyproject.toml's {req}: run `make lock`"
+        )
     assert _via_pyproject(LOCK) == {normalize(r.name) for r in reqs}, "lock and pyproject list other direct deps"
     # the pair DESIGN.md §9 asks for: the index's torch with its torchvision, not the local CPU-only 2.13.0
     assert locked["torch"] != "2.13.0" and locked["torchvision"].startswith("0.")
@@ -86,11 +88,15 @@ def test_check_refuses_a_stale_lock(tmp_path):
 
 def test_lock_state_lists_packages_installed_at_other_versions(tmp_path):
     pytest_version = metadata.version("pytest")
-    (tmp_path / LOCK_NAME).write_text(f"pytest=={pytest_version} \\\n    --hash=sha256:00\n"
-                                      "Packaging==0.0.1 \\\n    --hash=sha256:11\n"
-                                      "no-such-package-here==1.0\n")
+    (tmp_path / LOCK_NAME).write_text(
+        f"pytest=={pytest_version} \\\n    --hash=sha256:00\n"
+        "Packaging==0.0.1 \\\n    --hash=sha256:11\n"
+        "no-such-package-here==1.0\n"
+    )
     state = lock_state(tmp_path)
     assert state["file"] == LOCK_NAME and len(state["sha256"]) == 64
-    assert state["differs"] == {"packaging": {"locked": "0.0.1", "installed": metadata.version("packaging")},
-                                "no-such-package-here": {"locked": "1.0", "installed": None}}
+    assert state["differs"] == {
+        "packaging": {"locked": "0.0.1", "installed": metadata.version("packaging")},
+        "no-such-package-here": {"locked": "1.0", "installed": None},
+    }
     assert lock_state(tmp_path / "elsewhere") == {"file": None, "sha256": None, "differs": None}

@@ -18,8 +18,15 @@ def test_the_registered_kernel_is_this_environments():
 def test_a_kernel_of_another_environment_is_refused(tmp_path, monkeypatch):
     spec = tmp_path / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)
-    spec.write_text(json.dumps({"argv": ["/elsewhere/.venv/bin/python", "-m", "ipykernel_launcher", "-f",
-                                         "{connection_file}"], "display_name": "depthg (other)", "language": "python"}))
+    spec.write_text(
+        json.dumps(
+            {
+                "argv": ["/elsewhere/.venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "depthg (other)",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # searched before the user's and the environment's kernels
     with pytest.raises(DepthGError, match=r"starts /elsewhere/\.venv/bin/python, not this environment's"):
         check_kernel()
@@ -36,9 +43,16 @@ def test_notebooks_run_in_the_project_kernel_without_a_transport_warning(tmp_pat
     # a `depthg` kernel that marks its environment, found first (JUPYTER_PATH): the output says which kernel ran
     spec = tmp_path / "jupyter" / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)
-    spec.write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                                "display_name": "depthg (test)", "language": "python",
-                                "env": {"DEPTHG_TEST_KERNEL": "depthg"}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "depthg (test)",
+                "language": "python",
+                "env": {"DEPTHG_TEST_KERNEL": "depthg"},
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     code = "import os; print(os.environ.get('DEPTHG_TEST_KERNEL', 'another kernel'))"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
