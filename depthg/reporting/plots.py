@@ -236,13 +236,14 @@ def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
             if kind.startswith("seed"):
                 for row, g in pts.groupby("row", sort=False):
                     std = g["value"].std(ddof=1) if len(g) > 1 else 0.0
-                    ax.errorbar(g["value"].mean(), y[row] + offset, xerr=std, color="black", capsize=3, lw=1)
+                    ax.errorbar(g["value"].mean(), y[row] + offset, xerr=std, fmt="|", ms=10, color="black",
+                                capsize=3, lw=1)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(rows, fontsize=7)
-        ax.invert_yaxis()
         ax.set_title(f"{labels.get(m, m)} (%)", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # the table's order, top to bottom (the panels share the y axis)
     handles, names = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, n in zip(*ax.get_legend_handles_labels()):
