@@ -193,8 +193,8 @@ def test_paper_tables_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path, monkey
 
     capsys.readouterr()
     assert main(["tables", "--dataset", "potsdam", "--data-dir", str(data_dir), "--weights", "random",
-                 "--iterations", "2", "--seeds", "0,1", "--max-images", "2", "--no-crf", "--device", "cpu", "--threads", "1",
-                 "--results-dir", str(results), "--released-checkpoints", str(released), "--reuse",
+                 "--iterations", "2", "--seeds", "0,1", "--max-images", "2", "--no-crf", "--device", "cpu",
+                 "--threads", "1", "--results-dir", str(results), "--released-checkpoints", str(released), "--reuse",
                  "--no-progress", *TINY.split()]) == 0
     printed = capsys.readouterr().out
     assert "to do: 0 runs, 0 training iterations, 0 evaluation images" in printed, printed  # same config: reused

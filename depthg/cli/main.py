@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from depthg.errors import DepthGError
 
@@ -139,8 +140,6 @@ def _add_tables(sub) -> None:
 
 def _run_tables(args) -> int:
     # lazy: torch and the library load only when a command runs, so --help stays fast
-    from functools import partial
-
     from depthg.notebook import as_list, prepare, resolve_config
     from depthg.reporting import paper_tables
 

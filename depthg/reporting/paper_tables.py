@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -43,8 +43,18 @@ from depthg.model.weights import is_released_checkpoint, read_checkpoint
 from depthg.paths import dataset_base, figures_dir, file_tag, results_root, runs_dir
 from depthg.presets import PAPER_PRESETS
 from depthg.reporting import anchors
-from depthg.reporting.ablation import (METRIC_LABELS, METRICS, Variant, _finished, _joined, _pm, _resumable, markdown,
-                                       run_name, run_record, run_variants)
+from depthg.reporting.ablation import (
+    METRIC_LABELS,
+    METRICS,
+    Variant,
+    _finished,
+    _joined,
+    _pm,
+    _resumable,
+    markdown,
+    run_name,
+    run_variants,
+)
 from depthg.reporting.plots import paper_dots
 from depthg.runs import read_run
 from depthg.training.train import train
@@ -69,6 +79,11 @@ class Case:
         """File-safe: potsdam-vits8, cocostuff27-vitb8, synthetic-vitt8."""
         size, patch = self.backbone.removeprefix("vit_").split("_patch")
         return f"{file_tag(self.dataset)}-vit{size[0]}{patch}"
+
+    @property
+    def release_key(self) -> tuple[str, str]:
+        """(dataset, backbone) as a released checkpoint names them (potsdamraw is Potsdam)."""
+        return ("potsdam" if self.dataset == "potsdamraw" else self.dataset), self.backbone
 
 
 def paper_cases(dataset: str, backbones: Iterable[str] | None = None) -> list[Case]:
@@ -234,7 +249,7 @@ def plan_tables(cases: list[Case], configure: Callable[..., Config], *, seeds: I
     for case in cases:
         base, prefix = configs[case], f"paper-{case.tag}"
         images = _eval_images(base)
-        path = plan.released.get((dataset_base(case.dataset).replace("potsdamraw", "potsdam"), case.backbone))
+        path = plan.released.get(case.release_key)
         if path is not None:
             name = f"{prefix}-released-{file_tag(path.stem)}"
             done = reuse and _released_finished(runs_dir(results_dir) / name, path, base)
@@ -293,7 +308,7 @@ def run_tables(plan: Plan, *, progress: bool = False, log: Callable[[str], None]
         rows = published_rows(case)
         released = next((r for r in plan.runs if r.case == case and r.kind == "released"), None)
         if released is not None and released.status == "evaluate":
-            path = plan.released[(dataset_base(case.dataset).replace("potsdamraw", "potsdam"), case.backbone)]
+            path = plan.released[case.release_key]
             evaluate_checkpoint(path, crf=base.eval.crf, preset=case.preset, overrides=_released_overrides(base),
                                 run_name=released.name, results_dir=plan.results_dir)
             if log:
@@ -380,7 +395,7 @@ def released_row(case: Case, run_dir: Path | None, folder: str | None) -> dict:
         elif folder is None:
             why = "not evaluated: no released_checkpoints folder given"
         else:
-            why = f"no .ckpt in {folder} is a released checkpoint of ({dataset_base(case.dataset)}, {case.backbone})"
+            why = f"no .ckpt in {folder} is a released checkpoint of {case.release_key}"
         return _row(case, "released checkpoint", "authors' checkpoint", status="none", note=why)
     run = read_run(run_dir)
     m, prov = run["metrics"]["last_step"], run["provenance"] or {}
@@ -406,7 +421,7 @@ def retrain_row(case: Case, fidelity: str, recs: pd.DataFrame) -> dict:
     chosen = recs["selected"].dropna()
     return _row(case, f"{fidelity} retrain", "DepthG (this project)", n=len(recs), **values,
                 selected=_joined(chosen) if len(chosen) else NOT_SELECTED[fidelity], n_selected=len(chosen),
-                status=f"trained here ({len(recs)} seeds)", source="results/runs", seeds=_joined(recs["seed"]),
+                status=f"trained here ({len(recs)} seeds)", source=_joined(recs["run"]), seeds=_joined(recs["seed"]),
                 runs=_joined(recs["run"]), iterations=_joined(recs["iterations"]),
                 eval_images=_joined(recs["eval_images"]), crf=bool(recs["crf"].all()),
                 wall_time_s=float(recs["wall_time_s"].sum()), device=_joined(recs["device"]),
@@ -428,7 +443,8 @@ def _selected_cells(row: pd.Series) -> tuple[str, str]:
         return "n/a", "n/a"
     if not row["n_selected"]:
         return row["selected"], "n/a"
-    return tuple(f"{_cell(row, f'selected_{probe}_acc')} / {_cell(row, f'selected_{probe}_miou')}"
+    part = "" if row["n_selected"] == row["n"] else f" ({row['n_selected']} of {row['n']} seeds)"
+    return tuple(f"{_cell(row, f'selected_{probe}_acc')} / {_cell(row, f'selected_{probe}_miou')}{part}"
                  for probe in ("cluster", "linear"))
 
 
@@ -466,14 +482,15 @@ def write_table(table: pd.DataFrame, records: pd.DataFrame, *, dataset: str, pla
 def caption(dataset: str, records: pd.DataFrame, plan: Plan) -> str:
     crf = "with DenseCRF" if records["crf"].all() else "without DenseCRF (eval.crf=false)"
     cfg = next(plan.configs[c] for c in plan.cases if c.dataset == dataset)
+    dirty = " (uncommitted changes)" if records["git_dirty"].fillna(True).any() else ""
     return (f"Main results on **{dataset}**: published numbers, the authors' released checkpoint evaluated here, "
             f"and this project's retrains at `reference` and `paper` fidelity ({_joined(records['iterations'])} "
             f"iterations of batch {cfg.data.batch_size} at {cfg.data.res} px, seeds {_joined(records['seed'])}), "
             f"evaluated on {_joined(records['eval_images'])} val images at {cfg.eval.res} px {crf}. Accuracy and "
             f"mIoU in %, mean ± sample std over seeds; cluster probe with dataset-level Hungarian matching, linear "
             f"probe by argmax. 'Last step' is the primary number (DESIGN.md §6); 'release-selected' is the "
-            f"checkpoint the release's own selection picks on the evaluation split, where the run made one. Code: git "
-            f"{_joined(records['git_commit'])}{' (uncommitted changes)' if records['git_dirty'].fillna(True).any() else ''}.")
+            f"checkpoint the release's own selection picks on the evaluation split, where the run made one. Code: "
+            f"git {_joined(records['git_commit'])}{dirty}.")
 
 
 def table_notes(table: pd.DataFrame, records: pd.DataFrame) -> list[str]:

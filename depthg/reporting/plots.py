@@ -222,7 +222,8 @@ def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
     rows = list(dict.fromkeys(points["row"])) or ["(no numbers)"]
     fig = _figure(2.8 * len(metrics) + 1.5, 0.35 * len(rows) + 1.4)
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
-    style = {"published": dict(marker="D", color="tab:red", s=30), "released": dict(marker="s", color="tab:purple", s=30),
+    style = {"published": dict(marker="D", color="tab:red", s=30),
+             "released": dict(marker="s", color="tab:purple", s=30),
              "seed": dict(marker="o", color="tab:blue", s=14, alpha=0.6),
              "seed, release-selected": dict(marker="o", color="tab:green", s=14, alpha=0.6)}
     y = {r: i for i, r in enumerate(rows)}
