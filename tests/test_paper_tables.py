@@ -15,10 +15,11 @@ from test_notebooks_params import TINY, _papermill
 from depthg.cli.main import main
 from depthg.errors import ConfigError
 from depthg.notebook import resolve_config
+from depthg.reporting import paper_plan as pp
 from depthg.reporting import paper_tables as pt
 from depthg.runs import read_run, write_run
 
-POTSDAM = pt.Case("potsdam", "vit_small_patch8", "potsdam_vits8")
+POTSDAM = pp.Case("potsdam", "vit_small_patch8", "potsdam_vits8")
 METRIC_KEYS = (("cluster_acc", "cluster", "accuracy"), ("cluster_miou", "cluster", "mIoU"),
                ("linear_acc", "linear", "accuracy"), ("linear_miou", "linear", "mIoU"))
 
@@ -29,19 +30,19 @@ def _configure(data_dir):
 
 
 def test_cases_follow_the_paper_presets():
-    assert [(c.dataset, c.backbone) for c in pt.paper_cases("all")] == [
+    assert [(c.dataset, c.backbone) for c in pp.paper_cases("all")] == [
         ("cocostuff27", "vit_small_patch8"), ("cocostuff27", "vit_base_patch8"), ("cityscapes", "vit_base_patch8"),
         ("potsdam", "vit_small_patch8")]
-    assert pt.paper_cases("potsdam") == [POTSDAM] and POTSDAM.tag == "potsdam-vits8"
-    assert [c.tag for c in pt.paper_cases("cocostuff27", ["vit_base_patch8"])] == ["cocostuff27-vitb8"]
-    assert pt.paper_cases("potsdamraw")[0].preset == "potsdam_vits8"
-    assert pt.paper_cases("synthetic")[0].preset == "synthetic"
+    assert pp.paper_cases("potsdam") == [POTSDAM] and POTSDAM.tag == "potsdam-vits8"
+    assert [c.tag for c in pp.paper_cases("cocostuff27", ["vit_base_patch8"])] == ["cocostuff27-vitb8"]
+    assert pp.paper_cases("potsdamraw")[0].preset == "potsdam_vits8"
+    assert pp.paper_cases("synthetic")[0].preset == "synthetic"
     with pytest.raises(ConfigError, match="no paper table; valid: all, cityscapes"):
-        pt.paper_cases("mnist")
+        pp.paper_cases("mnist")
     with pytest.raises(ConfigError, match="valid: vit_base_patch8"):
-        pt.paper_cases("cityscapes", ["vit_small_patch8"])
+        pp.paper_cases("cityscapes", ["vit_small_patch8"])
     with pytest.raises(ConfigError, match="fidelities"):
-        pt.fidelity_variant("exact")
+        pp.fidelity_variant("exact")
 
 
 def test_published_rows_keep_source_status_and_say_not_retrieved():
@@ -52,23 +53,23 @@ def test_published_rows_keep_source_status_and_say_not_retrieved():
     shown = pt.display_table(rows.reset_index()).set_index("method")
     assert shown.loc["DepthG", "cluster Acc"] == "not retrieved (X)" and shown.loc["STEGO", "cluster mIoU"] == "62.6"
     assert shown.loc["STEGO", "release-selected cluster Acc / mIoU"] == "n/a"
-    synthetic = pt.published_rows(pt.paper_cases("synthetic")[0])
+    synthetic = pt.published_rows(pp.paper_cases("synthetic")[0])
     assert len(synthetic) == 1 and "nobody publishes" in synthetic[0]["note"]
 
 
 @pytest.mark.slow  # two ViT-S/8 checkpoints written and read (~10 s on the shared CPU)
 def test_released_checkpoints_are_matched_by_their_hyper_parameters(tmp_path, monkeypatch):
-    assert pt.released_index(None) == {}
+    assert pp.released_index(None) == {}
     with pytest.raises(ConfigError, match="not a folder"):
-        pt.released_index(tmp_path / "nope")
+        pp.released_index(tmp_path / "nope")
     hparams = dict(dataset_name="potsdam", model_type="vit_small", dino_patch_size=8, dim=90, n_classes=3,
                    extra_clusters=0, dropout=True)
     _write_ckpt(tmp_path / "potsdam_test.ckpt", _released_state(90, 3), hparams, monkeypatch)
     torch.save({"w": torch.ones(1)}, tmp_path / "not_released.ckpt")  # skipped: not an authors' checkpoint
-    assert pt.released_index(tmp_path) == {("potsdam", "vit_small_patch8"): tmp_path / "potsdam_test.ckpt"}
+    assert pp.released_index(tmp_path) == {("potsdam", "vit_small_patch8"): tmp_path / "potsdam_test.ckpt"}
     _write_ckpt(tmp_path / "again.ckpt", _released_state(90, 3, seed=1), hparams, monkeypatch)
     with pytest.raises(ConfigError, match="both released checkpoints"):
-        pt.released_index(tmp_path)
+        pp.released_index(tmp_path)
 
 
 def _metrics(base: float, *, crf: bool) -> dict:
@@ -86,7 +87,7 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
     release-selected checkpoint where metrics.json has one (CRF numbers), 'not selected' where not."""
     fake_data.make_potsdam(data_dir)
     results = tmp_path / "results"
-    plan = pt.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
+    plan = pp.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
     assert [r.name for r in plan.runs] == ["paper-potsdam-vits8-reference-s0", "paper-potsdam-vits8-reference-s1",
                                            "paper-potsdam-vits8-paper-s0", "paper-potsdam-vits8-paper-s1"]
     assert {r.status for r in plan.runs} == {"train"} and "to do: 4 runs, 8 training iterations" in plan.counts()
@@ -102,9 +103,9 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
                               "backbone_weights": "random", "wall_time_s": 1.5 + k})
         written[run.name] = metrics
 
-    plan = pt.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
+    plan = pp.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
     assert {r.status for r in plan.runs} == {"reuse"} and "to do: 0 runs" in plan.counts()
-    assert pt.speed_config(plan) is None  # nothing to train: no warm-up
+    assert pp.speed_config(plan) is None  # nothing to train: no warm-up
     out = pt.run_tables(plan, log=None)
     table = out.tables["potsdam"].set_index("row")
     assert list(out.tables["potsdam"]["row"].drop_duplicates()) == list(pt.ROWS)
@@ -137,17 +138,17 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
 
 
 def test_estimate_adds_up_the_plan():
-    case = pt.paper_cases("synthetic")[0]
+    case = pp.paper_cases("synthetic")[0]
     cfg = resolve_config("synthetic", iterations=10)
-    runs = [pt.PlannedRun(case, "retrain", "a", cfg, "train", 10, 8), pt.PlannedRun(case, "retrain", "b", cfg,
+    runs = [pp.PlannedRun(case, "retrain", "a", cfg, "train", 10, 8), pp.PlannedRun(case, "retrain", "b", cfg,
                                                                                    "reuse", 10, 8),
-            pt.PlannedRun(case, "released", "c", cfg, "evaluate", 0, 8)]
-    plan = pt.Plan([case], {case: cfg}, [0], ["paper"], {}, None, None, True, runs)
-    speed = pt.Speed("cpu", setup_s=2.0, iteration_s=0.5, image_s=0.25, image_nocrf_s=0.1, measured_on="test")
+            pp.PlannedRun(case, "released", "c", cfg, "evaluate", 0, 8)]
+    plan = pp.Plan([case], {case: cfg}, [0], ["paper"], {}, None, None, True, runs)
+    speed = pp.Speed("cpu", setup_s=2.0, iteration_s=0.5, image_s=0.25, image_nocrf_s=0.1, measured_on="test")
     assert plan.estimate_s(speed) == pytest.approx(2.0 + 10 * 0.5 + 8 * 0.25 + 8 * 0.25)
     assert "to do: 2 runs, 10 training iterations, 16 evaluation images" in plan.counts()
     assert plan.describe(speed).endswith("estimated wall time: 11 s")
-    assert pt.human_time(3 * 3600) == "3.0 h" and pt.human_time(5 * 86400) == "5.0 days"
+    assert pp.human_time(3 * 3600) == "3.0 h" and pp.human_time(5 * 86400) == "5.0 days"
 
 
 @pytest.mark.slow
@@ -176,7 +177,7 @@ def test_paper_tables_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path, monkey
     assert rel["cluster_acc"] == pytest.approx(rel_run["metrics"]["last_step"]["cluster"]["accuracy"], abs=1e-4)
     assert rel["linear_miou"] == pytest.approx(rel_run["metrics"]["last_step"]["linear"]["mIoU"], abs=1e-4)
     assert "sha256:" in rel["weights"] and rel["git_commit"]
-    for fid in pt.FIDELITIES:
+    for fid in pp.FIDELITIES:
         row = rows.loc[f"{fid} retrain"]
         runs = [read_run(results / "runs" / name) for name in row["runs"].split(";")]
         assert len(runs) == 2 and all(r["config"]["train"]["iterations"] == 2 for r in runs)

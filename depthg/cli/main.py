@@ -141,19 +141,19 @@ def _add_tables(sub) -> None:
 def _run_tables(args) -> int:
     # lazy: torch and the library load only when a command runs, so --help stays fast
     from depthg.notebook import as_list, prepare, resolve_config
-    from depthg.reporting import paper_tables
+    from depthg.reporting import paper_plan, paper_tables
 
     configure = partial(resolve_config, data_dir=args.data_dir, weights=args.weights, iterations=args.iterations,
                         device=args.device, threads=args.threads, max_images=args.max_images, crf=args.crf,
                         overrides=args.overrides)
-    cases = paper_tables.paper_cases(args.dataset, as_list(args.backbones))
+    cases = paper_plan.paper_cases(args.dataset, as_list(args.backbones))
     for case in cases:  # an unprepared dataset stops here, naming the prep commands
         prepare(case.dataset, args.data_dir, cfg=configure(case.dataset, preset=case.preset))
-    plan = paper_tables.plan_tables(cases, configure, seeds=as_list(args.seeds, int),
-                                    fidelities=as_list(args.fidelities), released_checkpoints=args.released_checkpoints,
-                                    results_dir=args.results_dir, reuse=args.reuse)
-    warm = None if args.no_estimate else paper_tables.speed_config(plan)
-    print(plan.describe(None if warm is None else paper_tables.measure_speed(warm)), flush=True)
+    plan = paper_plan.plan_tables(cases, configure, seeds=as_list(args.seeds, int),
+                                  fidelities=as_list(args.fidelities), released_checkpoints=args.released_checkpoints,
+                                  results_dir=args.results_dir, reuse=args.reuse)
+    warm = None if args.no_estimate else paper_plan.speed_config(plan)
+    print(plan.describe(None if warm is None else paper_plan.measure_speed(warm)), flush=True)
     out = paper_tables.run_tables(plan, progress=not args.no_progress)
     for dataset, paths in out.paths.items():
         print(f"{dataset}: {paths['md']}, {paths['csv']}, {paths['runs_csv']}, figure {out.figures[dataset]}")
