@@ -218,7 +218,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
                      "release-selected cluster Acc / mIoU": sel[0], "release-selected linear Acc / mIoU": sel[1],
                      "status": r["status"], "source / note": "; ".join(x for x in (r["source"], r["note"]) if x),
                      "seeds": r["seeds"],
-                     "wall time": "" if pd.isna(r["wall_time_s"]) else f"{r['wall_time_s']:.0f} s",
+                     "wall time (runs summed)": "" if pd.isna(r["wall_time_s"]) else f"{r['wall_time_s']:.0f} s",
                      "device": r["device"], "weights": r["weights"], "git": str(r["git_commit"])[:12]})
     return pd.DataFrame(rows)
 
