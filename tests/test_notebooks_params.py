@@ -24,7 +24,7 @@ def _papermill(name, tmp_path, **parameters):
 
 def test_notebooks_are_thin_and_parameterised():
     assert [p.name for p in NOTEBOOKS] == ["01_data_prep.ipynb", "02_train.ipynb", "03_ablation.ipynb",
-                                           "04_figures.ipynb"]
+                                           "04_figures.ipynb", "05_paper_tables.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         # the project's kernel, not "python3": a user's own JupyterLab would start a Python without torch
