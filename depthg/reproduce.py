@@ -24,7 +24,7 @@ from pathlib import Path
 from depthg.errors import DepthGError
 from depthg.paths import repo_root, results_root
 
-NOTEBOOKS = ("01_data_prep", "02_train", "03_ablation", "04_figures")
+NOTEBOOKS = ("01_data_prep", "02_train", "03_ablation", "04_figures", "05_paper_tables")
 # The compendium's settings, on top of each notebook's stored (fast) defaults. 02: the preset's 300 iterations on
 # the whole validation split; 03: five seeds, so the component table's paired intervals mean something (issue 10).
 MAIN_JOB: dict[str, dict] = {

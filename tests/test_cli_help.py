@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from depthg import bench
+from depthg.bench import __main__ as bench
 from depthg.cli.main import build_parser
 
 INTERNAL = re.compile(r"§|METHOD\.md|DESIGN\.md|\(#\d+\)")
