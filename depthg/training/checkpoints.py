@@ -57,11 +57,19 @@ def _read_train_checkpoint(path, map_location) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist.")
-    state = read_checkpoint(path, map_location=map_location)
+    state = read_checkpoint(path, map_location=map_location, released=False)  # ours: tensors and containers only
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise WeightsError(f"{path} is not a depthg training checkpoint (format {TRAIN_FORMAT}); for an authors' "
                            f"released Lightning .ckpt use `python -m depthg eval {path}`.")
+    missing = [k for k in _TRAIN_KEYS if not isinstance(state.get(k), _TRAIN_KEYS[k])]
+    if missing:
+        raise WeightsError(f"{path} has the {TRAIN_FORMAT} format tag but lacks or mangles {', '.join(missing)}: a "
+                           f"damaged checkpoint; delete it and train again (or resume from a copy).")
     return state
+
+
+_TRAIN_KEYS = {"config": dict, "iteration": int, "head": dict, "cluster_probe": dict, "linear_probe": dict,
+               "backbone_weights": str, "optimizers": dict, "schedule": dict, "rng": list}
 
 
 def _config_differences(a: dict, b: dict, prefix=()) -> list[str]:
@@ -89,7 +97,17 @@ def load_training_state(path, cfg=None, *, map_location="cpu") -> dict:
     return state
 
 
-def restore_training_state(state: dict, *, model, step, optimizers) -> None:
+def restore_training_state(state: dict, *, model, step, optimizers, path="checkpoint") -> None:
+    """Load the state into the model (and step/optimisers); a tensor that does not fit is a WeightsError."""
+    try:
+        _restore(state, model=model, step=step, optimizers=optimizers)
+    except (KeyError, RuntimeError, ValueError) as err:  # load_state_dict: missing/unexpected keys, wrong shapes
+        reason = " ".join(str(err).split())[:300]
+        raise WeightsError(f"{path} does not fit the model of its own config ({type(err).__name__}: {reason}); "
+                           f"the file is damaged or was edited: delete it and train again.") from None
+
+
+def _restore(state: dict, *, model, step, optimizers) -> None:
     model.head.load_state_dict(state["head"])
     model.cluster_probe.load_state_dict(state["cluster_probe"])
     model.linear_probe.load_state_dict(state["linear_probe"])
@@ -109,5 +127,5 @@ def load_trained_model(path, *, map_location="cpu"):
     if model.backbone.weights_source != state["backbone_weights"]:
         warnings.warn(f"{path} was trained with backbone weights {state['backbone_weights']}, evaluating with "
                       f"{model.backbone.weights_source}", stacklevel=2)
-    restore_training_state(state, model=model, step=None, optimizers=None)
+    restore_training_state(state, model=model, step=None, optimizers=None, path=path)
     return model.eval(), cfg, state

@@ -229,7 +229,8 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         if not run.checkpoint.is_file():
             raise TrainingError(f"--resume: no checkpoint at {run.checkpoint}; start without --resume.")
         state = checkpoints.load_training_state(run.checkpoint, cfg, map_location=device)
-        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers)
+        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers,
+                                           path=run.checkpoint)
         run.schedule.load_state_dict(state["schedule"])
         if len(state["rng"]) == info.world:
             set_rng_state(state["rng"][info.rank], generator)
