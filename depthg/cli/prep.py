@@ -110,9 +110,10 @@ def _cmd_synthetic(args) -> int:
     # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.synthetic import write_synthetic
 
-    for name, v in (("--n-train", args.n_train), ("--n-val", args.n_val), ("--res", args.res)):
-        if v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}.")
+    # the same message style as config validation; 16 px: a half-side five-crop still holds one 8 px patch
+    for name, v, low in (("--n-train", args.n_train, 1), ("--n-val", args.n_val, 1), ("--res", args.res, 16)):
+        if v < low:
+            raise ConfigError(f"{name}={v} is out of range: it must be an integer >= {low}.")
     root = write_synthetic(data_root(args.data_dir) / "synthetic", n_train=args.n_train, n_val=args.n_val,
                            res=args.res, seed=args.seed)
     print(f"synthetic world written to {root}")
