@@ -67,10 +67,11 @@ def _run_eval(args) -> int:
     from depthg.evaluation.evaluate import evaluate_checkpoint
     from depthg.runs import format_metrics
 
+    # the metrics are printed as soon as they exist, before they are written (a full disk loses nothing)
     out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
-                              split=args.split, run_name=args.run_name, results_dir=args.results_dir)
+                              split=args.split, run_name=args.run_name, results_dir=args.results_dir,
+                              report=lambda metrics: print(format_metrics(metrics), flush=True))
     print(f"results folder: {out.run_dir}")
-    print(format_metrics(out.metrics))
     return 0
 
 

@@ -114,8 +114,14 @@ def _cmd_synthetic(args) -> int:
     for name, v, low in (("--n-train", args.n_train, 1), ("--n-val", args.n_val, 1), ("--res", args.res, 16)):
         if v < low:
             raise ConfigError(f"{name}={v} is out of range: it must be an integer >= {low}.")
-    root = write_synthetic(data_root(args.data_dir) / "synthetic", n_train=args.n_train, n_val=args.n_val,
-                           res=args.res, seed=args.seed)
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
+    from depthg.files import file_lock
+
+    target = data_root(args.data_dir) / "synthetic"
+    # one generator per folder: a second one would delete the files the first is writing (the lock lives beside
+    # the folder, which the generator may empty)
+    with file_lock(target.parent / ".synthetic.lock", wait=False, what=f"synthetic world {target}"):
+        root = write_synthetic(target, n_train=args.n_train, n_val=args.n_val, res=args.res, seed=args.seed)
     print(f"synthetic world written to {root}")
     return 0
 

@@ -19,8 +19,6 @@ finished.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from tqdm import tqdm
 
 import depthg
 from depthg.errors import ConfigError, DataError
-from depthg.files import write_json
+from depthg.files import file_lock, write_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -64,16 +62,9 @@ def _canonical(params: dict) -> dict:
     return json.loads(json.dumps(params, sort_keys=True))
 
 
-@contextlib.contextmanager
 def stage_lock(stage_dir: Path, name: str = ".manifest.lock"):
     """Exclusive lock on a file of the stage dir (default: the manifest's), as several ranks write at once."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    with open(stage_dir / name, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(stage_dir) / name)
 
 
 def read_manifest(stage_dir: Path) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,13 @@ from depthg.config import Config
 from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
 from depthg.device import resolve_device
-from depthg.errors import ConfigError
+from depthg.errors import ConfigError, OutputError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
 from depthg.evaluation.metrics import UnsupervisedMetrics
 from depthg.paths import runs_dir
 from depthg.presets import PAPER_PRESETS, load_preset
-from depthg.runs import provenance, write_run
+from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 
 
@@ -109,8 +110,12 @@ def preset_for_released(info: dict) -> str:
 
 def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: str | None = None,
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
-                        results_dir: str | None = None) -> EvalResult:
-    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/."""
+                        results_dir: str | None = None,
+                        report: Callable[[dict], None] | None = None) -> EvalResult:
+    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/.
+
+    ``report`` sees the metrics before they are written, so a full disk or read-only folder loses no result.
+    """
 
     t0 = time.time()
     path = Path(path)
@@ -127,9 +132,16 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
         name = run_name or f"eval-{cfg.name}-seed{cfg.train.seed}"
     device = resolve_device(cfg.train.device)
     model = model.to(device)
-    metrics = evaluate_model(model, cfg, split=split, crf=crf)
     run_dir = runs_dir(results_dir) / name
-    write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
-              provenance=provenance(seed=cfg.train.seed, device=str(device), weights=model.backbone.weights_source,
-                                    wall_time_s=time.time() - t0))
+    with run_lock(run_dir):  # held from the start, so a second writer is refused before any work
+        metrics = evaluate_model(model, cfg, split=split, crf=crf)
+        if report is not None:
+            report(metrics)
+        try:
+            write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
+                      provenance=provenance(seed=cfg.train.seed, device=str(device),
+                                            weights=model.backbone.weights_source, wall_time_s=time.time() - t0))
+        except OSError as err:
+            raise OutputError(f"cannot write the results to {run_dir} ({err.strerror}); "
+                              f"{'they are printed above' if report else 'nothing was saved'}.") from None
     return EvalResult(run_dir=run_dir, metrics=metrics)

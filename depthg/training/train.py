@@ -21,6 +21,7 @@ evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -38,7 +39,7 @@ from depthg.device import DistInfo, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import runs_dir
-from depthg.runs import provenance, write_run
+from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
 from depthg.training.rng import gather_rng, seed_everything, set_rng_state
@@ -205,8 +206,10 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
     info = init_distributed("cuda" if requested.startswith("cuda") or
                             (requested == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                      validator, t0)
+        # rank 0 holds the run folder: a second train/--resume/eval on it is refused, naming this process
+        with run_lock(run_directory(cfg, run_name, results_dir)) if info.is_main else contextlib.nullcontext():
+            return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
+                          validator, t0)
     finally:
         shutdown_distributed()
 
