@@ -7,6 +7,7 @@ the same error handling (one ``error: ...`` line on stderr, exit 2).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Iterable
 
@@ -121,9 +122,19 @@ def _cmd_synthetic(args) -> int:
     # one generator per folder: a second one would delete the files the first is writing (the lock lives beside
     # the folder, which the generator may empty)
     with file_lock(target.parent / ".synthetic.lock", wait=False, what=f"synthetic world {target}"):
+        _check_json(target / "manifest.json")
         root = write_synthetic(target, n_train=args.n_train, n_val=args.n_val, res=args.res, seed=args.seed)
     print(f"synthetic world written to {root}")
     return 0
+
+
+def _check_json(path) -> None:
+    """A manifest that exists must parse (a torn write, a full disk), or the stage stops with one line."""
+    try:
+        if path.is_file():
+            json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"manifest {path} is damaged ({e}); delete it and rerun the same command.") from None
 
 
 def _cmd_fivecrop(args) -> int:

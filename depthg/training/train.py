@@ -37,6 +37,7 @@ from depthg.config import Config
 from depthg.data.pairs import build_train_set
 from depthg.device import DistInfo, resolve_device
 from depthg.errors import ConfigError, TrainingError
+from depthg.model.backbone import backbone_spec
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import runs_dir
 from depthg.runs import provenance, run_lock, write_run
@@ -220,6 +221,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     seed = cfg.train.seed
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
+    backbone_spec(cfg.model.backbone)  # an unknown name is reported as such, not as the kNN file it would need
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
