@@ -37,6 +37,7 @@ from depthg.config import Config
 from depthg.data.pairs import build_train_set
 from depthg.device import DistInfo, resolve_device
 from depthg.errors import ConfigError, TrainingError
+from depthg.files import write_json
 from depthg.model.backbone import backbone_spec
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import runs_dir
@@ -176,17 +177,39 @@ class FiniteWatch:
         mine = int(self.first) >= 0
         where = f"term(s) {', '.join(t for t, b in zip(self.terms, self.bad.tolist()) if b)}" if mine \
             else "another rank"
-        raise TrainingError(f"non-finite loss at iteration {int(first)} in {where}; the last good checkpoint is "
-                            f"{last_good if last_good.exists() else 'not written yet'}. Lower the learning rate "
-                            f"or check the inputs of that batch.")
+        raise_diverged(info, last_good, int(first), f"non-finite loss at iteration {int(first)} in {where}")
+
+
+def raise_diverged(info: DistInfo, last_good: Path, bad_iteration: int, what: str) -> None:
+    """Keep the last checkpoint whose weights gave finite losses (rank 0), and stop every rank saying so."""
+    kept = checkpoints.keep_last_good(last_good, bad_iteration) if info.is_main else last_good
+    barrier(info)
+    raise TrainingError(f"{what}; the last good checkpoint is {kept if kept else 'not written yet'}. Lower the "
+                        f"learning rate (a --resume may change train.lr and train.probe_lr) or check the inputs of "
+                        f"that batch.")
 
 
 def save_checkpoint(run: Run, iteration: int) -> None:
+    # weights that overflowed although the loss that produced them was finite are never saved
+    finite = torch.stack([torch.isfinite(p).all() for p in run.step.parameters()]).all().to(torch.int32)
+    if run.info.enabled:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not int(finite):
+        raise_diverged(run.info, run.checkpoint, iteration, f"non-finite weights after iteration {iteration - 1}")
     rng = gather_rng(run.generator, run.info)  # every rank takes part; rank 0 writes
     if run.info.is_main:
+        checkpoints.keep_previous(run.checkpoint)
         checkpoints.save_training_state(run.checkpoint, cfg=run.cfg, model=run.model, step=run.step,
                                         optimizers=run.optimizers, schedule=run.schedule.state_dict(),
                                         iteration=iteration, rng=rng)
+
+
+def record_resume(run_dir: Path, start: int, changes: dict) -> None:
+    """Append a resumption's config changes to ``resumes.json`` (a list, one entry per resumption with changes)."""
+    path = run_dir / "resumes.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    write_json(path, entries + [{"from_iteration": start, "changes": changes,
+                                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
 
 
 def truncate_log(path: Path, start: int) -> None:
@@ -230,6 +253,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
               schedule=make_schedule(cfg).start(), generator=generator)
 
     # ---- resume: weights, optimisers, schedule state and this rank's RNG streams from the last checkpoint
+    changes: dict = {}  # adjustable keys (learning rates) this resumption changes
     if resume:
         if not run.checkpoint.is_file():
             raise TrainingError(f"--resume: no checkpoint at {run.checkpoint}; start without --resume.")
@@ -237,6 +261,10 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers,
                                            path=run.checkpoint)
         run.schedule.load_state_dict(state["schedule"])
+        changes = checkpoints.resume_changes(state, cfg)
+        for name, opt in optimizers.items():  # the checkpoint's optimiser state carries the old learning rates
+            for group in opt.param_groups:
+                group["lr"] = cfg.train.lr if name == "head" else cfg.train.probe_lr
         if len(state["rng"]) == info.world:
             set_rng_state(state["rng"][info.rank], generator)
         run.start = state["iteration"]
@@ -245,6 +273,8 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         cfg.to_json(run.run_dir / "config.json")
         if resume:
             truncate_log(run.log_path, run.start)
+            if changes:  # what this resumption changed, beside the run's log
+                record_resume(run.run_dir, run.start, changes)
         elif run.log_path.exists():
             run.log_path.unlink()
 
@@ -319,7 +349,8 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     if info.is_main:
         write_run(run.run_dir, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=wall,
-            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world}))
+            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world,
+                   "resume_changes": changes or None}))
     barrier(info)
     return TrainResult(run_dir=run.run_dir, iterations=total, checkpoint=run.checkpoint, model=model,
                        best_on_validation=best, is_main=info.is_main, wall_time_s=wall)
