@@ -45,6 +45,43 @@ def is_temp(path: str | os.PathLike) -> bool:
     return name.startswith(".") and TEMP_MARK in name
 
 
+def temp_owner(path: str | os.PathLike) -> int | None:
+    """The pid in a temporary name of :func:`temp_sibling` (``.<stem>.<pid>.tmp<suffix>``), or None."""
+    name = Path(path).name
+    head = name[1:name.rfind(TEMP_MARK)] if is_temp(name) else ""
+    pid = head.rsplit(".", 1)[-1]
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete, under ``folder``, the temporary files whose writing process is gone (killed mid-write); returns how
+    many. Files of live processes (another rank writing now) are left alone."""
+    removed, stack = 0, [Path(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif is_temp(entry.name) and (pid := temp_owner(entry.name)) is not None and pid != os.getpid() \
+                    and not _alive(pid):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on an exception it is removed.

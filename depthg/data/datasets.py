@@ -30,6 +30,7 @@ from depthg.data import labels as L
 from depthg.data.depth_io import read_depth
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
+from depthg.files import is_temp
 from depthg.paths import data_root, derived_dir
 
 __all__ = ["dataset_info", "source_dataset", "five_crop_dataset", "train_source"]
@@ -265,7 +266,8 @@ class Folder(SourceDataset):
         super().__init__(name, split, with_depth=with_depth, n_classes=n_classes, derived_name=derived_name,
                          data_dir=data_dir)
         self.img_dir, self.label_dir, self.map_label = _root(img_dir, f"{name}/{split}"), label_dir, map_label
-        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes}
+        # temporary files of a killed writer (depthg.files.is_temp) are not items
+        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes and not is_temp(p)}
         self._set_keys(sorted(files, key=lambda s: (len(s), s) if s.isdigit() else (0, s)), self.img_dir)
         self._files = [files[k] for k in self._keys]
 
