@@ -63,3 +63,40 @@ def test_defaults_and_bounds_are_valid():
         if rule.low is not None and not rule.low_open:  # the bound itself is accepted
             edge = type(value)(rule.low)
             dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: edge})})
+
+
+# ---- damaged files and full disks -----------------------------------------------------------------------------
+
+from test_locks import trained  # noqa: E402,F401  (a one-iteration checkpoint on the synthetic world)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda s: s.pop("head"), "lacks or mangles head"),
+    (lambda s: s.__setitem__("rng", "x"), "lacks or mangles rng"),
+    (lambda s: s["head"].__setitem__("cluster1.0.weight", __import__("torch").zeros(3, 3, 1, 1)),
+     "does not fit the model"),
+    (lambda s: s["linear_probe"].pop("bias"), "does not fit the model"),
+], ids=["missing head", "mangled rng", "wrong shape", "missing tensor"])
+def test_damaged_training_checkpoint_is_one_line(trained, tmp_path, capsys, damage, message):  # noqa: F811
+    import torch
+
+    state = torch.load(trained, weights_only=True)
+    damage(state)
+    bad = tmp_path / "damaged.pt"
+    torch.save(state, bad)
+    rc = main(["eval", str(bad), "--results-dir", str(tmp_path), "eval.crf=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(bad) in err[0] and message in err[0], err
+
+
+def test_full_disk_while_training_is_one_line(synthetic_world, tmp_path, capsys, monkeypatch):
+    import depthg.training.checkpoints as ck
+
+    def full(obj, path, *a, **k):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    rc = main(["train", "--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=1",
+               "train.threads=1", "--results-dir", str(tmp_path), "--no-eval", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "No space left on device" in err[0], err

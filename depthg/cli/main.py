@@ -7,9 +7,13 @@ name, unprepared dataset, missing weights) is printed as one line without a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from depthg.errors import DepthGError
+
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
 
 
 def _add_train(sub) -> None:
@@ -139,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DepthGError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        # a full disk or a read-only folder: atomic writes left the previous files intact
+        print(f"error: cannot write {e.filename or 'an output'}: {e.strerror}; free space or choose a writable "
+              f"--results-dir / --data-dir (what was written before stays valid).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
