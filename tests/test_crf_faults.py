@@ -84,6 +84,7 @@ def test_killed_idle_worker_is_replaced(batch):
         assert victim not in pool.pids and any(str(victim) in e for e in pool.events)
 
 
+@pytest.mark.slow
 def test_workers_end_when_the_parent_is_killed():
     script = ("import numpy as np, os, signal\nfrom depthg.evaluation.crf import CRFPool\n"
               "from multiprocessing import resource_tracker as rt\n"

@@ -21,6 +21,9 @@ from depthg.errors import WeightsError
 from depthg.model.weights import read_checkpoint
 from depthg.training import checkpoints
 
+# torch notes the protocol-4 header of some payloads; what matters is that it refuses them
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
+
 
 def _u(text: str) -> bytes:
     """BINUNICODE: a str on the pickle stack."""
@@ -126,6 +129,7 @@ def test_eval_blocks_every_payload(payload_files, tmp_path, capsys):
     _assert_blocked(marker, files, lambda p: main(["eval", str(p), "--results-dir", str(tmp_path)]), capsys)
 
 
+@pytest.mark.slow
 def test_train_resume_and_model_weights_block_every_payload(payload_files, synthetic_world, tmp_path, capsys):
     marker, files = payload_files
     common = ["train", "--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=1",

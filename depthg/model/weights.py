@@ -99,6 +99,9 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
+    if not hasattr(torch.serialization, "safe_globals"):  # fail closed: never fall back to a permissive reader
+        raise WeightsError(f"cannot read checkpoint {path}: reading it safely needs torch >= 2.6 (this is "
+                           f"{torch.__version__}); upgrade torch.")
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(path, device=str(map_location))
