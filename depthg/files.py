@@ -24,8 +24,9 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from depthg.errors import BusyError, OutputError
 

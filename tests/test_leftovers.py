@@ -3,12 +3,8 @@ temporary files are removed, bad parameters are never recorded, good outputs sur
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-
-import numpy as np
-import pytest
 
 from depthg.cli.prep import main
 from depthg.data.datasets import five_crop_dataset

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from depthg.data.labels import dataset_info
 from depthg.data.stage import SPLITS, StageResult, resolve_rank

@@ -18,7 +18,8 @@ Sharding (``--rank/--world`` or torchrun): rank r extracts the features of items
 ``derived/knn/shards/<file stem>.rank<r>of<world>.npz``. Every rank then takes a lock and, if all shards of these
 parameters exist and the kNN file of these parameters does not, merges them, runs the top-k, replaces the file
 atomically, records the parameters and deletes the shards; so the last rank to finish writes the file and no
-process waits for another. An older file stays until its replacement exists. ``--merge`` does only that step (e.g. after ranks ran as separate jobs).
+process waits for another. An older file stays until its replacement exists. ``--merge`` does only that step (e.g.
+after ranks ran as separate jobs).
 """
 
 from __future__ import annotations

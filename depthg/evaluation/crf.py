@@ -25,8 +25,9 @@ import os
 import pickle
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pydensecrf.densecrf as dcrf

@@ -34,7 +34,7 @@ class _Placeholder:
 
     qualname = "?"
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Placeholder":  # NEWOBJ: cls.__new__(cls, *args)
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:  # NEWOBJ: cls.__new__(cls, *args)
         obj = super().__new__(cls)
         obj.args, obj.state = args, None
         return obj
