@@ -41,7 +41,7 @@ class FidelityConfig:
     image_interpolation: Fidelity = "paper"  # bilinear image resize vs NEAREST (§1.6, §9 #13)
 
     @classmethod
-    def all(cls, value: str) -> FidelityConfig:
+    def all(cls, value: str) -> "FidelityConfig":
         _check_choice("fidelity", value, FIDELITY_VALUES)
         return cls(**{f.name: value for f in fields(cls)})
 
@@ -173,11 +173,11 @@ class Config:
         return text
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
         return _build(cls, d, prefix="")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> Config:
+    def from_json(cls, path: str | Path) -> "Config":
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist.")
@@ -187,7 +187,7 @@ class Config:
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> Config:
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> "Config":
         return apply_overrides(self, overrides)
 
 

@@ -12,6 +12,7 @@ import sys
 
 from depthg.errors import DepthGError
 
+
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
 
 
