@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -139,6 +140,7 @@ class EvalConfig:
     crf: bool = True
     crf_workers: int = 2
     max_images: int = 0  # 0: the whole split
+    crf_timeout: float = 120.0  # seconds per image before a CRF worker counts as stuck (depthg.evaluation.crf)
 
 
 @dataclass(frozen=True)
@@ -158,18 +160,7 @@ class Config:
         _check_choice("data.crop_type", self.data.crop_type, ("five", "none"))
         for f in fields(FidelityConfig):
             _check_choice(f"fidelity.{f.name}", getattr(self.fidelity, f.name), FIDELITY_VALUES)
-        for key, value, low in (
-            ("loss.feature_samples", self.loss.feature_samples, 1),
-            ("loss.neg_samples", self.loss.neg_samples, 0),
-            ("data.batch_size", self.data.batch_size, 1),
-            ("data.res", self.data.res, 8),
-            ("model.dim", self.model.dim, 1),
-            ("model.n_classes", self.model.n_classes, 2),
-            ("model.extra_clusters", self.model.extra_clusters, 0),
-            ("train.iterations", self.train.iterations, 0),
-        ):
-            if value < low:
-                raise ConfigError(f"{key}={value} is invalid: it must be >= {low}.")
+        validate(self)
 
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -307,3 +298,68 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str] | None) -
 
 def _sections() -> list[str]:
     return [f.name for f in fields(Config) if dataclasses.is_dataclass(_section_types(Config)[f.name])]
+
+
+# ---- validation: every numeric field's valid range, checked whenever a Config is built --------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """A closed or half-open interval; ``None`` is unbounded. Float fields must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded (e.g. a learning rate > 0)
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def text(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is None:
+            return low or "any value"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]" if low else f"<= {self.high:g}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
+# Why the less obvious bounds: a patch grid needs >= 8 px (the smallest patch size); the S x S sample grid costs
+# S^4 correlation entries per image pair (S = 64: 1.7e7, S = 1000: 1e12 and an allocation of terabytes).
+RANGES: dict[str, Range] = {
+    "data.res": Range(8), "data.crop_ratio": Range(0, 1, low_open=True), "data.num_neighbors": AT_LEAST_ONE,
+    "data.knn_res": Range(8), "data.batch_size": AT_LEAST_ONE, "data.num_workers": NON_NEGATIVE,
+    "model.dim": AT_LEAST_ONE, "model.n_classes": Range(2), "model.extra_clusters": NON_NEGATIVE,
+    "loss.feature_samples": Range(1, 64), "loss.neg_samples": NON_NEGATIVE, "loss.lhp_k": AT_LEAST_ONE,
+    "loss.lhp_weight": NON_NEGATIVE, "loss.lhp_depth_weight": NON_NEGATIVE,
+    "schedule.decay_every_steps": AT_LEAST_ONE, "schedule.depth_loss_decay_factor": POSITIVE,
+    "schedule.fps_sample_decay_every_steps": AT_LEAST_ONE, "schedule.fps_sample_decay_factor": Range(0, 1, True),
+    "schedule.fps_min_samples": NON_NEGATIVE,
+    "train.iterations": NON_NEGATIVE, "train.lr": POSITIVE, "train.probe_lr": POSITIVE, "train.seed": NON_NEGATIVE,
+    "train.checkpoint_every": AT_LEAST_ONE, "train.log_every": AT_LEAST_ONE, "train.val_every": NON_NEGATIVE,
+    "train.threads": NON_NEGATIVE,
+    "eval.res": Range(8), "eval.batch_size": AT_LEAST_ONE, "eval.crf_workers": NON_NEGATIVE,
+    "eval.max_images": NON_NEGATIVE, "eval.crf_timeout": POSITIVE,
+}
+
+
+def numeric_fields(cfg: Config) -> dict[str, Any]:
+    """Every int/float field of ``cfg`` by dotted key (bools excluded)."""
+    out = {}
+    for section in fields(cfg):
+        value = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in fields(value):
+                v = getattr(value, f.name)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{section.name}.{f.name}"] = v
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Refuse a value outside its field's range with one message: the key, the value and the valid range."""
+    for key, value in numeric_fields(cfg).items():
+        rule = RANGES.get(key, Range())
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        if (isinstance(value, float) and not math.isfinite(value)) or not rule.holds(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {kind} {rule.text()}."
+                              .replace(" any value", ""))

@@ -7,10 +7,14 @@ name, unprepared dataset, missing weights) is printed as one line without a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from functools import partial
 
 from depthg.errors import DepthGError
+
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
 
 
 def _add_train(sub) -> None:
@@ -68,10 +72,11 @@ def _run_eval(args) -> int:
     from depthg.evaluation.evaluate import evaluate_checkpoint
     from depthg.runs import format_metrics
 
+    # the metrics are printed as soon as they exist, before they are written (a full disk loses nothing)
     out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
-                              split=args.split, run_name=args.run_name, results_dir=args.results_dir)
+                              split=args.split, run_name=args.run_name, results_dir=args.results_dir,
+                              report=lambda metrics: print(format_metrics(metrics), flush=True))
     print(f"results folder: {out.run_dir}")
-    print(format_metrics(out.metrics))
     return 0
 
 
@@ -189,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DepthGError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        # a full disk or a read-only folder: atomic writes left the previous files intact
+        print(f"error: cannot write {e.filename or 'an output'}: {e.strerror}; free space or choose a writable "
+              f"--results-dir / --data-dir (what was written before stays valid).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,8 +7,9 @@ the same error handling (one ``error: ...`` line on stderr, exit 2).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from depthg.data.labels import dataset_info
 from depthg.data.stage import SPLITS, StageResult, resolve_rank
@@ -114,13 +115,30 @@ def _cmd_synthetic(args) -> int:
     # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.synthetic import write_synthetic
 
-    for name, v in (("--n-train", args.n_train), ("--n-val", args.n_val), ("--res", args.res)):
-        if v < 1:
-            raise ConfigError(f"{name} must be >= 1, got {v}.")
-    root = write_synthetic(data_root(args.data_dir) / "synthetic", n_train=args.n_train, n_val=args.n_val,
-                           res=args.res, seed=args.seed)
+    # the same message style as config validation; 16 px: a half-side five-crop still holds one 8 px patch
+    for name, v, low in (("--n-train", args.n_train, 1), ("--n-val", args.n_val, 1), ("--res", args.res, 16)):
+        if v < low:
+            raise ConfigError(f"{name}={v} is out of range: it must be an integer >= {low}.")
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
+    from depthg.files import file_lock
+
+    target = data_root(args.data_dir) / "synthetic"
+    # one generator per folder: a second one would delete the files the first is writing (the lock lives beside
+    # the folder, which the generator may empty)
+    with file_lock(target.parent / ".synthetic.lock", wait=False, what=f"synthetic world {target}"):
+        _check_json(target / "manifest.json")
+        root = write_synthetic(target, n_train=args.n_train, n_val=args.n_val, res=args.res, seed=args.seed)
     print(f"synthetic world written to {root}")
     return 0
+
+
+def _check_json(path) -> None:
+    """A manifest that exists must parse (a torn write, a full disk), or the stage stops with one line."""
+    try:
+        if path.is_file():
+            json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"manifest {path} is damaged ({e}); delete it and rerun the same command.") from None
 
 
 def _cmd_fivecrop(args) -> int:

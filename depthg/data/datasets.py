@@ -17,6 +17,7 @@ images, ``<n>_zoedepth.png`` depth). ``directory`` datasets are named ``director
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from depthg.data import labels as L
 from depthg.data.depth_io import read_depth
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
+from depthg.files import is_temp
 from depthg.paths import data_root, dataset_base, dataset_folder, derived_dir
 
 __all__ = ["dataset_info", "source_dataset", "five_crop_dataset", "train_source"]
@@ -115,6 +117,7 @@ class SourceDataset(Dataset):
         # where depth is looked for, in order: (folder, file name pattern of the key); ours first (data contract)
         self.depth_locations = [(derived_dir(derived_name or name, data_dir) / "depth" / split, "{}.png")]
         self.depth_hint = _prep("depth", name)
+        self.depth_regen_hint = _prep("depth", name, " --overwrite")  # how to replace a map that does not fit
 
     def _set_keys(self, keys: list[str], where: Path) -> None:
         if not keys:
@@ -165,7 +168,7 @@ class SourceDataset(Dataset):
             depth, meta = read_depth(path, with_meta=True)
             if depth.shape != size:
                 raise DataError(f"depth file {path} is {depth.shape} but its image is {size}; regenerate it with "
-                                f"{self.depth_hint} (--overwrite).")
+                                f"{self.depth_regen_hint}.")
             crop = meta.get("five_crop") or {}
             source_range = (crop["source_min"], crop["source_max"], crop.get("source_bits")) \
                 if "source_min" in crop else None
@@ -263,7 +266,8 @@ class Folder(SourceDataset):
         super().__init__(name, split, with_depth=with_depth, n_classes=n_classes, derived_name=derived_name,
                          data_dir=data_dir)
         self.img_dir, self.label_dir, self.map_label = _root(img_dir, f"{name}/{split}"), label_dir, map_label
-        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes}
+        # temporary files of a killed writer (depthg.files.is_temp) are not items
+        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes and not is_temp(p)}
         self._set_keys(sorted(files, key=lambda s: (len(s), s) if s.isdigit() else (0, s)), self.img_dir)
         self._files = [files[k] for k in self._keys]
 
@@ -290,8 +294,30 @@ def _synthetic(data_dir, split: str, with_depth: bool) -> Folder:
     ds = Folder("synthetic", split, root / "img" / split, root / "label" / split, L.map_plain,
                 with_depth=with_depth, data_dir=data_dir, suffixes=(".png",))
     ds.depth_locations.append((root / "depth" / split, "{}.png"))
-    ds.depth_hint = "`python -m depthg prep synthetic`"
+    ds.depth_hint = "`python -m depthg prep synthetic` with the world's --n-train/--n-val/--res/--seed"
+    ds.depth_regen_hint = f"{ds.depth_hint} after deleting that file (missing scenes are rendered again)"
+    _check_synthetic_split(ds, root, split)
     return ds
+
+
+def _check_synthetic_split(ds: Folder, root: Path, split: str) -> None:
+    """The synthetic world's manifest says how many scenes a split has: every one must be there (a split that lost
+    an image would otherwise be evaluated on fewer images without a word)."""
+    manifest = root / "manifest.json"
+    try:
+        recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        expected = int(recorded[f"n_{split}"]) if f"n_{split}" in recorded else None
+    except (ValueError, TypeError) as e:
+        raise DataError(f"synthetic manifest {manifest} is damaged ({type(e).__name__}: {e}); rerun "
+                        f"`python -m depthg prep synthetic` with the world's parameters.") from None
+    if expected is None:
+        return
+    missing = sorted(set(f"{i:05d}" for i in range(expected)) - set(ds.keys()))
+    if missing:
+        paths = ", ".join(str(root / "img" / split / f"{k}.png") for k in missing[:5])
+        raise DataError(f"synthetic {split} split has {expected - len(missing)} of its {expected} images; missing "
+                        f"{paths}{' ...' if len(missing) > 5 else ''}. Rerun `python -m depthg prep synthetic` "
+                        f"with the world's --n-train/--n-val/--res/--seed: it renders the missing scenes.")
 
 
 def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True,
@@ -317,6 +343,7 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     # the crops carry their own depth: ours 16-bit <n>.png, the release's 8-bit <n>_zoedepth.png
     ds.depth_locations = [(root / "depth" / split, "{}_zoedepth.png" if is_legacy else "{}.png")]
     ds.depth_hint = _prep("depth", name) + " then " + _prep("fivecrop", name, " --overwrite")
+    ds.depth_regen_hint = ds.depth_hint
     return ds
 
 

@@ -171,9 +171,12 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
         keys = list(src.keys())
         paths = [root / split / f"{key}.png" for key in keys]
 
-        def process(batch: list[int], src=src, paths=paths, split=split) -> None:
+        def load() -> None:  # before any output is removed or parameters recorded (a bad --model costs nothing)
             if not estimator:
                 estimator.append(DepthEstimator(model, device=device, output_kind=output_kind, eps=eps))
+
+        def process(batch: list[int], src=src, paths=paths, split=split) -> None:
+            load()
             est = estimator[0]
             items = [src[i] for i in batch]
             for i, item, depth in zip(batch, items, est.predict([it["image"] for it in items])):
@@ -184,6 +187,6 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
             root, "depth", split, params, len(keys),
             done=lambda i, paths=paths: paths[i].is_file() and sidecar_path(paths[i]).is_file(),
             remove=lambda i, paths=paths: [p.unlink(missing_ok=True) for p in (paths[i], sidecar_path(paths[i]))],
-            process=process, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
+            process=process, check=load, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
             desc=f"depth {dataset}/{split}", progress=progress)))
     return results

@@ -15,9 +15,11 @@ What is computed (``DG src/precompute_knns.py``):
   ``derived/knn/nns_<backbone>_<split>_<crop>_<res>.npz``.
 
 Sharding (``--rank/--world`` or torchrun): rank r extracts the features of items i % world == r into
-``derived/knn/shards/<file stem>.rank<r>of<world>.npz``. Every rank then takes a lock and, if all shards exist and
-the kNN file does not, merges them, runs the top-k and deletes the shards; so the last rank to finish writes the
-file and no process waits for another. ``--merge`` does only that step (e.g. after ranks ran as separate jobs).
+``derived/knn/shards/<file stem>.rank<r>of<world>.npz``. Every rank then takes a lock and, if all shards of these
+parameters exist and the kNN file of these parameters does not, merges them, runs the top-k, replaces the file
+atomically, records the parameters and deletes the shards; so the last rank to finish writes the file and no
+process waits for another. An older file stays until its replacement exists. ``--merge`` does only that step (e.g.
+after ranks ran as separate jobs).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from tqdm import tqdm
 from depthg.config import check_fidelity
 from depthg.data.datasets import effective_crop, train_source
 from depthg.data.knn_file import knn_path, save_knn
-from depthg.data.stage import check_run, record_run, shard, stage_lock
+from depthg.data.stage import check_run, record_run, recorded_params, shard, stage_lock
 from depthg.data.transforms import image_tensor
 from depthg.device import resolve_device
 from depthg.errors import ConfigError, DataError
-from depthg.files import atomic_write
+from depthg.files import atomic_write, remove_leftovers
 from depthg.model.backbone import DinoBackbone
 from depthg.paths import dataset_folder
 
@@ -184,26 +186,36 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)
     if keep and final.is_file():
         return final
+    remove_leftovers(final.parent)
     mine = _shard_path(final, rank, world)
-    if not merge_only:
-        if not keep:
-            for p in (final, mine):
-                p.unlink(missing_ok=True)
-        record_run(final.parent, "knn", final.stem, params)
-        if not mine.is_file():
-            net = DinoBackbone(backbone, weights).to(dev)  # "random" weights use a fixed seed: same net on all ranks
-            feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
-                                     batch_size=batch_size, device=dev, progress=progress)
-            _save_shard(mine, list(shard(n, rank, world)), feats,
-                        {"params": params, "weights_source": net.weights_source})
+    if not merge_only and _shard_params(mine) != params:  # a finished shard of these parameters is kept
+        # the weights are loaded (and checked) before anything is replaced or recorded: a bad --weights costs
+        # neither the old kNN file nor its manifest entry
+        net = DinoBackbone(backbone, weights).to(dev)  # "random" weights use a fixed seed: same net on all ranks
+        feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
+                                 batch_size=batch_size, device=dev, progress=progress)
+        _save_shard(mine, list(shard(n, rank, world)), feats,  # atomic: replaces an older shard
+                    {"params": params, "weights_source": net.weights_source})
     with stage_lock(final.parent, f".{final.stem}.merge.lock"):
-        if final.is_file():
+        if final.is_file() and recorded_params(final.parent, final.stem) == params:  # another rank merged it
             return final
+        # the new file replaces the old one atomically, and its parameters are recorded with it
         merged = _merge(final, params, n, k, chunk_size, dev, progress)
+        if merged is not None:
+            record_run(final.parent, "knn", final.stem, params)
     if merged is None and merge_only:
         raise DataError(f"cannot merge {final.name}: no complete set of feature shards with these parameters in "
                         f"{final.parent / 'shards'}; run `python -m depthg prep knn` on every rank first.")
     return merged
+
+
+def _shard_params(path: Path) -> dict | None:
+    """The parameters a feature shard was made with (None: no readable shard)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))["params"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------------------

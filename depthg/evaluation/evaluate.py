@@ -14,6 +14,8 @@ Shapes: B batch, K code dim, h/w code grid, R evaluation resolution, n classes.
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +27,13 @@ from depthg.config import Config
 from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
 from depthg.device import resolve_device
-from depthg.errors import ConfigError
+from depthg.errors import ConfigError, DataError, OutputError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
 from depthg.evaluation.metrics import UnsupervisedMetrics
 from depthg.paths import runs_dir
 from depthg.presets import PAPER_PRESETS, load_preset
-from depthg.runs import provenance, write_run
+from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 
 
@@ -56,6 +58,7 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     device = torch.device(device) if device is not None else next(model.head.parameters()).device
     model.eval()
     dataset = build_eval_set(cfg, split=split)
+    split_size = len(dataset)
     if cfg.eval.max_images:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
@@ -66,8 +69,9 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     if crf:
         scores.update({"cluster_crf": UnsupervisedMetrics(n, extra_clusters=extra),
                        "linear_crf": UnsupervisedMetrics(n, hungarian=False)})
-    t0, images = time.time(), 0
-    pool = CRFPool(cfg.eval.crf_workers) if crf else None
+    t0, images, lost = time.time(), 0, []
+    keys = dataset_keys(dataset)
+    pool = CRFPool(cfg.eval.crf_workers, timeout=cfg.eval.crf_timeout) if crf else None
     try:
         for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
             img, label = batch["img"].to(device), batch["label"]
@@ -76,16 +80,45 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
             scores["linear"].update(linear_lp.argmax(1).cpu(), label)
             if pool is not None:
                 rgb = unnormalize(img.cpu()).numpy()  # uint8 [B,R,R,3]: the CRF sees the un-normalised image
-                scores["cluster_crf"].update(torch.from_numpy(pool(rgb, cluster_lp).argmax(1)), label)
-                scores["linear_crf"].update(torch.from_numpy(pool(rgb, linear_lp).argmax(1)), label)
+                for probe, lp in (("cluster", cluster_lp), ("linear", linear_lp)):
+                    scores[f"{probe}_crf"].update(_crf_argmax(pool, rgb, lp, probe, batch["index"], keys, lost),
+                                                  label)
             images += img.shape[0]
     finally:
         if pool is not None:
             pool.close()
+    if images != len(dataset):  # a loader that silently dropped items would report a subset as the split
+        raise DataError(f"evaluation of {cfg.data.dataset}/{split} saw {images} of its {len(dataset)} images.")
     out = {k: _summary(m.compute()) for k, m in scores.items()}
-    out["eval"] = {"split": split, "images": images, "crf": crf, "flip": cfg.eval.flip, "res": cfg.eval.res,
-                   "seconds": round(time.time() - t0, 2), "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
+    out["eval"] = {"split": split, "images": images, "split_images": split_size, "crf": crf, "flip": cfg.eval.flip,
+                   "res": cfg.eval.res, "seconds": round(time.time() - t0, 2),
+                   "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
+    if crf:
+        out["eval"]["crf_lost"] = lost  # images whose CRF result is their plain prediction (worker fault)
     return out
+
+
+def dataset_keys(dataset) -> list[str]:
+    """The image keys of an evaluation set (or its Subset), for naming images in records and errors."""
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset  # items keep base indices
+    source = getattr(base, "source", None)
+    return list(source.keys()) if hasattr(source, "keys") else [str(i) for i in range(len(base))]
+
+
+def _crf_argmax(pool: CRFPool, rgb, log_probs: torch.Tensor, probe: str, index: torch.Tensor, keys: list[str],
+                lost: list[dict]) -> torch.Tensor:
+    """CRF labels [B,H,W]; an image whose CRF failed keeps its plain argmax and is recorded (and warned about)."""
+    q, failed = pool.run(rgb, log_probs)
+    labels = log_probs.argmax(1).cpu()
+    for b, qb in enumerate(q):
+        if qb is not None:
+            labels[b] = torch.from_numpy(qb.argmax(0))
+    for b, reason in sorted(failed.items()):
+        key = keys[int(index[b])]
+        lost.append({"image": key, "probe": probe, "reason": reason})
+        warnings.warn(f"CRF lost for image {key} ({probe} probe): {reason}; its plain prediction is used",
+                      stacklevel=2)
+    return labels
 
 
 def _summary(m: dict) -> dict:
@@ -109,8 +142,12 @@ def preset_for_released(info: dict) -> str:
 
 def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: str | None = None,
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
-                        results_dir: str | None = None) -> EvalResult:
-    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/."""
+                        results_dir: str | None = None,
+                        report: Callable[[dict], None] | None = None) -> EvalResult:
+    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/.
+
+    ``report`` sees the metrics before they are written, so a full disk or read-only folder loses no result.
+    """
 
     t0 = time.time()
     path = Path(path)
@@ -127,9 +164,16 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
         name = run_name or f"eval-{cfg.name}-seed{cfg.train.seed}"
     device = resolve_device(cfg.train.device)
     model = model.to(device)
-    metrics = evaluate_model(model, cfg, split=split, crf=crf)
     run_dir = runs_dir(results_dir) / name
-    write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
-              provenance=provenance(seed=cfg.train.seed, device=str(device), weights=model.backbone.weights_source,
-                                    wall_time_s=time.time() - t0))
+    with run_lock(run_dir):  # held from the start, so a second writer is refused before any work
+        metrics = evaluate_model(model, cfg, split=split, crf=crf)
+        if report is not None:
+            report(metrics)
+        try:
+            write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
+                      provenance=provenance(seed=cfg.train.seed, device=str(device),
+                                            weights=model.backbone.weights_source, wall_time_s=time.time() - t0))
+        except OSError as err:
+            raise OutputError(f"cannot write the results to {run_dir} ({err.strerror}); "
+                              f"{'they are printed above' if report else 'nothing was saved'}.") from None
     return EvalResult(run_dir=run_dir, metrics=metrics)

@@ -21,12 +21,13 @@ evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -36,9 +37,11 @@ from depthg.config import Config
 from depthg.data.pairs import build_train_set
 from depthg.device import DistInfo, resolve_device
 from depthg.errors import ConfigError, TrainingError
+from depthg.files import write_json
+from depthg.model.backbone import backbone_spec
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import runs_dir
-from depthg.runs import provenance, write_run
+from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
 from depthg.training.rng import gather_rng, seed_everything, set_rng_state
@@ -174,17 +177,39 @@ class FiniteWatch:
         mine = int(self.first) >= 0
         where = f"term(s) {', '.join(t for t, b in zip(self.terms, self.bad.tolist()) if b)}" if mine \
             else "another rank"
-        raise TrainingError(f"non-finite loss at iteration {int(first)} in {where}; the last good checkpoint is "
-                            f"{last_good if last_good.exists() else 'not written yet'}. Lower the learning rate "
-                            f"or check the inputs of that batch.")
+        raise_diverged(info, last_good, int(first), f"non-finite loss at iteration {int(first)} in {where}")
+
+
+def raise_diverged(info: DistInfo, last_good: Path, bad_iteration: int, what: str) -> None:
+    """Keep the last checkpoint whose weights gave finite losses (rank 0), and stop every rank saying so."""
+    kept = checkpoints.keep_last_good(last_good, bad_iteration) if info.is_main else last_good
+    barrier(info)
+    raise TrainingError(f"{what}; the last good checkpoint is {kept if kept else 'not written yet'}. Lower the "
+                        f"learning rate (a --resume may change train.lr and train.probe_lr) or check the inputs of "
+                        f"that batch.")
 
 
 def save_checkpoint(run: Run, iteration: int) -> None:
+    # weights that overflowed although the loss that produced them was finite are never saved
+    finite = torch.stack([torch.isfinite(p).all() for p in run.step.parameters()]).all().to(torch.int32)
+    if run.info.enabled:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not int(finite):
+        raise_diverged(run.info, run.checkpoint, iteration, f"non-finite weights after iteration {iteration - 1}")
     rng = gather_rng(run.generator, run.info)  # every rank takes part; rank 0 writes
     if run.info.is_main:
+        checkpoints.keep_previous(run.checkpoint)
         checkpoints.save_training_state(run.checkpoint, cfg=run.cfg, model=run.model, step=run.step,
                                         optimizers=run.optimizers, schedule=run.schedule.state_dict(),
                                         iteration=iteration, rng=rng)
+
+
+def record_resume(run_dir: Path, start: int, changes: dict) -> None:
+    """Append a resumption's config changes to ``resumes.json`` (a list, one entry per resumption with changes)."""
+    path = run_dir / "resumes.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    write_json(path, entries + [{"from_iteration": start, "changes": changes,
+                                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
 
 
 def truncate_log(path: Path, start: int) -> None:
@@ -223,8 +248,10 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
     info = init_distributed("cuda" if requested.startswith("cuda") or
                             (requested == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                      validator, t0)
+        # rank 0 holds the run folder: a second train/--resume/eval on it is refused, naming this process
+        with run_lock(run_directory(cfg, run_name, results_dir)) if info.is_main else contextlib.nullcontext():
+            return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
+                          validator, t0)
     finally:
         shutdown_distributed()
 
@@ -235,6 +262,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     seed = cfg.train.seed
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
+    backbone_spec(cfg.model.backbone)  # an unknown name is reported as such, not as the kNN file it would need
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
@@ -243,12 +271,18 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
               schedule=make_schedule(cfg).start(), generator=generator)
 
     # ---- resume: weights, optimisers, schedule state and this rank's RNG streams from the last checkpoint
+    changes: dict = {}  # adjustable keys (learning rates) this resumption changes
     if resume:
         if not run.checkpoint.is_file():
             raise TrainingError(f"--resume: no checkpoint at {run.checkpoint}; start without --resume.")
         state = checkpoints.load_training_state(run.checkpoint, cfg, map_location=device)
-        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers)
+        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers,
+                                           path=run.checkpoint)
         run.schedule.load_state_dict(state["schedule"])
+        changes = checkpoints.resume_changes(state, cfg)
+        for name, opt in optimizers.items():  # the checkpoint's optimiser state carries the old learning rates
+            for group in opt.param_groups:
+                group["lr"] = cfg.train.lr if name == "head" else cfg.train.probe_lr
         if len(state["rng"]) == info.world:
             set_rng_state(state["rng"][info.rank], generator)
         run.start = state["iteration"]
@@ -257,6 +291,8 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         cfg.to_json(run.run_dir / "config.json")
         if resume:
             truncate_log(run.log_path, run.start)
+            if changes:  # what this resumption changed, beside the run's log
+                record_resume(run.run_dir, run.start, changes)
         elif run.log_path.exists():
             run.log_path.unlink()
 
@@ -331,7 +367,8 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     if info.is_main:
         write_run(run.run_dir, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=wall,
-            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world}))
+            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world,
+                   "resume_changes": changes or None}))
     barrier(info)
     return TrainResult(run_dir=run.run_dir, iterations=total, checkpoint=run.checkpoint, model=model,
                        best_on_validation=best, is_main=info.is_main, wall_time_s=wall)
