@@ -249,17 +249,17 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None, *, fallback
                   results_dir: str | None = None, progress: bool = False):
     """(model in eval mode, its config, checkpoint path, whether it was trained now) for the figures.
 
-    ``checkpoint`` None: the run 02_train makes for ``cfg`` (results/runs/<preset>-seed<seed>/), and if that does
-    not exist a short run of ``fallback_iterations`` is trained (without evaluation) under
-    ``figures-<preset>-seed<seed>``. The returned config is the checkpoint's, with this ``cfg``'s data location
-    and evaluation settings.
+    ``checkpoint`` None: the run 02_train makes for ``cfg`` (results/runs/<run name>/, :func:`depthg.paths.run_name`),
+    and if that does not exist a short run of ``fallback_iterations`` is trained (without evaluation) under
+    ``figures-<run name>``. The returned config is the checkpoint's, with this ``cfg``'s data location and
+    evaluation settings.
     """
     path = Path(checkpoint) if checkpoint else run_directory(cfg, None, results_dir) / "checkpoints" / "last.pt"
     trained = False
     if checkpoint is None and not path.is_file():
         short = cfg.with_overrides({"train.iterations": fallback_iterations})
-        path = train(short, run_name=f"figures-{cfg.name}-seed{cfg.train.seed}", results_dir=results_dir,
-                     progress=progress).checkpoint
+        path = train(short, run_name=run_directory(cfg, None, results_dir, kind="figures").name,
+                     results_dir=results_dir, progress=progress).checkpoint
         trained = True
     model, ckpt_cfg, _ = load_trained_model(path)
     if ckpt_cfg.data.dataset != cfg.data.dataset:

@@ -7,6 +7,7 @@ figures they write go to ``results/``. A failing notebook stops the job with pap
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,41 @@ from depthg.errors import DepthGError
 from depthg.paths import repo_root, results_root
 
 NOTEBOOKS = ("01_data_prep", "02_train", "03_ablation", "04_figures")
+
+
+class _Echo:
+    """The cells' printed lines on the terminal as ``[reproduce] <notebook> | <line>``, and a line after each
+    ``quiet_s`` seconds without output, so the job is never silent for minutes (training cells print at the end)."""
+
+    def __init__(self, name: str, quiet_s: float = 60.0):
+        self.name, self.quiet_s, self.t0 = name, quiet_s, time.time()
+        self.last, self.buffer, self.done = time.time(), "", threading.Event()
+        self.thread = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def write(self, text: str) -> None:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in filter(str.strip, lines):
+            print(f"[reproduce] {self.name} | {line}", flush=True)
+            self.last = time.time()
+
+    def flush(self) -> None:
+        pass
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(5.0):
+            if time.time() - self.last >= self.quiet_s:
+                print(f"[reproduce] {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
+                self.last = time.time()
+
+    def __enter__(self) -> "_Echo":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.write("\n")
 
 
 def store_executed(executed: list[Path]) -> None:
@@ -49,10 +85,13 @@ def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
         if not src.is_file():
             raise DepthGError(f"notebook {src} is missing; restore it from git.")
         dst = out_dir / f"{name}.ipynb"
+        # the main job regenerates the committed results: the notebooks that train are told to replace them
+        mine = {**params, **({"overwrite": True} if "overwrite" in papermill.inspect_notebook(str(src)) else {})}
         t0 = time.time()
         print(f"[reproduce] {name} ...", flush=True)
-        papermill.execute_notebook(str(src), str(dst), parameters=params, cwd=str(src.parent), kernel_name="python3",
-                                   progress_bar=False)
+        with _Echo(name) as echo:
+            papermill.execute_notebook(str(src), str(dst), parameters=mine, cwd=str(src.parent),
+                                       kernel_name="python3", progress_bar=False, stdout_file=echo)
         print(f"[reproduce] {name} done in {time.time() - t0:.0f} s -> {dst}", flush=True)
         written.append(dst)
     if store:

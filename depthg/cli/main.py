@@ -19,9 +19,12 @@ def _add_train(sub) -> None:
     p.add_argument("--preset", default="synthetic", help="named preset (see `python -m depthg presets`)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     p.add_argument("--config", help="a resolved config.json to start from instead of a preset")
-    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: preset + seed)")
+    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: dataset, preset and "
+                                      "seed, e.g. synthetic-seed0, potsdamraw-potsdam_vits8-seed0)")
     p.add_argument("--results-dir", help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder that holds another config's run "
+                                                            "or results committed to the repository")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -36,7 +39,8 @@ def _run_train(args) -> int:
     cfg = Config.from_json(args.config).with_overrides(args.overrides) if args.config else \
         load_preset(args.preset, args.overrides)
     result = train_and_evaluate(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
-                                evaluate_at_end=not args.no_eval, progress=not args.no_progress)
+                                evaluate_at_end=not args.no_eval, progress=not args.no_progress,
+                                overwrite=args.overwrite)
     print(f"run folder: {result.run_dir}")
     if result.metrics:
         # lazy: torch and the library load only when a command runs, so --help stays fast
@@ -57,8 +61,10 @@ def _add_eval(sub) -> None:
                                     "(default: inferred from its hyper-parameters)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. data.data_dir=...)")
     p.add_argument("--split", default="val")
-    p.add_argument("--run-name", help="name of the results folder under results/runs/")
+    p.add_argument("--run-name", help="name of the results folder under results/runs/ (default: eval- and the "
+                                      "training run's name)")
     p.add_argument("--results-dir", help="results root")
+    p.add_argument("--overwrite", action="store_true", help="replace a results folder of another config")
     p.set_defaults(func=_run_eval)
 
 
@@ -68,7 +74,8 @@ def _run_eval(args) -> int:
     from depthg.runs import format_metrics
 
     out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
-                              split=args.split, run_name=args.run_name, results_dir=args.results_dir)
+                              split=args.split, run_name=args.run_name, results_dir=args.results_dir,
+                              overwrite=args.overwrite)
     print(f"results folder: {out.run_dir}")
     print(format_metrics(out.metrics))
     return 0

@@ -29,7 +29,8 @@ from depthg.errors import ConfigError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
 from depthg.evaluation.metrics import UnsupervisedMetrics
-from depthg.paths import runs_dir
+from depthg.paths import claim_run_dir, file_tag, runs_dir
+from depthg.paths import run_name as default_run_name
 from depthg.presets import PAPER_PRESETS, load_preset
 from depthg.runs import provenance, write_run
 from depthg.training import checkpoints
@@ -109,8 +110,11 @@ def preset_for_released(info: dict) -> str:
 
 def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: str | None = None,
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
-                        results_dir: str | None = None) -> EvalResult:
-    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/."""
+                        results_dir: str | None = None, overwrite: bool = False) -> EvalResult:
+    """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/.
+
+    The default name is ``eval-`` + the training run's name (:func:`depthg.paths.run_name`), or ``eval-<dataset>-
+    <file stem>`` for a released file; a folder of another config is refused unless ``overwrite``."""
 
     t0 = time.time()
     path = Path(path)
@@ -120,15 +124,18 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
         arch = {"model.backbone": info["backbone"], "model.dim": info["dim"], "model.n_classes": info["n_classes"],
                 "model.extra_clusters": info["extra_clusters"], "model.weights": str(path)}
         cfg = load_preset(preset or preset_for_released(info), arch).with_overrides(overrides)
-        name = run_name or f"eval-{path.stem}"
+        name = run_name or "-".join(("eval", file_tag(cfg.data.dataset), file_tag(path.stem)))
     else:
         model, cfg, _ = checkpoints.load_trained_model(path)
         cfg = load_preset(preset, overrides) if preset else cfg.with_overrides(overrides)
-        name = run_name or f"eval-{cfg.name}-seed{cfg.train.seed}"
+        name = run_name or default_run_name(cfg.data.dataset, cfg.name, cfg.train.seed, kind="eval")
+    if split != "val" and not run_name:
+        name += f"-{split}"
+    # the folder is checked before the (long) evaluation: another config's results are never replaced silently
+    run_dir = claim_run_dir(runs_dir(results_dir) / name, cfg.to_dict(), overwrite=overwrite)
     device = resolve_device(cfg.train.device)
     model = model.to(device)
     metrics = evaluate_model(model, cfg, split=split, crf=crf)
-    run_dir = runs_dir(results_dir) / name
     write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
               provenance=provenance(seed=cfg.train.seed, device=str(device), weights=model.backbone.weights_source,
                                     wall_time_s=time.time() - t0))

@@ -94,9 +94,12 @@ def released_variant(cfg: Config) -> Variant | None:
 
 # ---- running -----------------------------------------------------------------------------------------------------
 
-def run_prefix(dataset: str, table: str) -> str:
-    """Run-name prefix, file-safe: ablation-potsdam, fidelity-directory-<folder>."""
-    return f"{table}-{file_tag(dataset)}"
+def run_prefix(dataset: str, table: str, preset: str | None = None) -> str:
+    """Run-name prefix, file-safe: ablation-potsdam, fidelity-directory-<folder>-synthetic (the preset joins the
+    name where the dataset does not say it, as :func:`depthg.paths.run_name`)."""
+    tag = file_tag(dataset)
+    said = preset is None or file_tag(preset) == tag or file_tag(preset).startswith(f"{tag}_")
+    return f"{table}-{tag}" if said else f"{table}-{tag}-{file_tag(preset)}"
 
 
 def _finished(run_dir: Path, cfg: Config) -> bool:
@@ -111,14 +114,15 @@ def _resumable(run_dir: Path, cfg: Config) -> bool:
 
 
 def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int], *, prefix: str,
-                 results_dir: str | None = None, reuse: bool = False, progress: bool = False,
+                 results_dir: str | None = None, reuse: bool = False, progress: bool = False, overwrite: bool = False,
                  made: dict[str, str] | None = None, log: Callable[[str], None] | None = print) -> pd.DataFrame:
     """Train and evaluate every (variant, seed); one row per pair (see :func:`run_record`).
 
     ``reuse``: keep a finished run whose saved config equals the requested one, and resume an interrupted one from
     its checkpoint (for long real-data ablations); its row still carries that run's own commit. Without it every
-    run is trained afresh. Pairs that resolve to the same config share one run either way: within a call, and
-    across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
+    run is trained afresh; a run folder of another config or of committed results is refused unless ``overwrite``
+    (:func:`depthg.paths.claim_run_dir`). Pairs that resolve to the same config share one run either way: within a
+    call, and across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
     """
     variants, seeds = list(variants), [int(s) for s in seeds]
     assert variants and seeds, "need at least one variant and one seed"
@@ -135,7 +139,7 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
                 else:
                     resume = reuse and _resumable(run_dir, cfg)
                     train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
-                          progress=progress)
+                                       progress=progress, overwrite=overwrite)
                     status = "resumed" if resume else "trained"
                 made[key] = name
                 if log:

@@ -37,7 +37,8 @@ from depthg.data.pairs import build_train_set
 from depthg.device import DistInfo, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.model.segmenter import DepthGModel
-from depthg.paths import runs_dir
+from depthg.paths import claim_run_dir, runs_dir
+from depthg.paths import run_name as default_run_name
 from depthg.runs import provenance, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
@@ -85,8 +86,10 @@ class Run:
         return self.run_dir / "metrics.jsonl"
 
 
-def run_directory(cfg: Config, run_name: str | None, results_dir: str | None) -> Path:
-    return runs_dir(results_dir) / (run_name or f"{cfg.name}-seed{cfg.train.seed}")
+def run_directory(cfg: Config, run_name: str | None, results_dir: str | None, *, kind: str | None = None) -> Path:
+    """The one place a training run's folder is named: ``run_name``, else :func:`depthg.paths.run_name`."""
+    name = run_name or default_run_name(cfg.data.dataset, cfg.name, cfg.train.seed, kind=kind)
+    return runs_dir(results_dir) / name
 
 
 class EpochPairs(torch.utils.data.Dataset):
@@ -196,8 +199,11 @@ def truncate_log(path: Path, start: int) -> None:
 
 
 def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None = None, resume: bool = False,
-          progress: bool = True, validator: Validator | None = None) -> TrainResult:
-    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations."""
+          progress: bool = True, validator: Validator | None = None, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations.
+
+    A folder holding another config's run or committed results is refused unless ``overwrite``
+    (:func:`depthg.paths.claim_run_dir`)."""
     t0 = time.time()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -206,21 +212,23 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
                             (requested == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                      validator, t0)
+                      validator, t0, overwrite)
     finally:
         shutdown_distributed()
 
 
 def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | None, results_dir: str | None,
-           resume: bool, progress: bool, validator: Validator | None, t0: float) -> TrainResult:
+           resume: bool, progress: bool, validator: Validator | None, t0: float, overwrite: bool) -> TrainResult:
     # ---- set-up: data, model, optimisers, schedule; per-rank seeds, so dropout and sampling differ across ranks
     seed = cfg.train.seed
+    run_dir = claim_run_dir(run_directory(cfg, run_name, results_dir), cfg.to_dict(), resume=resume,
+                            overwrite=overwrite)
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
-    run = Run(cfg=cfg, device=device, info=info, run_dir=run_directory(cfg, run_name, results_dir), model=model,
+    run = Run(cfg=cfg, device=device, info=info, run_dir=run_dir, model=model,
               step=step, ddp_step=DistributedDataParallel(step) if info.enabled else step, optimizers=optimizers,
               schedule=make_schedule(cfg).start(), generator=generator)
 
