@@ -271,7 +271,7 @@ def notes(cfg: Config, table: str) -> list[str]:
     published = anchors.published(cfg.data.dataset)
     if not published.empty:
         out.append(anchors.ABLATION_STATUS)
-        out.append("Published numbers (depthg.reporting.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
+        out.append("Published numbers (depthg.reporting.anchors, docs/ANCHORS.md): status V verified, T third-party, "
                    "X not retrieved. Sources: " + anchors.expand_sources("+".join(
                        dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))))
     return out
