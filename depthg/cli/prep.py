@@ -154,9 +154,8 @@ def _cmd_depth(args) -> int:
 
 def _cmd_knn(args) -> int:
     # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
-    from depthg.data.knn import run_knn
-
     from depthg.data.datasets import train_source
+    from depthg.data.knn import run_knn
     from depthg.data.readiness import knn_k
 
     _check_data_dir(args)
