@@ -83,9 +83,15 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     finally:
         if pool is not None:
             pool.close()
+    info = {"split": split, "images": images, "crf": crf, "flip": cfg.eval.flip, "res": cfg.eval.res,
+            "seconds": round(time.time() - t0, 2), "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
+    if int(scores["linear"].stats.sum()) == 0:
+        # nothing to score (an unlabelled directory set): say so instead of accuracy/mIoU of an empty matrix (NaN)
+        return {"unlabelled": f"no labelled pixels in {cfg.data.dataset}/{split}: accuracy and mIoU need labels "
+                              f"(directory sets: labels/{split}/<image stem>.png with class ids 0..n_classes-1, "
+                              f"255 = ignore); the model was trained, nothing was scored.", "eval": info}
     out = {k: _summary(m.compute()) for k, m in scores.items()}
-    out["eval"] = {"split": split, "images": images, "crf": crf, "flip": cfg.eval.flip, "res": cfg.eval.res,
-                   "seconds": round(time.time() - t0, 2), "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
+    out["eval"] = info
     return out
 
 
