@@ -15,7 +15,14 @@ from depthg.errors import DepthGError
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the DepthG head and probes from a preset",
                        description="Train a preset. Overrides are section.key=value, e.g. loss.dfc=false "
-                                   "train.iterations=100 fidelity=reference.")
+                                   "train.iterations=100 fidelity=reference. A folder of your own images: "
+                                   "--preset synthetic data.dataset=directory:<folder> model.n_classes=N, with "
+                                   "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
+                                   "<folder>/labels/{train,val}/<stem>.png) prepared by `python -m depthg prep "
+                                   "check --dataset directory:<folder> --preset synthetic`; small sets also need "
+                                   "data.num_neighbors < items and data.batch_size <= items. The run folder "
+                                   "is results/runs/<dataset>-<preset>-seed<seed>; one of another config is "
+                                   "refused unless --overwrite.")
     p.add_argument("--preset", default="synthetic", help="named preset (see `python -m depthg presets`)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     p.add_argument("--config", help="a resolved config.json to start from instead of a preset")

@@ -18,8 +18,10 @@ from depthg.paths import data_root
 # ---- command line ------------------------------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
-    p.add_argument("--dataset", required=True, help="cocostuff27, cityscapes, potsdam, potsdamraw, synthetic or "
-                                                    "directory:<folder>")
+    p.add_argument("--dataset", required=True,
+                   help="cocostuff27, cityscapes, potsdam, potsdamraw, synthetic or directory:<folder>: a folder of "
+                        "your images under the data root, laid out <folder>/imgs/{train,val}/<stem>.{jpg,png} with "
+                        "optional labels <folder>/labels/{train,val}/<stem>.png (class ids, 255 = ignore)")
     p.add_argument("--data-dir", help="data root (default: $DEPTHG_DATA_DIR or <repo>/data)")
     if splits:
         p.add_argument("--splits", "--split", nargs="+", default=list(SPLITS), help="splits to prepare")
@@ -33,7 +35,11 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``prep`` and its stages on ``subparsers`` (used by depthg.cli.main and by :func:`main`)."""
     prep = subparsers.add_parser("prep", help="prepare data: synthetic world, five-crop, depth maps, kNN",
                                  description="Cached, idempotent data preparation. Order for a real dataset: "
-                                             "depth -> fivecrop -> knn; `prep check` says what is missing.")
+                                             "depth -> fivecrop -> knn; `prep check` says what is missing. A folder "
+                                             "of your own images is --dataset directory:<folder> with the layout "
+                                             "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
+                                             "<folder>/labels/{train,val}/<stem>.png); small sets need "
+                                             "knn --k <= the number of items and > --num-neighbors.")
     sub = prep.add_subparsers(dest="stage", required=True)
 
     p = sub.add_parser("synthetic", help="generate the synthetic RGB-D world")
