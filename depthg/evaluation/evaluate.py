@@ -24,7 +24,7 @@ from tqdm import tqdm
 from depthg.config import Config
 from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
-from depthg.device import resolve_device
+from depthg.device import loader_workers, resolve_device
 from depthg.errors import ConfigError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
@@ -60,7 +60,7 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     if cfg.eval.max_images:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
-                                         num_workers=cfg.data.num_workers,
+                                         num_workers=loader_workers(cfg.data.num_workers),
                                          generator=torch.Generator())  # leaves the global RNG (training) alone
     n, extra = cfg.model.n_classes, cfg.model.extra_clusters
     scores = {"cluster": UnsupervisedMetrics(n, extra_clusters=extra), "linear": UnsupervisedMetrics(n, hungarian=False)}

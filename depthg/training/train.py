@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from depthg.config import Config
 from depthg.data.pairs import build_train_set
-from depthg.device import DistInfo, resolve_device
+from depthg.device import DistInfo, loader_workers, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import claim_run_dir, runs_dir
@@ -254,12 +254,13 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     total = cfg.train.iterations
     sampler = ResumableBatchSampler(len(dataset), cfg.data.batch_size, seed=seed, start=run.start, total=total,
                                     rank=info.rank, world=info.world)
-    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler,
+                                         num_workers=loader_workers(cfg.data.num_workers),
                                          pin_memory=device.type == "cuda",
                                          # its own generator: creating the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout would drift
                                          generator=torch.Generator().manual_seed(seed),
-                                         persistent_workers=cfg.data.num_workers > 0)
+                                         persistent_workers=loader_workers(cfg.data.num_workers) > 0)
     writer = _tensorboard(cfg, run.run_dir) if info.is_main else None
     bar = tqdm(total=total, initial=run.start, disable=not (progress and info.is_main), desc=cfg.name,
                dynamic_ncols=True)
