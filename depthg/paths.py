@@ -91,13 +91,14 @@ def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = Fa
                   overwrite: bool = False) -> Path:
     """Check that a run of ``config`` (a resolved config as a dict) may write ``run_dir``; return it.
 
-    Refused, with the ways out, unless ``overwrite``: a folder whose ``config.json`` is another config (a resumed
-    run must match too), and a folder holding results the repository commits (``make reproduce`` asks for those).
-    A folder of the same config is the same experiment: it is rerun, or resumed with ``resume``.
+    Refused, with the ways out, unless ``overwrite``: a folder whose ``config.json`` is another config, and a folder
+    holding results the repository commits (``make reproduce`` asks for those). A folder of the same config is the
+    same experiment and is rerun. With ``resume`` the checkpoint decides (depthg.training.checkpoints refuses an
+    incompatible config and allows, e.g., more iterations).
     """
     run_dir = Path(run_dir)
     saved = run_dir / "config.json"
-    if overwrite or not saved.is_file():
+    if overwrite or resume or not saved.is_file():
         return run_dir
     ways = ("pass another run name (--run-name NAME / -p run_name NAME), another results folder (--results-dir / "
             "-p results_dir), or --overwrite (-p overwrite True) to replace it")
@@ -109,7 +110,7 @@ def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = Fa
         diff = sorted(_differences(other, config)) if isinstance(other, dict) else ["unreadable config.json"]
         shown = ", ".join(diff[:6]) + (", ..." if len(diff) > 6 else "")
         raise ConfigError(f"run folder {run_dir} holds a run of another config ({shown}); {ways}.")
-    tracked = [] if resume else committed_files(run_dir)
+    tracked = committed_files(run_dir)
     if tracked:
         raise ConfigError(f"run folder {run_dir} holds results committed to the repository ({len(tracked)} files, "
                           f"e.g. {tracked[0]}); a run of your own would replace them: {ways}.")
