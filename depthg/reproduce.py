@@ -37,7 +37,7 @@ class _Echo:
         pass
 
     def _heartbeat(self) -> None:
-        while not self.done.wait(5.0):
+        while not self.done.wait(min(5.0, self.quiet_s)):
             if time.time() - self.last >= self.quiet_s:
                 print(f"[reproduce] {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
                 self.last = time.time()
