@@ -22,7 +22,7 @@ from depthg.data.datasets import effective_crop, five_crop_dataset, source_datas
 from depthg.data.knn_file import knn_path
 from depthg.data.pairs import train_knn_paths
 from depthg.errors import ConfigError, DataError
-from depthg.paths import data_root, derived_dir
+from depthg.paths import data_root, dataset_folder, derived_dir
 
 KNN_K = 30  # neighbours stored per image, as the release (METHOD.md §1.5); fewer on small sets (knn_k)
 STAGES = ("source", "depth", "fivecrop", "knn")
@@ -142,9 +142,9 @@ def report(cfg: Config, data_dir=None, splits=("train", "val")) -> tuple[str, li
         depth = sum(any(p.is_file() for p in src.depth_paths(i)) for i in range(n))
         parts = [f"{n} images", f"labels for {labelled}/{n}", f"depth for {depth}/{n}"]
         if crop == "five":
-            crops = derived_dir(name.split(":", 1)[-1], data_dir) / f"five_crop_{d.crop_ratio:g}" / "img" / split
+            crops = derived_dir(dataset_folder(name), data_dir) / f"five_crop_{d.crop_ratio:g}" / "img" / split
             parts.append(f"five-crop {len(list(crops.glob('*.png'))) if crops.is_dir() else 0}/{5 * n}")
-        knn = sorted(p.name for p in knn_path(name.split(":", 1)[-1], split, cfg.model.backbone, crop, d.knn_res,
+        knn = sorted(p.name for p in knn_path(dataset_folder(name), split, cfg.model.backbone, crop, d.knn_res,
                                              data_dir).parent.glob(f"nns_*_{split}_*.npz"))
         parts.append(f"kNN files: {', '.join(knn) or 'none'}")
         lines.append(f"  {split}: " + "; ".join(parts))
