@@ -128,7 +128,7 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
     if missing:
         lines = "\n".join(f"  {i}. {s.what}: {s.command}" for i, s in enumerate(missing, 1))
         where = f" -p data_dir {data_dir}" if data_dir else ""
-        preset = None if DEFAULT_PRESETS.get(dataset.split(":", 1)[0]) == cfg.name else cfg.name
+        preset = None if DEFAULT_PRESETS.get(dataset_base(dataset)) == cfg.name else cfg.name
         raise DataError(f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
                         f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}{where}; "
                         f"`{check_command(cfg, data_dir, preset)}` shows what exists).")
