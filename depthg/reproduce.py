@@ -3,10 +3,14 @@
 ``make reproduce`` = ``python -m depthg reproduce``: each notebook runs in order with its stored (synthetic)
 parameters, plus any ``-p NAME VALUE`` given; the executed copies go to ``results/notebooks/`` and the tables and
 figures they write go to ``results/``. A failing notebook stops the job with papermill's error, naming the cell.
+
+The notebooks run in the project's Jupyter kernel ``depthg`` (``make venv`` registers it; the notebooks store it as
+their kernelspec), never in whatever ``python3`` kernel comes first, so they import this environment's packages.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +19,42 @@ from depthg.errors import DepthGError
 from depthg.paths import repo_root, results_root
 
 NOTEBOOKS = ("01_data_prep", "02_train", "03_ablation", "04_figures")
+KERNEL, KERNEL_DISPLAY_NAME = "depthg", "depthg (.venv)"
+REGISTER_KERNEL = f'python -m ipykernel install --sys-prefix --name {KERNEL} --display-name "{KERNEL_DISPLAY_NAME}"'
+
+
+def check_kernel() -> None:
+    """The ``depthg`` kernel must exist and start this environment's Python (a kernel registered from another
+    checkout's venv would run the notebooks against other code and packages)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        raise DepthGError(f"the Jupyter kernel {KERNEL!r} is not registered: run `make venv`, or "
+                          f"`{REGISTER_KERNEL}` with this environment's python.") from None
+    # compare the bin folders: a venv's python is a symlink to the base interpreter, shared by every venv
+    kernel_bin, our_bin = Path(spec.argv[0]).parent, Path(sys.executable).parent
+    if Path(spec.argv[0]).is_absolute() and kernel_bin.resolve() != our_bin.resolve():
+        raise DepthGError(f"the Jupyter kernel {KERNEL!r} ({spec.resource_dir}) starts {spec.argv[0]}, not this "
+                          f"environment's {sys.executable}: re-register it with `{sys.executable} "
+                          f"{REGISTER_KERNEL.removeprefix('python ')}`.")
+
+
+def execute(src: Path, dst: Path, parameters: dict | None = None, cwd: Path | None = None, stdout=None) -> None:
+    """Run one notebook with papermill in the project's kernel. The kernel talks over IPC sockets: over TCP,
+    ipykernel warns once per notebook that the (local) traffic is unencrypted. ``stdout``: a file object that
+    receives what the cells print, as they print it."""
+    import papermill
+    from traitlets.config import Config
+
+    papermill.execute_notebook(str(src), str(dst), parameters=parameters or {}, cwd=str(cwd or src.parent),
+                               kernel_name=KERNEL, progress_bar=False, stdout_file=stdout,
+                               config=Config({"KernelManager": {"transport": "ipc"}}))
 
 
 class _Echo:
-    """The cells' printed lines on the terminal as ``[reproduce] <notebook> | <line>``, and a line after each
+    """The cells' printed lines on the terminal as ``  <notebook> | <line>``, and a line after each
     ``quiet_s`` seconds without output, so the job is never silent for minutes (training cells print at the end)."""
 
     def __init__(self, name: str, quiet_s: float = 60.0):
@@ -30,7 +66,7 @@ class _Echo:
         self.buffer += text
         *lines, self.buffer = self.buffer.split("\n")
         for line in filter(str.strip, lines):
-            print(f"[reproduce] {self.name} | {line}", flush=True)
+            print(f"  {self.name} | {line}", flush=True)
             self.last = time.time()
 
     def flush(self) -> None:
@@ -39,7 +75,7 @@ class _Echo:
     def _heartbeat(self) -> None:
         while not self.done.wait(min(5.0, self.quiet_s)):
             if time.time() - self.last >= self.quiet_s:
-                print(f"[reproduce] {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
+                print(f"  {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
                 self.last = time.time()
 
     def __enter__(self) -> "_Echo":
@@ -72,8 +108,7 @@ def store_executed(executed: list[Path]) -> None:
 
 def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
               notebooks: tuple[str, ...] = NOTEBOOKS, store: bool = False) -> list[Path]:
-    import papermill
-
+    check_kernel()
     out_dir = results_root(results_dir) / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     params = dict(parameters or {})
@@ -86,13 +121,14 @@ def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
             raise DepthGError(f"notebook {src} is missing; restore it from git.")
         dst = out_dir / f"{name}.ipynb"
         # the main job regenerates the committed results: the notebooks that train are told to replace them
+        import papermill  # only when notebooks run
+
         mine = {**params, **({"overwrite": True} if "overwrite" in papermill.inspect_notebook(str(src)) else {})}
         t0 = time.time()
-        print(f"[reproduce] {name} ...", flush=True)
-        with _Echo(name) as echo:
-            papermill.execute_notebook(str(src), str(dst), parameters=mine, cwd=str(src.parent),
-                                       kernel_name="python3", progress_bar=False, stdout_file=echo)
-        print(f"[reproduce] {name} done in {time.time() - t0:.0f} s -> {dst}", flush=True)
+        with _Echo(name) as echo:  # the cells' lines (one per ablation run) and a heartbeat while they are quiet
+            execute(src, dst, mine, stdout=echo)
+        shown = dst.relative_to(repo_root()) if dst.is_relative_to(repo_root()) else dst
+        print(f"{name:<14}{time.time() - t0:6.0f} s  {shown}", flush=True)  # one line per notebook, with its time
         written.append(dst)
     if store:
         store_executed(written)

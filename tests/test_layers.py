@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "depthg"
 LAYERS = (
-    ("errors", "paths", "files", "device", "config", "presets", "runs"),
+    ("errors", "paths", "files", "device", "config", "presets", "lockfile", "runs"),
     ("model",),
     ("data",),
     ("training",),
