@@ -113,6 +113,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     """One line per probe: accuracy and mIoU, e.g. ``cluster (crf): acc 61.2  mIoU 30.4``."""
     lines = []
     metrics = metrics.get("last_step", metrics)
+    if "unlabelled" in metrics:
+        return metrics["unlabelled"]
     for key, m in metrics.items():
         if isinstance(m, dict) and "accuracy" in m and "mIoU" in m:
             lines.append(f"{key:<22} acc {m['accuracy']:6.2f}  mIoU {m['mIoU']:6.2f}")

@@ -129,8 +129,28 @@ def test_hub_offline_error_names_the_model(monkeypatch, tmp_path):
     message = str(err.value)
     assert "timm/vit_small_patch8_224.dino" in message
     assert "model.weights" in message and ".ckpt" in message and "HF_HOME" in message
+    assert "hf download timm/vit_small_patch8_224.dino" in message and "huggingface-cli" not in message
+    assert "prep knn --weights <file>" in message and "-p weights <file>" in message  # each entry point's option
+    assert "dino_deitsmall8_300ep_pretrain.pth" in message  # the file name the README gives
     with pytest.raises(WeightsError, match="random"):
         DinoBackbone("vit_tiny_patch8", "hub")  # no released weights for the synthetic architecture
+
+
+def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="hf download"):
+        DinoBackbone("vit_small_patch8", "hub")
+    assert time.perf_counter() - t0 < 20, "no network must not mean minutes of retries"
+    assert hf_constants.HF_HUB_OFFLINE is False  # the offline switch is undone after the call
 
 
 def test_missing_weights_file_names_the_path(tmp_path):

@@ -204,7 +204,10 @@ def test_build_sets_from_config(data_dir):
 
 
 def test_build_train_five_crop_and_legacy_knn(data_dir):
-    with pytest.raises(DataError, match="prep fivecrop --dataset cocostuff27"):
+    with pytest.raises(DataError, match="cocostuff does not exist"):  # no dataset: that, not its crops, is named
+        build_train_set(_cfg(data_dir, "cocostuff27", **{"data.crop_type": "five"}))
+    fake_data.make_cocostuff(data_dir)
+    with pytest.raises(DataError, match="prep fivecrop --dataset cocostuff27"):  # the source, but no crops yet
         build_train_set(_cfg(data_dir, "cocostuff27", **{"data.crop_type": "five"}))
     fake_data.make_five_crop(data_dir, "cocostuff27", n=(10, 5), legacy=True)
     cfg = _cfg(data_dir, "cocostuff27", **{"data.crop_type": "five", "model.backbone": "vit_small_patch8",

@@ -167,7 +167,21 @@ def test_offline_without_weights_names_the_model_and_the_remedy(monkeypatch, tmp
     with pytest.raises(WeightsError) as err:
         DepthEstimator(DEFAULT_MODEL, device="cpu")
     msg = str(err.value)
-    assert DEFAULT_MODEL in msg and "--model /path/to/model_dir" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert DEFAULT_MODEL in msg and "--model <dir>" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert f"hf download {DEFAULT_MODEL}" in msg and "-p depth_model <dir>" in msg and "huggingface-cli" not in msg
+
+
+def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="hf download"):
+        DepthEstimator(DEFAULT_MODEL, device="cpu")
+    assert time.perf_counter() - t0 < 20, "no network must not mean minutes of retries"
 
 
 def test_cli_offline_error_is_one_line(monkeypatch, tmp_path, coco_tree, capsys):

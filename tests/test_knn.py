@@ -65,7 +65,8 @@ def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, caps
     data = str(synthetic_tree.data_dir)
     assert main(["fivecrop", "--dataset", "synthetic", "--data-dir", data, "--no-progress"]) == 0
     assert main(["knn", "--dataset", "synthetic", "--data-dir", data, "--backbone", "vit_tiny_patch8",
-                 "--weights", "random", "--res", "16", "--k", "6", "--device", "cpu", "--no-progress"]) == 0
+                 "--weights", "random", "--res", "16", "--k", "6", "--num-neighbors", "5", "--device", "cpu",
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     path = knn_path("synthetic", "train", "vit_tiny_patch8", "five", 16, data)
     assert str(path) in out and path.name == "nns_vit_tiny_patch8_train_five_16.npz"

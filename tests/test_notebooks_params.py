@@ -84,6 +84,8 @@ def test_prepare_names_the_missing_prep_commands(data_dir):
     msg = str(err.value)
     assert "not prepared" in msg and "python -m depthg prep knn --dataset potsdam" in msg
     assert "--backbone vit_small_patch8 --weights random --res 32 --crop none" in msg
+    assert f"prep check --dataset potsdam --data-dir {data_dir}" in msg and f"-p data_dir {data_dir}" in msg
+    assert "five-crop" not in msg and "<model." not in msg  # Potsdam is never cropped; no placeholders
     fake_data.make_knn(data_dir, "potsdam", "train", 3, res=32, crop="none")
     done = prepare("potsdam", str(data_dir), cfg=cfg)
     assert (done.n_train, done.n_val) == (3, 2) and done.knn_file.is_file()

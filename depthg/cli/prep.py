@@ -19,8 +19,10 @@ from depthg.paths import data_root
 # ---- command line ------------------------------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
-    p.add_argument("--dataset", required=True, help="cocostuff27, cityscapes, potsdam, potsdamraw, synthetic or "
-                                                    "directory:<folder>")
+    p.add_argument("--dataset", required=True,
+                   help="cocostuff27, cityscapes, potsdam, potsdamraw, synthetic or directory:<folder>: a folder of "
+                        "your images under the data root, laid out <folder>/imgs/{train,val}/<stem>.{jpg,png} with "
+                        "optional labels <folder>/labels/{train,val}/<stem>.png (class ids, 255 = ignore)")
     p.add_argument("--data-dir", help="data root (default: $DEPTHG_DATA_DIR or <repo>/data)")
     if splits:
         p.add_argument("--splits", "--split", nargs="+", default=list(SPLITS), help="splits to prepare")
@@ -34,7 +36,11 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``prep`` and its stages on ``subparsers`` (used by depthg.cli.main and by :func:`main`)."""
     prep = subparsers.add_parser("prep", help="prepare data: synthetic world, five-crop, depth maps, kNN",
                                  description="Cached, idempotent data preparation. Order for a real dataset: "
-                                             "depth -> fivecrop -> knn; `prep check` says what is missing.")
+                                             "depth -> fivecrop -> knn; `prep check` says what is missing. A folder "
+                                             "of your own images is --dataset directory:<folder> with the layout "
+                                             "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
+                                             "<folder>/labels/{train,val}/<stem>.png); small sets need "
+                                             "knn --k <= the number of items and > --num-neighbors.")
     sub = prep.add_subparsers(dest="stage", required=True)
 
     p = sub.add_parser("synthetic", help="generate the synthetic RGB-D world")
@@ -73,7 +79,12 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
                                                         "part of the kNN file name, so give training's data.knn_res")
     p.add_argument("--crop", choices=("five", "none"), default="five", help="five-crop set or the source images")
     p.add_argument("--ratio", type=float, default=0.5, help="five-crop ratio (with --crop five)")
-    p.add_argument("--k", type=int, default=30)
+    p.add_argument("--k", type=int, default=None,
+                   help="neighbours stored per item, the item itself first (default: 30, the release's, or the "
+                        "number of items if fewer); needs --num-neighbors < k <= items")
+    p.add_argument("--num-neighbors", type=int, default=7,
+                   help="the data.num_neighbors training will use (partners are drawn from ranks 1..this); "
+                        "checked against --k so the file is usable (default: 7, the config default)")
     p.add_argument("--chunk-size", type=int, default=None, help="rows per similarity chunk (default: from a "
                                                                 "256 MB budget)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -85,10 +96,18 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="only merge existing feature shards into the kNN file")
     p.set_defaults(func=_cmd_knn)
 
-    p = sub.add_parser("check", help="report what is prepared for a dataset and how to prepare the rest")
+    p = sub.add_parser("check", help="report what is prepared for a dataset and how to prepare the rest",
+                       description="Counts the files training and evaluation need (source images and labels, "
+                                   "depth, five-crop set where the dataset is cropped, kNN file of the preset's "
+                                   "backbone and resolution) and prints the commands for what is missing, with "
+                                   "the preset's values. Exit status 0: everything is prepared; 1: something is "
+                                   "missing (listed); 2: a bad argument.")
     _common(p, splits=False)
     p.add_argument("--splits", "--split", nargs="+", default=list(SPLITS))
-    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--preset", help="preset whose backbone, resolutions and crop to check (default: the "
+                                    "dataset's; directory:<folder> needs one, e.g. synthetic)")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. data.knn_res=224 "
+                                                "model.n_classes=5)")
     p.set_defaults(func=_cmd_check)
     return prep
 
@@ -163,12 +182,17 @@ def _cmd_depth(args) -> int:
 
 def _cmd_knn(args) -> int:
     # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
+    from depthg.data.datasets import train_source
     from depthg.data.knn import run_knn
+    from depthg.data.readiness import knn_k
 
     _check_data_dir(args)
     for split in args.splits:
+        # the items the stage indexes, counted before any model loads: a k the set cannot give stops here
+        n = len(train_source(args.dataset, args.data_dir, split, crop=args.crop, ratio=args.ratio, with_depth=False))
+        k = knn_k(n, args.num_neighbors, args.k, where=f"{args.dataset}/{split}")
         path = run_knn(args.dataset, args.data_dir, split, backbone=args.backbone, weights=args.weights,
-                       res=args.res, crop=args.crop, ratio=args.ratio, k=args.k, chunk_size=args.chunk_size,
+                       res=args.res, crop=args.crop, ratio=args.ratio, k=k, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, device=args.device, fidelity=args.fidelity, seed=args.seed,
                        merge_only=args.merge, **_shard_args(args))
         pending = "this shard's features written; the file follows once every shard exists (or run with --merge)"
@@ -176,47 +200,16 @@ def _cmd_knn(args) -> int:
     return 0
 
 
-def prepared_report(dataset: str, data_dir, splits, *, ratio: float = 0.5) -> str:
-    """What is prepared for ``dataset`` per split (source, depth, five-crop, kNN files) and the commands for the rest.
-
-    Counts files only (no image is decoded), so it is quick on real datasets.
-    """
-    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
-    from depthg.data.datasets import effective_crop, source_dataset
-    from depthg.data.depth_estimation import depth_dir
-    from depthg.data.fivecrop import N_CROPS, five_crop_dir
-
-    base = f"python -m depthg prep {{}} --dataset {dataset}" + (f" --data-dir {data_dir}" if data_dir else "")
-    lines, todo = [f"dataset {dataset}:"], []
-    for split in splits:
-        try:
-            src = source_dataset(dataset, data_dir, split, with_depth=False)
-        except DataError as e:
-            lines.append(f"  {split}: source missing ({e})")
-            continue
-        n = len(src)
-        with_depth = sum(any(p.is_file() for p in src.depth_paths(i)) for i in range(n))
-        ours = sum((depth_dir(dataset, data_dir) / split / f"{key}.png").is_file() for key in src.keys())
-        crops = len(list((five_crop_dir(dataset, data_dir, ratio) / "img" / split).glob("*.png")))
-        knn_dir = five_crop_dir(dataset, data_dir, ratio).parent / "knn"
-        knn = sorted(p.name for p in knn_dir.glob(f"nns_*_{split}_*.npz"))
-        lines.append(f"  {split}: {n} source images; depth for {with_depth}/{n} ({ours} by the depth stage); "
-                     f"five-crop ({ratio:g}) {crops}/{N_CROPS * n}; kNN files: {', '.join(knn) or 'none'}")
-        if with_depth < n:
-            todo.append(base.format("depth") + f" --splits {split}")
-        if effective_crop(dataset, "five") == "five" and crops < N_CROPS * n:
-            todo.append(base.format("fivecrop") + f" --splits {split} --ratio {ratio:g}")
-        if not knn:
-            todo.append(base.format("knn") + f" --splits {split} --backbone <model.backbone> --res <data.knn_res>")
-    lines.append("to prepare the rest:" if todo else "everything is prepared.")
-    lines += [f"  {c}" for c in todo]
-    return "\n".join(lines)
-
-
 def _cmd_check(args) -> int:
+    # lazy: the check reads the data layer (torch) only when it runs, so --help stays fast
+    from depthg.data.readiness import report
+    from depthg.notebook import resolve_config
+
     _check_data_dir(args)
-    print(prepared_report(args.dataset, args.data_dir, args.splits, ratio=args.ratio))
-    return 0
+    cfg = resolve_config(args.dataset, preset=args.preset, data_dir=args.data_dir, overrides=args.overrides)
+    text, missing = report(cfg, args.data_dir, args.splits)
+    print(text)
+    return 1 if missing else 0
 
 
 def main(argv: list[str] | None = None) -> int:

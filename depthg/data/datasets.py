@@ -374,7 +374,12 @@ def train_source(name: str, data_dir=None, split: str = "train", *, crop: str = 
     """The items training (and the kNN stage) uses: the five-crop set, or the source set when not cropped."""
     if effective_crop(name, crop) == "five":
         dataset_info(name, n_classes=n_classes)
-        return five_crop_dataset(name, data_dir, split, ratio=ratio, with_depth=with_depth, n_classes=n_classes)
+        try:
+            return five_crop_dataset(name, data_dir, split, ratio=ratio, with_depth=with_depth, n_classes=n_classes)
+        except DataError:
+            # no crops because there are no source images: that is the first thing to fix, so say that
+            source_dataset(name, data_dir, split, with_depth=False, n_classes=n_classes)
+            raise
     return source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
 
 

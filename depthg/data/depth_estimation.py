@@ -20,7 +20,6 @@ to the source images, overwriting Cityscapes RGB files (METHOD.md §1.3, §9 #7)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from depthg.data.depth_io import sidecar_path, write_depth
 from depthg.data.stage import StageResult, run_stage
 from depthg.device import resolve_device
 from depthg.errors import ConfigError, WeightsError
+from depthg.model.hub import hub_session
 from depthg.paths import derived_dir
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
@@ -58,11 +58,6 @@ def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tenso
     return 1.0 / (n + eps)
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def load_depth_model(model: str, device: torch.device):
     """(processor, model in eval mode on ``device``) from a HF id or a local directory; clear error if missing."""
     try:
@@ -75,14 +70,16 @@ def load_depth_model(model: str, device: torch.device):
                            f"(config.json, weights, preprocessor_config.json) or a Hugging Face model id.")
     source = str(local) if local.is_dir() else model
     try:
-        processor = AutoImageProcessor.from_pretrained(source, local_files_only=_offline())
-        net = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=_offline())
+        with hub_session() as online:  # no network: the cache or an immediate error, not minutes of retries
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=not online)
+            net = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=not online)
     except (OSError, ValueError) as e:
         raise WeightsError(
-            f"cannot load depth model {model!r} ({str(e).splitlines()[0]}). Without network, download it elsewhere "
-            f"(e.g. `huggingface-cli download {model} --local-dir <dir>`) and pass --model /path/to/model_dir, or "
-            f"copy a filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) here and set "
-            f"HF_HUB_OFFLINE=1.") from e
+            f"cannot load depth model {model!r} ({str(e).splitlines()[0]}). On a machine with network run "
+            f"`hf download {model} --local-dir <dir>`, copy <dir> here and pass it: `python -m depthg prep depth "
+            f"--model <dir>`, or `papermill notebooks/01_data_prep.ipynb ... -p depth_model <dir>`; or copy a "
+            f"filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface). Set HF_HUB_OFFLINE=1 to skip the "
+            f"network check.") from e
     return processor, net.eval().to(device)
 
 

@@ -26,12 +26,13 @@ from tqdm import tqdm
 from depthg.config import Config
 from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
-from depthg.device import resolve_device
+from depthg.device import loader_workers, resolve_device
 from depthg.errors import ConfigError, DataError, OutputError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
 from depthg.evaluation.metrics import UnsupervisedMetrics
-from depthg.paths import runs_dir
+from depthg.paths import claim_run_dir, file_tag, runs_dir
+from depthg.paths import run_name as default_run_name
 from depthg.presets import PAPER_PRESETS, load_preset
 from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
@@ -62,7 +63,7 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     if cfg.eval.max_images:
         dataset = torch.utils.data.Subset(dataset, range(min(cfg.eval.max_images, len(dataset))))
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
-                                         num_workers=cfg.data.num_workers,
+                                         num_workers=loader_workers(cfg.data.num_workers),
                                          generator=torch.Generator())  # leaves the global RNG (training) alone
     n, extra = cfg.model.n_classes, cfg.model.extra_clusters
     scores = {"cluster": UnsupervisedMetrics(n, extra_clusters=extra), "linear": UnsupervisedMetrics(n, hungarian=False)}
@@ -89,12 +90,18 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
             pool.close()
     if images != len(dataset):  # a loader that silently dropped items would report a subset as the split
         raise DataError(f"evaluation of {cfg.data.dataset}/{split} saw {images} of its {len(dataset)} images.")
-    out = {k: _summary(m.compute()) for k, m in scores.items()}
-    out["eval"] = {"split": split, "images": images, "split_images": split_size, "crf": crf, "flip": cfg.eval.flip,
-                   "res": cfg.eval.res, "seconds": round(time.time() - t0, 2),
-                   "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
+    info = {"split": split, "images": images, "split_images": split_size, "crf": crf, "flip": cfg.eval.flip,
+            "res": cfg.eval.res, "seconds": round(time.time() - t0, 2),
+            "images_per_s": round(images / max(time.time() - t0, 1e-9), 3)}
     if crf:
-        out["eval"]["crf_lost"] = lost  # images whose CRF result is their plain prediction (worker fault)
+        info["crf_lost"] = lost  # images whose CRF result is their plain prediction (worker fault)
+    if int(scores["linear"].stats.sum()) == 0:
+        # nothing to score (an unlabelled directory set): say so instead of accuracy/mIoU of an empty matrix (NaN)
+        return {"unlabelled": f"no labelled pixels in {cfg.data.dataset}/{split}: accuracy and mIoU need labels "
+                              f"(directory sets: labels/{split}/<image stem>.png with class ids 0..n_classes-1, "
+                              f"255 = ignore); the model was trained, nothing was scored.", "eval": info}
+    out = {k: _summary(m.compute()) for k, m in scores.items()}
+    out["eval"] = info
     return out
 
 
@@ -142,11 +149,13 @@ def preset_for_released(info: dict) -> str:
 
 def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: str | None = None,
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
-                        results_dir: str | None = None,
+                        results_dir: str | None = None, overwrite: bool = False,
                         report: Callable[[dict], None] | None = None) -> EvalResult:
     """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/.
 
-    ``report`` sees the metrics before they are written, so a full disk or read-only folder loses no result.
+    The default name is ``eval-`` + the training run's name (:func:`depthg.paths.run_name`), or ``eval-<dataset>-
+    <file stem>`` for a released file; a folder of another config is refused unless ``overwrite``. ``report`` sees
+    the metrics before they are written, so a full disk or read-only folder loses no result.
     """
 
     t0 = time.time()
@@ -157,14 +166,17 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
         arch = {"model.backbone": info["backbone"], "model.dim": info["dim"], "model.n_classes": info["n_classes"],
                 "model.extra_clusters": info["extra_clusters"], "model.weights": str(path)}
         cfg = load_preset(preset or preset_for_released(info), arch).with_overrides(overrides)
-        name = run_name or f"eval-{path.stem}"
+        name = run_name or "-".join(("eval", file_tag(cfg.data.dataset), file_tag(path.stem)))
     else:
         model, cfg, _ = checkpoints.load_trained_model(path)
         cfg = load_preset(preset, overrides) if preset else cfg.with_overrides(overrides)
-        name = run_name or f"eval-{cfg.name}-seed{cfg.train.seed}"
+        name = run_name or default_run_name(cfg.data.dataset, cfg.name, cfg.train.seed, kind="eval")
+    if split != "val" and not run_name:
+        name += f"-{split}"
+    # the folder is checked before the (long) evaluation: another config's results are never replaced silently
+    run_dir = claim_run_dir(runs_dir(results_dir) / name, cfg.to_dict(), overwrite=overwrite)
     device = resolve_device(cfg.train.device)
     model = model.to(device)
-    run_dir = runs_dir(results_dir) / name
     with run_lock(run_dir):  # held from the start, so a second writer is refused before any work
         metrics = evaluate_model(model, cfg, split=split, crf=crf)
         if report is not None:

@@ -18,15 +18,19 @@ from depthg.training.train import TrainResult, train
 
 
 def train_and_evaluate(cfg: Config, *, run_name: str | None = None, results_dir: str | Path | None = None,
-                       resume: bool = False, evaluate_at_end: bool = True, progress: bool = True) -> TrainResult:
-    """Train ``cfg`` (resuming if asked), evaluate the last step on rank 0, and write the run's metrics."""
+                       resume: bool = False, evaluate_at_end: bool = True, progress: bool = True,
+                       overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` (resuming if asked), evaluate the last step on rank 0, and write the run's metrics.
+
+    ``overwrite``: replace a run folder of another config or of committed results (refused otherwise)."""
     t0 = time.time()
 
     def validate(model):  # the release validates without CRF (METHOD.md §6.1)
         return evaluate_model(model, cfg, crf=False, progress=False)
 
     result = train(cfg, run_name=run_name, results_dir=None if results_dir is None else str(results_dir),
-                   resume=resume, progress=progress, validator=validate if cfg.train.val_every else None)
+                   resume=resume, progress=progress, overwrite=overwrite,
+                   validator=validate if cfg.train.val_every else None)
     result.metrics = None
     if result.is_main and evaluate_at_end:
         metrics = evaluate_model(result.model, cfg, progress=progress)

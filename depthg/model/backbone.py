@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthg.errors import ConfigError, WeightsError
+from depthg.model.hub import download_hint, hub_session
 from depthg.files import file_sha256
 from depthg.model.weights import read_checkpoint, vit_state_from_checkpoint
 
@@ -219,15 +220,15 @@ def _create_from_hub(name: str, spec: BackboneSpec, kwargs: dict) -> nn.Module:
         raise WeightsError(f"backbone {name!r} has no released weights; use model.weights='random' (as the "
                            "synthetic presets do) or the path of a weights file")
     try:
-        return timm.create_model(f"{spec.timm_arch}.{spec.hub_tag}", pretrained=True, **kwargs)
+        with hub_session():  # no network: the cache or an immediate error, not minutes of retries
+            return timm.create_model(f"{spec.timm_arch}.{spec.hub_tag}", pretrained=True, **kwargs)
     except Exception as err:  # offline, no cache, HTTP error: all end the same way for the user
+        first = str(err).splitlines()[0] if str(err) else ""
         raise WeightsError(
-            f"could not load the weights of backbone {name!r} from the timm hub (Hugging Face model id "
-            f"{spec.hub_id!r}): {type(err).__name__}: {err}. Without network access, either (1) set model.weights "
-            f"to a local weights file (the original DINO file is {spec.origin}; timm .safetensors/.pth state dicts "
-            f"also work), (2) set model.weights to an authors' released STEGO/DepthG .ckpt (its net.model.* keys "
-            f"hold the DINO weights), or (3) pre-fill the Hugging Face cache (HF_HOME) with {spec.hub_id!r} on a "
-            "machine with network access. Set HF_HUB_OFFLINE=1 to skip the network retries."
+            f"could not load the weights of backbone {name!r} from the hub ({spec.hub_id!r}: {type(err).__name__}"
+            f"{': ' + first if first else ''}). Use a local weights file instead: the original DINO file "
+            f"{spec.origin.rsplit('/', 1)[-1]} ({spec.origin}), a timm .safetensors/.pth state dict, or an authors' "
+            f"released STEGO/DepthG .ckpt; {download_hint(spec.hub_id)}"
         ) from err
 
 

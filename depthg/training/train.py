@@ -35,12 +35,13 @@ from tqdm import tqdm
 
 from depthg.config import Config
 from depthg.data.pairs import build_train_set
-from depthg.device import DistInfo, resolve_device
+from depthg.device import DistInfo, loader_workers, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.files import write_json
 from depthg.model.backbone import backbone_spec
 from depthg.model.segmenter import DepthGModel
-from depthg.paths import runs_dir
+from depthg.paths import claim_run_dir, runs_dir
+from depthg.paths import run_name as default_run_name
 from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
@@ -88,8 +89,10 @@ class Run:
         return self.run_dir / "metrics.jsonl"
 
 
-def run_directory(cfg: Config, run_name: str | None, results_dir: str | None) -> Path:
-    return runs_dir(results_dir) / (run_name or f"{cfg.name}-seed{cfg.train.seed}")
+def run_directory(cfg: Config, run_name: str | None, results_dir: str | None, *, kind: str | None = None) -> Path:
+    """The one place a training run's folder is named: ``run_name``, else :func:`depthg.paths.run_name`."""
+    name = run_name or default_run_name(cfg.data.dataset, cfg.name, cfg.train.seed, kind=kind)
+    return runs_dir(results_dir) / name
 
 
 class EpochPairs(torch.utils.data.Dataset):
@@ -239,8 +242,11 @@ def truncate_log(path: Path, start: int) -> None:
 
 
 def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None = None, resume: bool = False,
-          progress: bool = True, validator: Validator | None = None) -> TrainResult:
-    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations."""
+          progress: bool = True, validator: Validator | None = None, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations.
+
+    A folder holding another config's run or committed results is refused unless ``overwrite``
+    (:func:`depthg.paths.claim_run_dir`)."""
     t0 = time.time()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -251,22 +257,24 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
         # rank 0 holds the run folder: a second train/--resume/eval on it is refused, naming this process
         with run_lock(run_directory(cfg, run_name, results_dir)) if info.is_main else contextlib.nullcontext():
             return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                          validator, t0)
+                          validator, t0, overwrite)
     finally:
         shutdown_distributed()
 
 
 def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | None, results_dir: str | None,
-           resume: bool, progress: bool, validator: Validator | None, t0: float) -> TrainResult:
+           resume: bool, progress: bool, validator: Validator | None, t0: float, overwrite: bool) -> TrainResult:
     # ---- set-up: data, model, optimisers, schedule; per-rank seeds, so dropout and sampling differ across ranks
     seed = cfg.train.seed
+    run_dir = claim_run_dir(run_directory(cfg, run_name, results_dir), cfg.to_dict(), resume=resume,
+                            overwrite=overwrite)
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
     backbone_spec(cfg.model.backbone)  # an unknown name is reported as such, not as the kNN file it would need
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
-    run = Run(cfg=cfg, device=device, info=info, run_dir=run_directory(cfg, run_name, results_dir), model=model,
+    run = Run(cfg=cfg, device=device, info=info, run_dir=run_dir, model=model,
               step=step, ddp_step=DistributedDataParallel(step) if info.enabled else step, optimizers=optimizers,
               schedule=make_schedule(cfg).start(), generator=generator)
 
@@ -300,12 +308,13 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     total = cfg.train.iterations
     sampler = ResumableBatchSampler(len(dataset), cfg.data.batch_size, seed=seed, start=run.start, total=total,
                                     rank=info.rank, world=info.world)
-    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler,
+                                         num_workers=loader_workers(cfg.data.num_workers),
                                          pin_memory=device.type == "cuda",
                                          # its own generator: creating the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout would drift
                                          generator=torch.Generator().manual_seed(seed),
-                                         persistent_workers=cfg.data.num_workers > 0)
+                                         persistent_workers=loader_workers(cfg.data.num_workers) > 0)
     writer = _tensorboard(cfg, run.run_dir) if info.is_main else None
     bar = tqdm(total=total, initial=run.start, disable=not (progress and info.is_main), desc=cfg.name,
                dynamic_ncols=True)
