@@ -232,7 +232,8 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
         actions.append("depth maps")
     if "fivecrop" in todo():
 
-        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, progress=progress)
+        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, fidelity=cfg.fidelity.crop_format,
+                     progress=progress)
         actions.append("five-crop")
     if "knn" in todo():
 

@@ -47,6 +47,8 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("fivecrop", help="five-crop image, label and depth (METHOD.md §1.4)")
     _common(p)
     p.add_argument("--ratio", type=float, default=0.5, help="crop side as a fraction of the image side")
+    p.add_argument("--fidelity", choices=("paper", "reference"), default="paper",
+                   help="image format: paper = lossless PNG, reference = JPEG quality 75 as the release")
     p.set_defaults(func=_cmd_fivecrop)
 
     p = sub.add_parser("depth", help="monocular depth maps with a transformers model (METHOD.md §1.3)")
@@ -124,7 +126,8 @@ def _cmd_fivecrop(args) -> int:
     from depthg.data.fivecrop import run_fivecrop
 
     _check_data_dir(args)
-    _report("fivecrop", run_fivecrop(args.dataset, args.data_dir, args.splits, ratio=args.ratio, **_shard_args(args)))
+    _report("fivecrop", run_fivecrop(args.dataset, args.data_dir, args.splits, ratio=args.ratio, fidelity=args.fidelity,
+                                     **_shard_args(args)))
     return 0
 
 
@@ -175,7 +178,8 @@ def prepared_report(dataset: str, data_dir, splits, *, ratio: float = 0.5) -> st
         n = len(src)
         with_depth = sum(any(p.is_file() for p in src.depth_paths(i)) for i in range(n))
         ours = sum((depth_dir(dataset, data_dir) / split / f"{key}.png").is_file() for key in src.keys())
-        crops = len(list((five_crop_dir(dataset, data_dir, ratio) / "img" / split).glob("*.png")))
+        # PNG crops, or JPEG ones (crop_format=reference)
+        crops = len(list((five_crop_dir(dataset, data_dir, ratio) / "img" / split).glob("*.[pj][np]g")))
         knn_dir = five_crop_dir(dataset, data_dir, ratio).parent / "knn"
         knn = sorted(p.name for p in knn_dir.glob(f"nns_*_{split}_*.npz"))
         lines.append(f"  {split}: {n} source images; depth for {with_depth}/{n} ({ours} by the depth stage); "

@@ -309,7 +309,7 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     label_dir = root / "label" / split
     ds = Folder(name, split, root / "img" / split, label_dir if label_dir.is_dir() else None, L.map_cropped,
                 with_depth=with_depth, n_classes=n_classes, derived_name=derived_name, data_dir=data_dir,
-                suffixes=(".jpg",) if is_legacy else (".png",))
+                suffixes=(".jpg",) if is_legacy else (".png", ".jpg"))  # ours: PNG, or JPEG in reference
     missing = sorted(set(range(len(ds))) - {int(k) for k in ds.keys() if k.isdigit()})
     if missing:
         raise DataError(f"five-crop set {root / 'img' / split} lacks crop(s) {missing[:10]}; rerun "
