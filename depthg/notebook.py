@@ -241,7 +241,7 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
         n = len(train_source(d.dataset, data_dir, "train", crop=crop, ratio=d.crop_ratio, with_depth=False))
         run_knn(d.dataset, data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
                 res=d.knn_res, crop=crop, ratio=d.crop_ratio, k=min(KNN_K, n), device=device,
-                fidelity=cfg.fidelity.knn_features, progress=progress)
+                fidelity=cfg.fidelity.knn_features, bf16=cfg.train.bf16, progress=progress)
         actions.append("kNN file")
     return actions
 

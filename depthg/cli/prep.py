@@ -75,6 +75,8 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
                                                                 "256 MB budget)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast of the backbone on CUDA (train.bf16); "
+                                                            "default fp32, as the release")
     p.add_argument("--fidelity", choices=("paper", "reference"), default="paper",
                    help="paper: eval-mode features, bilinear resize; reference: Dropout2d(0.1) active and "
                         "NEAREST resize as the release")
@@ -151,6 +153,7 @@ def _cmd_knn(args) -> int:
         path = run_knn(args.dataset, args.data_dir, split, backbone=args.backbone, weights=args.weights,
                        res=args.res, crop=args.crop, ratio=args.ratio, k=args.k, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, device=args.device, fidelity=args.fidelity, seed=args.seed,
+                       bf16=args.bf16,
                        merge_only=args.merge, **_shard_args(args))
         pending = "this shard's features written; the file follows once every shard exists (or run with --merge)"
         print(f"knn {split}: {path or pending}")

@@ -159,10 +159,12 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
 
 def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_patch8", weights: str = "hub",
             res: int = 224, crop: str = "five", ratio: float = 0.5, k: int = 30, chunk_size: int | None = None,
-            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0,
+            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0, bf16: bool = False,
             merge_only: bool = False, rank: int = 0, world: int = 1, overwrite: bool = False,
             progress: bool = True) -> Path | None:
-    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing)."""
+    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing).
+
+    ``bf16``: the backbone's bf16 autocast on CUDA (train.bf16); fp32 otherwise, as the release."""
 
     if fidelity not in ("paper", "reference"):
         raise ConfigError(f"--fidelity must be paper or reference, got {fidelity!r}.")
@@ -177,7 +179,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,
               "crop": crop, "ratio": ratio if crop == "five" else None, "k": k, "fidelity": fidelity, "seed": seed,
-              "n_items": n}
+              "n_items": n, "precision": "bf16" if bf16 else "fp32"}
     params = json.loads(json.dumps(params))  # as read back from the manifest and the shards, for comparisons
     dev = resolve_device(device)
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)
@@ -190,7 +192,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
                 p.unlink(missing_ok=True)
         record_run(final.parent, "knn", final.stem, params)
         if not mine.is_file():
-            net = DinoBackbone(backbone, weights).to(dev)  # "random" weights use a fixed seed: same net on all ranks
+            net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)  # "random" weights use a fixed seed: same net on all ranks
             feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
                                      batch_size=batch_size, device=dev, progress=progress)
             _save_shard(mine, list(shard(n, rank, world)), feats,

@@ -286,3 +286,22 @@ def _few(keys: list[str], n: int = 8) -> str:
         return "none"
     more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def bf16_feature_gap(name: str = "vit_small_patch8", *, res: int = 224, n_images: int = 4, seed: int = 0) -> dict:
+    """How far bf16-autocast backbone features are from fp32 ones, on the CPU (bf16 autocast works there).
+
+    Random weights (``RANDOM_WEIGHTS_SEED``) of architecture ``name`` and ``n_images`` standard-normal images at
+    ``res`` px: the same network runs once in fp32 and once under bf16 autocast. Returns the per-patch cosine
+    similarity of the two feature maps (mean, min), the largest absolute difference, and that difference relative
+    to the largest fp32 feature magnitude.
+    """
+    net = DinoBackbone(name, "random", autocast=False)
+    x = torch.randn(n_images, 3, res, res, generator=torch.Generator().manual_seed(seed))
+    fp32, _ = net(x, attention=False)  # [B,C,h,w]
+    net.autocast = net.autocast_cpu = True
+    bf16, _ = net(x, attention=False)
+    cos = F.cosine_similarity(fp32, bf16, dim=1)  # [B,h,w]
+    diff = (fp32 - bf16).abs().max().item()
+    return {"backbone": name, "res": res, "n_images": n_images, "cosine_mean": cos.mean().item(),
+            "cosine_min": cos.min().item(), "max_abs": diff, "max_abs_relative": diff / fp32.abs().max().item()}
