@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from depthg.data import labels as L
 from depthg.data.depth_io import read_depth
+from depthg.data.item_order import five_crop_ids, order_identity, read_order_file
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
 from depthg.paths import data_root, derived_dir
@@ -112,6 +113,10 @@ class SourceDataset(Dataset):
         # directory sets without a given class count accept any stored id 0..254 (255 = ignore)
         self.n_classes = dataset_info(name, n_classes=n_classes).n_classes or 255
         self._keys: list[str] = []
+        # the ids behind each index, for the item-order identity kNN files are checked against
+        # (depthg.data.item_order); None: unknown (the release's crop set without its order file)
+        self.item_ids: list[str] | None = None
+        self.order_source = f"the {name}/{split} item list"
         # where depth is looked for, in order: (folder, file name pattern of the key); ours first (data contract)
         self.depth_locations = [(derived_dir(derived_name or name, data_dir) / "depth" / split, "{}.png")]
         self.depth_hint = _prep("depth", name)
@@ -121,9 +126,14 @@ class SourceDataset(Dataset):
             raise DataError(f"dataset {self.name!r} split {self.split!r} has no items in {where}; check the layout "
                             f"(METHOD.md §1.1) and data.data_dir.")
         self._keys = keys
+        self.item_ids = list(keys)
 
     def keys(self) -> list[str]:
         return list(self._keys)
+
+    def order_identity(self) -> str | None:
+        """sha256 of the ordered item ids (depthg.data.item_order), None when the order is unknown."""
+        return None if self.item_ids is None else order_identity(self.item_ids)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -314,6 +324,15 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     if missing:
         raise DataError(f"five-crop set {root / 'img' / split} lacks crop(s) {missing[:10]}; rerun "
                         f"{_prep('fivecrop', name, f' --splits {split}')}.")
+    # which source item each crop index stands for: the order file the five-crop stage writes (for the release's
+    # set, one the user writes: its source items in the release's order); without it the order is unknown
+    order_file = root / f"order_{split}.txt"
+    ds.order_source = str(order_file)
+    ds.item_ids = five_crop_ids(read_order_file(order_file)) if order_file.is_file() else None
+    if ds.item_ids is not None and len(ds.item_ids) != len(ds):
+        raise DataError(f"order file {order_file} lists {len(ds.item_ids) // 5} source items for {len(ds)} crops; "
+                        f"it belongs to another crop set: rerun {_prep('fivecrop', name, f' --splits {split}')} "
+                        f"with --overwrite.")
     # the crops carry their own depth: ours 16-bit <n>.png, the release's 8-bit <n>_zoedepth.png
     ds.depth_locations = [(root / "depth" / split, "{}_zoedepth.png" if is_legacy else "{}.png")]
     ds.depth_hint = _prep("depth", name) + " then " + _prep("fivecrop", name, " --overwrite")

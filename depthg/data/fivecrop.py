@@ -24,12 +24,12 @@ from PIL import Image
 from depthg.data.datasets import source_dataset
 from depthg.data.depth_estimation import depth_dir
 from depthg.data.depth_io import sidecar_path, write_depth
+from depthg.data.item_order import N_CROPS, order_identity, write_order_file
 from depthg.data.stage import StageResult, recorded_params, run_stage
 from depthg.errors import DataError
 from depthg.files import atomic_write
 from depthg.paths import derived_dir
 
-N_CROPS = 5
 CROP_NAMES = ("tl", "tr", "bl", "br", "centre")
 JPEG_QUALITY = 75  # PIL's default, which the release's save(...jpg) used
 # crop_format fidelity -> image suffix of the crops
@@ -153,7 +153,11 @@ def run_fivecrop(dataset: str, data_dir, splits, *, ratio: float = 0.5, fidelity
         has_label, has_depth = first.get("label") is not None, first.get("depth") is not None
         # the depth stage's parameters, when our depth maps are the source: regenerated depth makes the crops stale
         depth_stage = recorded_params(depth_dir(dataset, data_dir), split) if has_depth else None
+        # which source item each crop index stands for (crop n = 5 i + k): its identity in the manifest, its list
+        # in order_<split>.txt, which the kNN files of these crops are checked against (depthg.data.item_order)
+        write_order_file(root / f"order_{split}.txt", src.keys())
         params = {"dataset": dataset, "ratio": ratio, "n_items": len(src), "label": has_label, "depth": has_depth,
+                  "source_order": order_identity(src.keys()),
                   "depth_stage": depth_stage,
                   "image_format": "png" if suffix == ".png" else f"jpeg-q{JPEG_QUALITY}"}
 

@@ -148,7 +148,8 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
         feats, source = loaded
         nns = topk_cosine(torch.from_numpy(feats).to(device), k, chunk_size, progress=progress).numpy()
         save_knn(final, nns, dataset=params["dataset"], split=params["split"], backbone=params["backbone"],
-                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"])
+                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"],
+                 order=params["order"], order_source=params["order_source"])
         for p in paths:
             p.unlink(missing_ok=True)
         if not any(paths[0].parent.iterdir()):
@@ -174,12 +175,18 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     crop = effective_crop(dataset, crop)  # Potsdam is never cropped (METHOD.md §1.1)
     items = train_source(dataset, data_dir, split, crop=crop, ratio=ratio, with_depth=False)  # training's order
     n, image = len(items), lambda i: items[i]["image"]
+    order = items.order_identity()  # the kNN file indexes these items in this order (depthg.data.item_order)
+    if order is None:
+        raise DataError(f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
+                        f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
+                        f"{dataset} --overwrite` or write that file (the source keys in crop order).")
     final = knn_path(dataset.split(":", 1)[-1], split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,
               "crop": crop, "ratio": ratio if crop == "five" else None, "k": k, "fidelity": fidelity, "seed": seed,
-              "n_items": n, "precision": "bf16" if bf16 else "fp32"}
+              "n_items": n, "precision": "bf16" if bf16 else "fp32", "order": order,
+              "order_source": items.order_source}
     params = json.loads(json.dumps(params))  # as read back from the manifest and the shards, for comparisons
     dev = resolve_device(device)
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)

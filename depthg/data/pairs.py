@@ -117,14 +117,17 @@ def build_train_set(cfg) -> TrainPairs:
     crop = effective_crop(name, d.crop_type)
     derived_name = name.split(":", 1)[-1]
     ours, legacy = train_knn_paths(cfg)
-    expect = dict(dataset=name, split="train", backbone=cfg.model.backbone, res=d.knn_res, n_items=len(source))
+    args = (f" --splits train --backbone {cfg.model.backbone} --res {d.knn_res} --crop {crop} "
+            f"--ratio {d.crop_ratio:g} --fidelity {cfg.fidelity.knn_features}")
+    # the kNN rows must index these items in this order, not merely as many (depthg.data.item_order)
+    expect = dict(dataset=name, split="train", backbone=cfg.model.backbone, res=d.knn_res, n_items=len(source),
+                  order=source.order_identity(), order_source=source.order_source,
+                  rebuild=_prep("knn", name, args + " --overwrite"))
     if ours.is_file():
         nns, meta = load_knn(ours, expect=dict(expect, crop=crop))
     elif legacy.is_file():
         nns, meta = load_knn(legacy, expect=dict(expect, dataset=derived_name, crop=d.crop_type))
     else:
-        args = (f" --splits train --backbone {cfg.model.backbone} --res {d.knn_res} --crop {crop} "
-                f"--ratio {d.crop_ratio:g} --fidelity {cfg.fidelity.knn_features}")
         raise DataError(f"no kNN file for {name}/train (looked for {ours} and {legacy}); create it with "
                         f"{_prep('knn', name, args)}.")
     if meta.get("knn_features", cfg.fidelity.knn_features) != cfg.fidelity.knn_features:
