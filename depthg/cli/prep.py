@@ -49,13 +49,17 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.5, help="crop side as a fraction of the image side")
     p.add_argument("--fidelity", choices=("paper", "reference"), default="paper",
                    help="image format: paper = lossless PNG, reference = JPEG quality 75 as the release")
+    p.add_argument("--depth-model", default="", help="the config's data.depth_model; Intel/zoedepth-nyu reads the "
+                                                     "authors' released depth maps before ours")
     p.set_defaults(func=_cmd_fivecrop)
 
     p = sub.add_parser("depth", help="monocular depth maps with a transformers model (METHOD.md §1.3)")
     _common(p)
     p.add_argument("--model", default=None, help="HF model id or a local model directory (default: "
-                                                 "depth-anything/Depth-Anything-V2-Small-hf; the paper: "
-                                                 "Intel/zoedepth-nyu-kitti)")
+                                                 "depth-anything/Depth-Anything-V2-Small-hf; the paper and "
+                                                 "the release: Intel/zoedepth-nyu = ZoeD_M12_N)")
+    p.add_argument("--encoding", choices=("float16", "release8"), default="float16",
+                   help="float16: 16-bit PNG + sidecar; release8: the release's 8-bit min-max maps (reference)")
     p.add_argument("--output-kind", choices=("auto", "disparity", "metric"), default="auto",
                    help="what the model outputs; auto: metric for ZoeDepth-like models, else disparity")
     p.add_argument("--eps", type=float, default=0.1, help="disparity -> depth: 1/(normalised disparity + eps)")
@@ -129,6 +133,7 @@ def _cmd_fivecrop(args) -> int:
 
     _check_data_dir(args)
     _report("fivecrop", run_fivecrop(args.dataset, args.data_dir, args.splits, ratio=args.ratio, fidelity=args.fidelity,
+                                     depth_model=args.depth_model,
                                      **_shard_args(args)))
     return 0
 
@@ -140,7 +145,7 @@ def _cmd_depth(args) -> int:
     _check_data_dir(args)
     _report("depth", run_depth(args.dataset, args.data_dir, args.splits, model=args.model or DEFAULT_MODEL,
                                output_kind=args.output_kind, eps=args.eps, batch_size=args.batch_size,
-                               device=args.device, **_shard_args(args)))
+                               device=args.device, encoding=args.encoding, **_shard_args(args)))
     return 0
 
 

@@ -26,7 +26,7 @@ from scipy.io import loadmat
 from torch.utils.data import Dataset
 
 from depthg.data import labels as L
-from depthg.data.depth_io import read_depth
+from depthg.data.depth_io import RELEASED_MAPS_MODEL, depth_model_of, read_depth
 from depthg.data.item_order import five_crop_ids, order_identity, read_order_file
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
@@ -120,6 +120,8 @@ class SourceDataset(Dataset):
         # where depth is looked for, in order: (folder, file name pattern of the key); ours first (data contract)
         self.depth_locations = [(derived_dir(derived_name or name, data_dir) / "depth" / split, "{}.png")]
         self.depth_hint = _prep("depth", name)
+        # with the release's depth model asked for, its released maps (the later locations) are read first
+        self.prefer_released_depth = False
 
     def _set_keys(self, keys: list[str], where: Path) -> None:
         if not keys:
@@ -165,9 +167,11 @@ class SourceDataset(Dataset):
             raise DataError(f"label file {label_path} is {label.shape} but its image {self.image_path(i)} is {size}; "
                             f"the label does not belong to this image: restore it from the dataset download.")
         item = dict(key=key, image=image, label=label, depth=None, depth_bits=None, depth_units=None,
-                    depth_range=None)
+                    depth_range=None, depth_model=None)
         if self.with_depth:
             paths = self.depth_paths(i)
+            if self.prefer_released_depth:  # the authors' maps first (reference presets), then ours
+                paths = paths[1:] + paths[:1]
             path = next((p for p in paths if p.is_file()), None)
             if path is None:
                 raise DataError(f"{self.name}/{self.split} item {key!r} has no depth map (looked for "
@@ -179,7 +183,8 @@ class SourceDataset(Dataset):
             crop = meta.get("five_crop") or {}
             source_range = (crop["source_min"], crop["source_max"], crop.get("source_bits")) \
                 if "source_min" in crop else None
-            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range)
+            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range,
+                        depth_model=depth_model_of(meta))
         return item
 
 
@@ -340,8 +345,15 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
 
 
 def source_dataset(name: str, data_dir=None, split: str = "train", *, with_depth: bool = True,
-                   n_classes: int | None = None) -> SourceDataset:
-    """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring)."""
+                   n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
+    """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring). ``depth_model`` equal to
+    the release's (ZoeD_M12_N) reads the authors' released depth maps before ours, where both exist."""
+    ds = _source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
+    ds.prefer_released_depth = depth_model == RELEASED_MAPS_MODEL
+    return ds
+
+
+def _source_dataset(name: str, data_dir, split: str, *, with_depth: bool, n_classes: int | None) -> SourceDataset:
     base = name.split(":", 1)[0]
     dataset_info(name, n_classes=n_classes if base == "directory" else None)  # unknown name -> DataError
     if base == "directory":
@@ -362,12 +374,12 @@ def effective_crop(name: str, crop: str) -> str:
 
 
 def train_source(name: str, data_dir=None, split: str = "train", *, crop: str = "five", ratio: float = 0.5,
-                 with_depth: bool = True, n_classes: int | None = None) -> SourceDataset:
+                 with_depth: bool = True, n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
     """The items training (and the kNN stage) uses: the five-crop set, or the source set when not cropped."""
     if effective_crop(name, crop) == "five":
         dataset_info(name, n_classes=n_classes)
         return five_crop_dataset(name, data_dir, split, ratio=ratio, with_depth=with_depth, n_classes=n_classes)
-    return source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
+    return source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes, depth_model=depth_model)
 
 
 def _split_value(table: dict, split: str, name: str):

@@ -113,7 +113,8 @@ def write_item_crops(item: dict, i: int, root: Path, split: str, ratio: float, *
             _save_png(encode_label(labels[k], f"{dataset}/{split} item {key!r}"), paths["label"])
         if depths[k] is not None:
             write_depth(paths["depth"], np.ascontiguousarray(depths[k]), source=f"five-crop of {dataset}/{key}",
-                        units=units, extra={"five_crop": {"source_key": key, "crop": CROP_NAMES[k],
+                        units=units, extra={"depth_model": item.get("depth_model"),  # the model of the source map
+                                            "five_crop": {"source_key": key, "crop": CROP_NAMES[k],
                                                           "box": list(boxes[k]), "ratio": ratio, **full}})
         _save_image(np.ascontiguousarray(images[k]), paths["img"])  # last: the image marks the crop as written
 
@@ -135,10 +136,12 @@ def _remove(root: Path, split: str, i: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_fivecrop(dataset: str, data_dir, splits, *, ratio: float = 0.5, fidelity: str = "paper", rank: int = 0,
-                 world: int = 1, overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
+def run_fivecrop(dataset: str, data_dir, splits, *, ratio: float = 0.5, fidelity: str = "paper",
+                 depth_model: str = "", rank: int = 0, world: int = 1, overwrite: bool = False,
+                 progress: bool = True) -> list[tuple[str, StageResult]]:
     """The five-crop stage over ``splits``; this rank handles source items i % world == rank. ``fidelity`` is the
-    ``crop_format`` aspect: "paper" writes PNG images, "reference" JPEG quality 75."""
+    ``crop_format`` aspect: "paper" writes PNG images, "reference" JPEG quality 75. ``depth_model`` (the config's
+    data.depth_model) equal to the release's reads the authors' released depth maps before ours."""
     if fidelity not in IMAGE_SUFFIX:
         raise DataError(f"five-crop fidelity must be one of {', '.join(IMAGE_SUFFIX)}, got {fidelity!r}.")
     suffix = IMAGE_SUFFIX[fidelity]
@@ -146,7 +149,7 @@ def run_fivecrop(dataset: str, data_dir, splits, *, ratio: float = 0.5, fidelity
     root = five_crop_dir(dataset, data_dir, ratio)
     results = []
     for split in splits:
-        src = source_dataset(dataset, data_dir, split)
+        src = source_dataset(dataset, data_dir, split, depth_model=depth_model)
         if len(src) == 0:
             raise DataError(f"{dataset}/{split} has no images; check --data-dir and the dataset layout.")
         first = src[0]  # what the dataset holds decides which crops exist, and is recorded in the manifest
