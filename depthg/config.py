@@ -229,6 +229,12 @@ def _check_choice(key: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}.")
 
 
+def check_fidelity(value: Any, key: str = "fidelity") -> str:
+    """``value`` if it is a fidelity ('paper' or 'reference'); else the one ConfigError every module raises."""
+    _check_choice(key, value, FIDELITY_VALUES)
+    return value
+
+
 def _section_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

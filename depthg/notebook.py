@@ -26,7 +26,7 @@ from depthg.data.labels import dataset_info
 from depthg.data.pairs import build_eval_set, build_train_set, train_knn_paths
 from depthg.data.synthetic import write_synthetic
 from depthg.errors import ConfigError, DataError
-from depthg.paths import data_root, repo_root
+from depthg.paths import data_root, dataset_base, repo_root
 from depthg.presets import DEFAULT_PRESETS, load_preset
 from depthg.training.checkpoints import load_trained_model
 from depthg.training.train import run_directory, train
@@ -69,7 +69,7 @@ def resolve_config(dataset: str, *, preset: str | None = None, data_dir: str | N
     whitespace-separated string of section.key=value) come last and win. None leaves the preset's value."""
 
     dataset_info(dataset)  # unknown name -> DataError listing the valid ones
-    base = dataset.split(":", 1)[0]
+    base = dataset_base(dataset)
     if preset is None:
         if base not in DEFAULT_PRESETS:
             raise ConfigError(f"dataset {dataset!r} has no default preset; pass preset (one of "

@@ -68,3 +68,16 @@ def synthetic_world(tmp_path_factory):
     run_knn("synthetic", data_dir, "train", backbone=cfg.model.backbone, weights="random", res=cfg.data.knn_res,
             crop="none", k=30, device="cpu", progress=False)
     return data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers, as markers a user can select (``make test-golden``, ``test-fast``, ``test-integration``):
+    ``golden`` for parity with numbers the released code computed (tests/golden/), ``integration`` for the
+    tests marked ``slow`` (training runs, torchrun, notebooks), ``fast`` for everything else."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None or item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.fast)
+        if item.path.name == "test_golden.py" or "golden" in item.name:
+            item.add_marker(pytest.mark.golden)

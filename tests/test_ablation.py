@@ -224,3 +224,31 @@ def test_anchor_rows_have_sources_and_status_and_no_invented_depthg_numbers():
     assert list(stego["method"]) == ["STEGO", "DepthG", "PriMaPs-EM + HP"]
     assert anchors.published("synthetic").empty
     assert math.isnan(anchors.published("potsdam", backbone="vit_small_patch8")["mIoU"].iloc[1])
+
+
+def test_paired_differences_give_a_t_interval_over_seeds():
+    """Δ to the baseline is paired by seed; the 95% interval is mean ± t(0.975, n-1) sd / sqrt(n)."""
+    import math
+
+    from scipy import stats
+
+    base = [20.0, 22.0, 21.0]
+    dfc = [21.0, 24.5, 22.0]  # paired differences 1.0, 2.5, 1.0
+    rows = [{"variant": lab, "key": key, "seed": s, "run": f"{key}-s{s}", "iterations": 10, "crf": False,
+             "eval_images": 8, "git_commit": "x", "git_dirty": False, "cluster_acc": v + 50, "cluster_miou": v,
+             "linear_acc": v + 50, "linear_miou": v}
+            for lab, key, vals in (("STEGO baseline", "stego", base), ("+DFC", "dfc", dfc)) for s, v in enumerate(vals)]
+    records = pd.DataFrame(rows)
+    out = ablation.paired_differences(ablation.aggregate(records), records)
+    d = out.set_index("key")
+    diffs = [1.0, 2.5, 1.0]
+    mean, sd = sum(diffs) / 3, pd.Series(diffs).std(ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert d.loc["dfc", "d_cluster_miou"] == pytest.approx(mean)
+    assert d.loc["dfc", "d_cluster_miou_lo"] == pytest.approx(mean - half)
+    assert d.loc["dfc", "d_cluster_miou_hi"] == pytest.approx(mean + half)
+    assert d.loc["stego", "d_cluster_miou"] == 0 and d.loc["dfc", "d_pairs"] == 3
+    shown = ablation.display_table(out).set_index("variant")
+    assert shown.loc["STEGO baseline", "Δ cluster mIoU [95% CI]"] == "–"
+    # the interval [1.5 - 2.15, 1.5 + 2.15] contains 0: no star
+    assert shown.loc["+DFC", "Δ cluster mIoU [95% CI]"] == f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"

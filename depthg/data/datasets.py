@@ -30,7 +30,7 @@ from depthg.data.depth_io import RELEASED_MAPS_MODEL, depth_model_of, read_depth
 from depthg.data.item_order import five_crop_ids, order_identity, read_order_file
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
-from depthg.paths import data_root, derived_dir
+from depthg.paths import data_root, dataset_base, dataset_folder, derived_dir
 
 __all__ = ["dataset_info", "source_dataset", "five_crop_dataset", "train_source"]
 _UNCROPPED = ("potsdam", "potsdamraw")
@@ -312,7 +312,7 @@ def _synthetic(data_dir, split: str, with_depth: bool) -> Folder:
 def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True,
                       n_classes: int | None = None) -> Folder:
     """The five-crop set of ``name`` (METHOD.md §1.4): ours, else the release's ``cropped/`` set."""
-    derived_name = name.split(":", 1)[-1]
+    derived_name = dataset_folder(name)
     # = depthg.data.fivecrop.five_crop_dir (not imported: the prep stages depend on this module, not the reverse)
     ours = derived_dir(derived_name, data_dir) / f"five_crop_{ratio:g}"
     legacy = data_root(data_dir) / "cropped" / f"{derived_name}_five_crop_{ratio:g}"
@@ -354,13 +354,13 @@ def source_dataset(name: str, data_dir=None, split: str = "train", *, with_depth
 
 
 def _source_dataset(name: str, data_dir, split: str, *, with_depth: bool, n_classes: int | None) -> SourceDataset:
-    base = name.split(":", 1)[0]
+    base = dataset_base(name)
     dataset_info(name, n_classes=n_classes if base == "directory" else None)  # unknown name -> DataError
     if base == "directory":
         if ":" not in name:
             raise DataError("name a directory dataset 'directory:<folder>', the folder under the data root that "
                             "holds imgs/<split>/.")
-        return _directory(name.split(":", 1)[1], data_dir, split, with_depth, n_classes)
+        return _directory(dataset_folder(name), data_dir, split, with_depth, n_classes)
     if base == "synthetic":
         return _synthetic(data_dir, split, with_depth)
     if base in ("potsdam", "potsdamraw"):

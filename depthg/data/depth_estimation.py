@@ -50,7 +50,7 @@ _METRIC_MODEL_TYPES = ("zoedepth", "glpn", "depth_pro")
 def depth_dir(dataset: str, data_dir=None) -> Path:
     """``<data>/<dataset>/derived/depth``: holds ``<split>/<key>.png`` + ``.json`` (``directory:<folder>``: the
     folder's name), where ``depthg.data.datasets`` looks for depth first."""
-    return derived_dir(dataset.split(":", 1)[-1], data_dir) / "depth"
+    return derived_dir(dataset, data_dir) / "depth"
 
 
 def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tensor:

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from depthg.errors import ConfigError, DataError
+from depthg.config import check_fidelity
+from depthg.errors import DataError
 from depthg.files import atomic_write, write_text
 
 FORMAT_16 = "depthg-depth16"
@@ -185,8 +186,7 @@ def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bi
     """
     depth = np.asarray(depth)
     assert depth.ndim == 2, f"depth must be [H,W], got shape {depth.shape}"
-    if fidelity not in ("paper", "reference"):
-        raise ConfigError(f"fidelity.depth_loading must be 'paper' or 'reference', got {fidelity!r}")
+    check_fidelity(fidelity, "fidelity.depth_loading")
     if not np.isfinite(depth).all():
         raise DataError(f"depth map for dataset {dataset!r} holds non-finite values; regenerate its depth files")
     if fidelity == "paper":

@@ -39,7 +39,7 @@ IMAGE_SUFFIX = {"paper": ".png", "reference": ".jpg"}
 def five_crop_dir(dataset: str, data_dir=None, ratio: float = 0.5) -> Path:
     """``<data>/<dataset>/derived/five_crop_<ratio>`` (ratio printed with %g: 0.5 -> "0.5"); ``directory:<folder>``
     sets use their folder name."""
-    return derived_dir(dataset.split(":", 1)[-1], data_dir) / f"five_crop_{ratio:g}"
+    return derived_dir(dataset, data_dir) / f"five_crop_{ratio:g}"
 
 
 def five_crop_boxes(height: int, width: int, ratio: float = 0.5) -> list[tuple[int, int, int, int]]:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from depthg.config import check_fidelity
 from depthg.data.datasets import effective_crop, train_source
 from depthg.data.knn_file import knn_path, save_knn
 from depthg.data.stage import check_run, record_run, shard, stage_lock
@@ -41,6 +42,7 @@ from depthg.device import resolve_device
 from depthg.errors import ConfigError, DataError
 from depthg.files import atomic_write
 from depthg.model.backbone import DinoBackbone
+from depthg.paths import dataset_folder
 
 DROPOUT_P = 0.1  # DinoFeaturizer's Dropout2d (DG src/modules.py; METHOD.md §1.5)
 CHUNK_BUDGET_BYTES = 256 * 2**20  # similarity rows held at once, float32
@@ -167,8 +169,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
 
     ``bf16``: the backbone's bf16 autocast on CUDA (train.bf16); fp32 otherwise, as the release."""
 
-    if fidelity not in ("paper", "reference"):
-        raise ConfigError(f"--fidelity must be paper or reference, got {fidelity!r}.")
+    check_fidelity(fidelity, "--fidelity")
     if res < 1 or batch_size < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigError(f"--res, --batch-size and --chunk-size must be >= 1 (got {res}, {batch_size}, "
                           f"{chunk_size}).")
@@ -180,7 +181,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
         raise DataError(f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
                         f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
                         f"{dataset} --overwrite` or write that file (the source keys in crop order).")
-    final = knn_path(dataset.split(":", 1)[-1], split, backbone, crop, res, data_dir)
+    final = knn_path(dataset_folder(dataset), split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,

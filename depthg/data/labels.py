@@ -16,6 +16,7 @@ import numpy as np
 from depthg.data.synthetic import CLASS_COLORS as SYNTHETIC_CLASS_COLORS  # the generator owns its classes
 from depthg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from depthg.errors import DataError
+from depthg.paths import dataset_base
 
 IGNORE = -1
 DATASET_NAMES = ("cocostuff27", "cityscapes", "potsdam", "potsdamraw", "directory", "synthetic")
@@ -77,7 +78,7 @@ class DatasetInfo:
 def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
     """Classes of dataset ``name``. A ``directory:<folder>`` set has the ``n_classes`` given (model.n_classes), or
     n_classes = 0 and no names when none is given (its classes are not fixed by the dataset)."""
-    base = name.split(":", 1)[0]
+    base = dataset_base(name)
     if base == "cocostuff27":
         return DatasetInfo(name, 27, COCO27_CLASS_NAMES)
     if base == "cityscapes":

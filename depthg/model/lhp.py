@@ -36,6 +36,7 @@ Shapes: B batch, K code dim, H/W depth resolution, h/w feature grid, N = h*w pat
 import torch
 from torch import nn
 
+from depthg.config import check_fidelity
 from depthg.errors import ConfigError
 from depthg.model.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points, pool_depth
 
@@ -73,8 +74,7 @@ def lhp_weights(depth, grid_hw, *, fidelity="paper", neighbourhood="knn3d", k=8,
         # torch.quantile works along dim -1 of length N, within its 2^24 limit (METHOD.md §10).
         keep = delta <= torch.quantile(delta, 0.01, dim=-1, keepdim=True)
         return torch.where(keep, 1 - delta, torch.zeros_like(delta)) / N
-    if fidelity != "paper":
-        raise ConfigError(f"lhp fidelity={fidelity!r} is not 'paper' or 'reference'.")
+    check_fidelity(fidelity, "fidelity.lhp")
     if neighbourhood not in NEIGHBOURHOODS:
         raise ConfigError(f"lhp_neighbourhood={neighbourhood!r} is not one of {NEIGHBOURHOODS}.")
     points = depth_to_points(pooled, fidelity=lifting or "paper", fov_deg=fov_deg, z_scale=z_scale)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
+from scipy import stats
 
 from depthg.config import Config, FidelityConfig
 from depthg.evaluation.experiment import train_and_evaluate
@@ -193,6 +194,37 @@ def aggregate(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def paired_differences(agg: pd.DataFrame, records: pd.DataFrame, *, baseline: str = "stego",
+                       level: float = 0.95) -> pd.DataFrame:
+    """``agg`` plus, per variant and metric, the mean paired difference to the ``baseline`` variant over the seeds
+    both ran (``d_<metric>``) and its two-sided t confidence interval (``d_<metric>_lo``/``_hi``, ``level``).
+
+    Runs of one seed share the data order, the kNN partner draws and the head's initialisation (the seed sets them),
+    so the difference of a variant and the baseline at the same seed cancels the seed's share of the spread; the
+    interval is mean ± t(level, n-1) · sd/√n over those n paired differences (NaN with fewer than 2 pairs). An
+    interval that excludes 0 is an effect outside the seed noise at that level. Without the baseline variant in
+    ``records`` ``agg`` is returned unchanged.
+    """
+    if baseline not in set(records["key"]):
+        return agg
+    base = records[records["key"] == baseline].set_index("seed")
+    rows = []
+    for key, g in records.groupby("key", sort=False):
+        g = g.set_index("seed")
+        seeds = g.index.intersection(base.index)
+        row = {"key": key, "d_pairs": len(seeds), "d_is_baseline": key == baseline}
+        for col, _, _ in METRICS:
+            d = (g.loc[seeds, col] - base.loc[seeds, col]).to_numpy(float)
+            mean = float(d.mean()) if len(d) else float("nan")
+            if len(d) > 1:
+                half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+            else:
+                half = float("nan")
+            row.update({f"d_{col}": mean, f"d_{col}_lo": mean - half, f"d_{col}_hi": mean + half})
+        rows.append(row)
+    return agg.merge(pd.DataFrame(rows), on="key", how="left")
+
+
 def with_published(agg: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Add the published numbers (anchors) beside ours on a real dataset (unchanged otherwise): the STEGO baseline
     beside STEGO, the preset's own configuration beside DepthG, for the preset's backbone. Cells ANCHORS.md lacks
@@ -232,11 +264,24 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
+def _diff(d: float, lo: float, hi: float, is_baseline: bool) -> str:
+    """'+1.2 [+0.3, +2.1] *' (the star: the interval excludes 0); '–' for the baseline itself or no pairs."""
+    if is_baseline or math.isnan(d):
+        return "–"
+    if math.isnan(lo):
+        return f"{d:+.1f}"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" *" if lo > 0 or hi < 0 else "")
+
+
 def display_table(agg: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: 'mean ± std' strings, seeds and runs, published numbers where present."""
     out = pd.DataFrame({"variant": agg["variant"]})
     for col, _, _ in METRICS:
         out[METRIC_LABELS[col]] = [_pm(m, s) for m, s in zip(agg[f"{col}_mean"], agg[f"{col}_std"])]
+    if "d_cluster_miou" in agg:
+        for col in ("cluster_miou", "linear_miou"):
+            out[f"Δ {METRIC_LABELS[col]} [95% CI]"] = [_diff(*v) for v in zip(
+                agg[f"d_{col}"], agg[f"d_{col}_lo"], agg[f"d_{col}_hi"], agg["d_is_baseline"].fillna(False))]
     out["seeds"] = agg["seeds"]
     for probe in ("cluster", "linear"):
         if f"published_{probe}" in agg:
@@ -258,6 +303,9 @@ def notes(cfg: Config, table: str) -> list[str]:
     """What a reader needs beside the numbers: the variants' switches, what was not run, the anchors' status."""
     out = []
     if table == "component":
+        out.append("Δ: mean paired difference to the STEGO baseline over the seeds both ran (same seed = same data "
+                   "order, partners and initialisation), with a two-sided 95% t interval; * marks an interval that "
+                   "excludes 0, i.e. an effect outside the seed noise.")
         out += [f"{v.label}: {', '.join(f'{k}={val}' for k, val in v.overrides)}" + (f" ({v.note})" if v.note else "")
                 for v in COMPONENTS]
         released = released_variant(cfg)
