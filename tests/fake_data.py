@@ -19,8 +19,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from depthg.data.depth_io import write_depth
 from depthg.data.datasets import train_source
+from depthg.data.depth_io import write_depth
 from depthg.data.item_order import ORDER_SUFFIX, write_order_file
 from depthg.data.knn_file import knn_path, legacy_knn_path, save_knn
 from depthg.errors import DataError

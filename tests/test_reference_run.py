@@ -85,6 +85,7 @@ def test_release_selection_keeps_top2_and_reports_them_beside_the_last_step(synt
     assert prov["precision"] == "fp32" and prov["backbone_checkpoint"]["name"] == "random"
 
 
+@pytest.mark.slow
 def test_last_step_runs_have_no_release_selected_key(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=2", "train.val_every=1", "eval.max_images=4")
     result = train_and_evaluate(cfg, run_name="last", results_dir=str(tmp_path), progress=False)
@@ -156,6 +157,7 @@ def _lhp_cfg(data_dir, wiring, *extra):
                 f"fidelity.lhp_wiring={wiring}", *extra)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wiring", ["reference", "paper"])
 def test_reference_lhp_projection_stays_at_its_initialisation(synthetic_world, tmp_path, wiring):
     cfg = _lhp_cfg(synthetic_world, wiring)
@@ -170,7 +172,7 @@ def test_reference_lhp_projection_stays_at_its_initialisation(synthetic_world, t
     assert same == (wiring == "reference"), "reference: unchanged; paper: trained"
 
 
-def test_reference_lhp_draws_its_own_coords_and_counts_only_with_dfc(synthetic_world, monkeypatch):
+def test_reference_lhp_draws_its_own_coords_and_counts_only_with_dfc(tmp_path, monkeypatch):
     from depthg.training import step as step_mod
 
     calls = []
@@ -183,7 +185,7 @@ def test_reference_lhp_draws_its_own_coords_and_counts_only_with_dfc(synthetic_w
     label = torch.zeros(B, 112, 112, dtype=torch.long)
     for wiring, dfc, n_calls, has_lhp in (("reference", True, 4, True), ("paper", True, 2, True),
                                           ("reference", False, 2, False), ("paper", False, 2, True)):
-        cfg = _lhp_cfg(synthetic_world, wiring, f"loss.dfc={dfc}")
+        cfg = _lhp_cfg(tmp_path, wiring, f"loss.dfc={dfc}")  # the step needs no data
         _, step, _ = build_training(cfg, torch.device("cpu"))
         calls.clear()
         out = step(f, f_pos, depth, depth, label, samples=5, dfc_weight=0.2, dfc_shift=0.0, generator=g)

@@ -200,7 +200,8 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
                 p.unlink(missing_ok=True)
         record_run(final.parent, "knn", final.stem, params)
         if not mine.is_file():
-            net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)  # "random" weights use a fixed seed: same net on all ranks
+            # "random" weights use a fixed seed: the same net on all ranks
+            net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)
             feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
                                      batch_size=batch_size, device=dev, progress=progress)
             _save_shard(mine, list(shard(n, rank, world)), feats,

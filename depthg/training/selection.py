@@ -16,8 +16,8 @@ after the resumed-from iteration are dropped (those iterations run again).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from depthg.errors import ConfigError
 from depthg.files import write_json

@@ -41,10 +41,10 @@ from depthg.model.segmenter import DepthGModel
 from depthg.paths import runs_dir
 from depthg.runs import provenance, write_run
 from depthg.training import checkpoints
-from depthg.training.selection import ReleaseSelection
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
 from depthg.training.rng import gather_rng, rng_state, seed_everything, set_rng_state
 from depthg.training.schedules import Schedule
+from depthg.training.selection import ReleaseSelection
 from depthg.training.step import StepSettings, TrainStep
 
 Validator = Callable[[DepthGModel], dict]  # model (eval mode) -> {"cluster": {...}, "linear": {...}}
