@@ -40,6 +40,7 @@ def test_train_bf16_governs_the_backbone(bf16):
     assert model.backbone.precision("cpu") == "fp32"  # CPU training stays fp32 whatever the flag
 
 
+@pytest.mark.slow
 def test_bf16_feature_gap_is_measured_on_cpu():
     gap = bf16_feature_gap("vit_tiny_patch8", res=32, n_images=2)
     assert 0.9 < gap["cosine_min"] <= gap["cosine_mean"] < 1.0, gap  # bf16 really ran: the features differ
@@ -172,6 +173,7 @@ def test_reference_lhp_projection_stays_at_its_initialisation(synthetic_world, t
     assert same == (wiring == "reference"), "reference: unchanged; paper: trained"
 
 
+@pytest.mark.slow
 def test_reference_lhp_draws_its_own_coords_and_counts_only_with_dfc(tmp_path, monkeypatch):
     from depthg.training import step as step_mod
 
