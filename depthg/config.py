@@ -24,6 +24,7 @@ from depthg.errors import ConfigError
 
 Fidelity = Literal["paper", "reference"]
 FIDELITY_VALUES = ("paper", "reference")
+SELECT_METRICS = ("cluster/mIoU", "cluster/accuracy", "linear/mIoU", "linear/accuracy")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class FidelityConfig:
     depth_loading: Fidelity = "paper"  # float depth, missing file is an error vs 8-bit, Potsdam truncation (§1.6)
     knn_features: Fidelity = "paper"  # eval-mode features vs dropout active (§1.5)
     image_interpolation: Fidelity = "paper"  # bilinear image resize vs NEAREST (§1.6, §9 #13)
+    crop_format: Fidelity = "paper"  # five-crop images as lossless PNG vs JPEG quality 75 (§1.4)
+    partial_batch: Fidelity = "paper"  # drop each epoch's last partial batch vs keep it (drop_last=False, §1.7)
+    lhp_wiring: Fidelity = "paper"  # trained LHP projection, shared coords, always added vs projection in no
+    #   optimiser (stays at its initialisation), its own sampling coordinates, added only with DFC on (§5.2)
 
     @classmethod
     def all(cls, value: str) -> "FidelityConfig":
@@ -64,6 +69,10 @@ class DataConfig:
     crop_ratio: float = 0.5
     num_neighbors: int = 7  # kNN partner rank drawn from 1..num_neighbors (§1.7)
     knn_res: int = 224  # one value for the kNN file name and its computation (§9 #8)
+    # the depth model training requires the maps to come from ("" = any); the depth sidecars / the release's
+    # _zoedepth.png files say which model made each map (depthg.data.datasets.depth_model_of)
+    depth_model: str = ""
+    allow_other_depth_model: bool = False  # true: train on depth made by another model than depth_model (warns)
     batch_size: int = 32
     num_workers: int = 4
 
@@ -124,10 +133,17 @@ class TrainConfig:
     probe_lr: float = 5e-3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    bf16: bool = True  # bf16 autocast for the frozen backbone, CUDA only
+    bf16: bool = True  # bf16 autocast of the frozen backbone on CUDA (training, kNN features, evaluation)
+    tf32: bool = False  # TF32 CUDA matmuls/convolutions; off = true fp32, as the release (Lightning's default)
     checkpoint_every: int = 500
     log_every: int = 10
     val_every: int = 0  # >0: also validate every N iterations (no CRF) and report the best beside the last step
+    # "last": the last step is the result; "release": also keep the top-2 checkpoints by select_metric on the
+    # validation passes (the evaluation split, as the release's ModelCheckpoint, METHOD §2.4) and evaluate the best
+    # with CRF beside the last step (metrics.json "release_selected")
+    select: str = "last"
+    select_metric: str = "cluster/mIoU"  # "<cluster|linear>/<mIoU|accuracy>"; the release's Potsdam: accuracy
+    select_top_k: int = 2
     tensorboard: bool = False
     threads: int = 0  # torch.set_num_threads; 0 leaves the default
 
@@ -158,6 +174,11 @@ class Config:
         _check_choice("loss.depth_sampling", self.loss.depth_sampling, ("fps", "random"))
         _check_choice("loss.lhp_neighbourhood", self.loss.lhp_neighbourhood, ("knn3d", "window3"))
         _check_choice("data.crop_type", self.data.crop_type, ("five", "none"))
+        _check_choice("train.select", self.train.select, ("last", "release"))
+        _check_choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
+        if self.train.select == "release" and self.train.val_every < 1:
+            raise ConfigError("train.select=release selects among validation passes: set train.val_every >= 1 "
+                              "(the release validates every 100 training batches).")
         for f in fields(FidelityConfig):
             _check_choice(f"fidelity.{f.name}", getattr(self.fidelity, f.name), FIDELITY_VALUES)
         validate(self)

@@ -19,7 +19,7 @@ from typing import Any
 
 from depthg.config import Config
 from depthg.data.datasets import effective_crop, train_source
-from depthg.data.depth_estimation import DEFAULT_MODEL, run_depth
+from depthg.data.depth_estimation import DEFAULT_MODEL, PAPER_MODEL, run_depth
 from depthg.data.fivecrop import run_fivecrop
 from depthg.data.knn import run_knn
 from depthg.data.labels import dataset_info
@@ -182,12 +182,15 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
         return actions  # nothing to prepare from; the check reports what to download
     if "depth" in todo():
 
-        run_depth(d.dataset, data_dir, ["train"], model=depth_model or DEFAULT_MODEL, device=device,
-                  progress=progress)
+        # a reference preset asks for the release's model (data.depth_model) and its 8-bit encoding
+        model = depth_model or d.depth_model or DEFAULT_MODEL
+        run_depth(d.dataset, data_dir, ["train"], model=model, device=device, progress=progress,
+                  encoding="release8" if model == PAPER_MODEL else "float16")
         actions.append("depth maps")
     if "fivecrop" in todo():
 
-        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, progress=progress)
+        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, fidelity=cfg.fidelity.crop_format,
+                     depth_model=d.depth_model, progress=progress)
         actions.append("five-crop")
     if "knn" in todo():
 
@@ -195,7 +198,7 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
         n = len(train_source(d.dataset, data_dir, "train", crop=crop, ratio=d.crop_ratio, with_depth=False))
         run_knn(d.dataset, data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
                 res=d.knn_res, crop=crop, ratio=d.crop_ratio, k=knn_k(n, d.num_neighbors, where=f"{d.dataset}/train"), device=device,
-                fidelity=cfg.fidelity.knn_features, progress=progress)
+                fidelity=cfg.fidelity.knn_features, bf16=cfg.train.bf16, progress=progress)
         actions.append("kNN file")
     return actions
 

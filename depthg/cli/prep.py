@@ -55,14 +55,20 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
                                            "corners and the centre) for training")
     _common(p)
     p.add_argument("--ratio", type=float, default=0.5, help="crop side as a fraction of the image side")
+    p.add_argument("--fidelity", choices=("paper", "reference"), default="paper",
+                   help="image format: paper = lossless PNG, reference = JPEG quality 75 as the release")
+    p.add_argument("--depth-model", default="", help="the config's data.depth_model; Intel/zoedepth-nyu reads the "
+                                                     "authors' released depth maps before ours")
     p.set_defaults(func=_cmd_fivecrop)
 
     p = sub.add_parser("depth", help="estimate a depth map for every image with a monocular depth model "
                                         "(Hugging Face transformers)")
     _common(p)
     p.add_argument("--model", default=None, help="HF model id or a local model directory (default: "
-                                                 "depth-anything/Depth-Anything-V2-Small-hf; the paper: "
-                                                 "Intel/zoedepth-nyu-kitti)")
+                                                 "depth-anything/Depth-Anything-V2-Small-hf; the paper and "
+                                                 "the release: Intel/zoedepth-nyu = ZoeD_M12_N)")
+    p.add_argument("--encoding", choices=("float16", "release8"), default="float16",
+                   help="float16: 16-bit PNG + sidecar; release8: the release's 8-bit min-max maps (reference)")
     p.add_argument("--output-kind", choices=("auto", "disparity", "metric"), default="auto",
                    help="what the model outputs; auto: metric for ZoeDepth-like models, else disparity")
     p.add_argument("--eps", type=float, default=0.1, help="disparity -> depth: 1/(normalised disparity + eps)")
@@ -89,6 +95,8 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
                                                                 "256 MB budget)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast of the backbone on CUDA (train.bf16); "
+                                                            "default fp32, as the release")
     p.add_argument("--fidelity", choices=("paper", "reference"), default="paper",
                    help="paper: eval-mode features, bilinear resize; reference: Dropout2d(0.1) active and "
                         "NEAREST resize as the release")
@@ -165,7 +173,9 @@ def _cmd_fivecrop(args) -> int:
     from depthg.data.fivecrop import run_fivecrop
 
     _check_data_dir(args)
-    _report("fivecrop", run_fivecrop(args.dataset, args.data_dir, args.splits, ratio=args.ratio, **_shard_args(args)))
+    _report("fivecrop", run_fivecrop(args.dataset, args.data_dir, args.splits, ratio=args.ratio, fidelity=args.fidelity,
+                                     depth_model=args.depth_model,
+                                     **_shard_args(args)))
     return 0
 
 
@@ -176,7 +186,7 @@ def _cmd_depth(args) -> int:
     _check_data_dir(args)
     _report("depth", run_depth(args.dataset, args.data_dir, args.splits, model=args.model or DEFAULT_MODEL,
                                output_kind=args.output_kind, eps=args.eps, batch_size=args.batch_size,
-                               device=args.device, **_shard_args(args)))
+                               device=args.device, encoding=args.encoding, **_shard_args(args)))
     return 0
 
 
@@ -194,6 +204,7 @@ def _cmd_knn(args) -> int:
         path = run_knn(args.dataset, args.data_dir, split, backbone=args.backbone, weights=args.weights,
                        res=args.res, crop=args.crop, ratio=args.ratio, k=k, chunk_size=args.chunk_size,
                        batch_size=args.batch_size, device=args.device, fidelity=args.fidelity, seed=args.seed,
+                       bf16=args.bf16,
                        merge_only=args.merge, **_shard_args(args))
         pending = "this shard's features written; the file follows once every shard exists (or run with --merge)"
         print(f"knn {split}: {path or pending}")

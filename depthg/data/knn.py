@@ -152,7 +152,8 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
         feats, source = loaded
         nns = topk_cosine(torch.from_numpy(feats).to(device), k, chunk_size, progress=progress).numpy()
         save_knn(final, nns, dataset=params["dataset"], split=params["split"], backbone=params["backbone"],
-                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"])
+                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"],
+                 order=params["order"], order_source=params["order_source"])
         for p in paths:
             p.unlink(missing_ok=True)
         if not any(paths[0].parent.iterdir()):
@@ -163,10 +164,12 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
 
 def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_patch8", weights: str = "hub",
             res: int = 224, crop: str = "five", ratio: float = 0.5, k: int = 30, chunk_size: int | None = None,
-            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0,
+            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0, bf16: bool = False,
             merge_only: bool = False, rank: int = 0, world: int = 1, overwrite: bool = False,
             progress: bool = True) -> Path | None:
-    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing)."""
+    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing).
+
+    ``bf16``: the backbone's bf16 autocast on CUDA (train.bf16); fp32 otherwise, as the release."""
 
     check_fidelity(fidelity, "--fidelity")
     if res < 1 or batch_size < 1 or (chunk_size is not None and chunk_size < 1):
@@ -175,12 +178,18 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     crop = effective_crop(dataset, crop)  # Potsdam is never cropped (METHOD.md §1.1)
     items = train_source(dataset, data_dir, split, crop=crop, ratio=ratio, with_depth=False)  # training's order
     n, image = len(items), lambda i: items[i]["image"]
+    order = items.order_identity()  # the kNN file indexes these items in this order (depthg.data.item_order)
+    if order is None:
+        raise DataError(f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
+                        f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
+                        f"{dataset} --overwrite` or write that file (the source keys in crop order).")
     final = knn_path(dataset_folder(dataset), split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,
               "crop": crop, "ratio": ratio if crop == "five" else None, "k": k, "fidelity": fidelity, "seed": seed,
-              "n_items": n}
+              "n_items": n, "precision": "bf16" if bf16 else "fp32", "order": order,
+              "order_source": items.order_source}
     params = json.loads(json.dumps(params))  # as read back from the manifest and the shards, for comparisons
     dev = resolve_device(device)
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)
@@ -191,7 +200,7 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     if not merge_only and _shard_params(mine) != params:  # a finished shard of these parameters is kept
         # the weights are loaded (and checked) before anything is replaced or recorded: a bad --weights costs
         # neither the old kNN file nor its manifest entry
-        net = DinoBackbone(backbone, weights).to(dev)  # "random" weights use a fixed seed: same net on all ranks
+        net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)  # "random" weights use a fixed seed: same net on all ranks
         feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
                                  batch_size=batch_size, device=dev, progress=progress)
         _save_shard(mine, list(shard(n, rank, world)), feats,  # atomic: replaces an older shard

@@ -31,6 +31,7 @@ from depthg.errors import ConfigError, DataError, OutputError
 from depthg.evaluation import released
 from depthg.evaluation.crf import CRFPool
 from depthg.evaluation.metrics import UnsupervisedMetrics
+from depthg.model.backbone import set_tf32
 from depthg.paths import claim_run_dir, file_tag, runs_dir
 from depthg.paths import run_name as default_run_name
 from depthg.presets import PAPER_PRESETS, load_preset
@@ -58,6 +59,9 @@ def evaluate_model(model, cfg: Config, *, split: str = "val", crf: bool | None =
     crf = cfg.eval.crf if crf is None else crf
     device = torch.device(device) if device is not None else next(model.head.parameters()).device
     model.eval()
+    # the run's precision governs evaluation too (train.bf16, train.tf32; reference: fp32 as the release)
+    model.backbone.autocast = cfg.train.bf16
+    set_tf32(cfg.train.tf32)
     dataset = build_eval_set(cfg, split=split)
     split_size = len(dataset)
     if cfg.eval.max_images:

@@ -25,15 +25,20 @@ def offline_requested() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint ($HF_ENDPOINT, default huggingface.co:443) opens in time."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (80 if url.scheme == "http" else 443)
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the host of ``url`` opens in time."""
+    parsed = urlparse(url)
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint ($HF_ENDPOINT, default huggingface.co:443) opens in time."""
+    return host_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 @contextlib.contextmanager

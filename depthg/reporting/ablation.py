@@ -68,7 +68,9 @@ COMPONENTS = (
 ASPECTS = tuple(f.name for f in fields(FidelityConfig))
 # Aspects a training run cannot show: they act in a preparation stage whose output the run only reads.
 NOT_IN_TRAINING = {"knn_features": "acts in the kNN stage only (`python -m depthg prep knn --fidelity reference`); "
-                                   "training reads the prepared kNN file, so this run would equal 'all paper'"}
+                                   "training reads the prepared kNN file, so this run would equal 'all paper'",
+                    "crop_format": "acts in the five-crop stage only (`python -m depthg prep fivecrop --fidelity "
+                                   "reference` writes JPEG quality 75); training reads the prepared crops"}
 
 
 def component_variants() -> tuple[Variant, ...]:

@@ -39,14 +39,16 @@ from depthg.device import DistInfo, loader_workers, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.files import write_json
 from depthg.model.backbone import backbone_spec
+from depthg.model.backbone import set_tf32
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import claim_run_dir, runs_dir
 from depthg.paths import run_name as default_run_name
 from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
-from depthg.training.rng import gather_rng, seed_everything, set_rng_state
+from depthg.training.rng import gather_rng, rng_state, seed_everything, set_rng_state
 from depthg.training.schedules import Schedule
+from depthg.training.selection import ReleaseSelection
 from depthg.training.step import StepSettings, TrainStep
 
 Validator = Callable[[DepthGModel], dict]  # model (eval mode) -> {"cluster": {...}, "linear": {...}}
@@ -62,6 +64,7 @@ class TrainResult:
     is_main: bool  # rank 0 (the process that writes files and evaluates)
     wall_time_s: float
     metrics: dict | None = None  # the last step's evaluation, filled in by the evaluation layer
+    selected: list[dict] | None = None  # train.select=release: the kept checkpoints, best first (selection.py)
 
 
 @dataclass
@@ -119,12 +122,16 @@ def make_schedule(cfg: Config) -> Schedule:
 
 
 def build_training(cfg: Config, device: torch.device) -> tuple[DepthGModel, TrainStep, dict]:
-    """The model, its trainable part and the three Adam optimisers (METHOD.md §2.4)."""
-    model = DepthGModel.from_config(cfg.model).to(device)
+    """The model, its trainable part and the three Adam optimisers (METHOD.md §2.4).
+
+    The LHP projection trains with the head in paper fidelity; in reference wiring it is in no optimiser, as in the
+    release (its configure_optimizers lists the net and the probes only, METHOD.md §5.2), so it keeps its
+    initialisation."""
+    model = DepthGModel.from_config(cfg.model, autocast=cfg.train.bf16).to(device)
     step = TrainStep(model.head, model.cluster_probe, model.linear_probe, StepSettings.from_config(cfg),
                      cfg.model.dim).to(device)
     head_params = list(model.head.parameters())
-    if step.lhp_projection is not None:
+    if step.lhp_projection is not None and cfg.fidelity.lhp_wiring == "paper":
         head_params += list(step.lhp_projection.parameters())
     optimizers = {
         "head": torch.optim.Adam(head_params, lr=cfg.train.lr),
@@ -250,6 +257,7 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
     t0 = time.time()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    set_tf32(cfg.train.tf32)
     requested = cfg.train.device
     info = init_distributed("cuda" if requested.startswith("cuda") or
                             (requested == "auto" and torch.cuda.is_available()) else "cpu")
@@ -307,9 +315,12 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     # ---- the batch order is a function of (seed, iteration): a resumed run draws the batches it would have drawn
     total = cfg.train.iterations
     sampler = ResumableBatchSampler(len(dataset), cfg.data.batch_size, seed=seed, start=run.start, total=total,
-                                    rank=info.rank, world=info.world)
-    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler,
-                                         num_workers=loader_workers(cfg.data.num_workers),
+                                    rank=info.rank, world=info.world,
+                                    drop_last=cfg.fidelity.partial_batch == "paper")
+    selection = ReleaseSelection(run.run_dir / "checkpoints", cfg.train.select_metric, cfg.train.select_top_k,
+                                 start=run.start) if cfg.train.select == "release" and info.is_main else None
+    val_due = validation_schedule(cfg, sampler.batches_per_epoch)
+    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=loader_workers(cfg.data.num_workers),
                                          pin_memory=device.type == "cuda",
                                          # its own generator: creating the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout would drift
@@ -331,8 +342,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
             done = it + 1
             log_now = it % cfg.train.log_every == 0 or done == total
             save_now = done % cfg.train.checkpoint_every == 0 or done == total
-            validate_now = validator is not None and cfg.train.val_every and done % cfg.train.val_every == 0 \
-                and done < total
+            validate_now = validator is not None and val_due(done, total)
 
             # ---- the host reads the device only here: finiteness first, so nothing non-finite is logged or saved
             if log_now or save_now or validate_now:
@@ -356,7 +366,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
 
             # ---- periodic validation (no CRF): reported beside the last step, labelled; rank 0 evaluates
             if validate_now:
-                best = _validate(run, validator, done, best, log)
+                best = _validate(run, validator, done, best, log, selection)
 
             # ---- checkpoint, atomically
             if save_now:
@@ -377,22 +387,55 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         write_run(run.run_dir, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=wall,
             extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world,
-                   "resume_changes": changes or None}))
+                   "resume_changes": changes or None, **precision_record(cfg, model, device)}))
     barrier(info)
     return TrainResult(run_dir=run.run_dir, iterations=total, checkpoint=run.checkpoint, model=model,
-                       best_on_validation=best, is_main=info.is_main, wall_time_s=wall)
+                       best_on_validation=best, is_main=info.is_main, wall_time_s=wall,
+                       selected=selection.kept if selection is not None else None)
 
 
-def _validate(run: Run, validator: Validator, done: int, best: dict | None, log) -> dict | None:
+def precision_record(cfg: Config, model: DepthGModel, device: torch.device) -> dict:
+    """What provenance records about how the backbone computed: precision, TF32, and its weights' name and sha256."""
+    return {"precision": model.backbone.precision(device), "tf32": cfg.train.tf32,
+            "backbone_checkpoint": model.backbone.weights_record}
+
+
+def validation_schedule(cfg: Config, batches_per_epoch: int) -> Callable[[int, int], bool]:
+    """(iterations done, total) -> whether to validate now.
+
+    ``train.select=last``: every ``val_every`` iterations, never at the very end (the last step is evaluated anyway).
+    ``train.select=release``, as Lightning ran the release (METHOD.md §2.4): every ``val_every`` training batches
+    (Lightning counts batches here, not its 3x global steps, so no step_unit conversion), the final batch included
+    when due; a val_every larger than a quarter of an epoch is dropped (DG src/train_segmentation.py:683-691), and
+    Lightning's default then validates at the end of every epoch.
+    """
+    every = cfg.train.val_every
+    if not every:
+        return lambda done, total: False
+    if cfg.train.select != "release":
+        return lambda done, total: done % every == 0 and done < total
+    if every > batches_per_epoch / 4:
+        return lambda done, total: done % batches_per_epoch == 0
+    return lambda done, total: done % every == 0
+
+
+def _validate(run: Run, validator: Validator, done: int, best: dict | None, log,
+              selection: ReleaseSelection | None = None) -> dict | None:
     """Validate (rank 0, other ranks wait), log it, and return the best so far by cluster mIoU.
 
     The release selects its checkpoint on the evaluation split (METHOD.md §2.4, §9 #12); here that number is only
-    reported beside the last-step result and labelled. The head goes back to training mode afterwards (evaluation
-    switches dropout off).
+    reported beside the last-step result and labelled, and with ``selection`` (train.select=release) the top-k
+    checkpoints by the release's metric are kept for the final CRF evaluation. The head goes back to training mode
+    afterwards (evaluation switches dropout off).
     """
     if run.info.is_main:
         m = validator(run.model.eval())
         run.model.train()
+        if selection is not None and selection.qualifies(m):
+            rng = [rng_state(run.generator)]  # rank 0 writes it alone: no gather across ranks
+            selection.add(m, done, lambda path: checkpoints.save_training_state(
+                path, cfg=run.cfg, model=run.model, step=run.step, optimizers=run.optimizers,
+                schedule=run.schedule.state_dict(), iteration=done, rng=rng))
         record = {"iteration": done - 1, "validation": {k: {"accuracy": v["accuracy"], "mIoU": v["mIoU"]}
                                                         for k, v in m.items() if k in ("cluster", "linear")}}
         log.write(json.dumps(record) + "\n")
