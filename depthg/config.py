@@ -356,7 +356,7 @@ RANGES: dict[str, Range] = {
     "schedule.fps_sample_decay_every_steps": AT_LEAST_ONE, "schedule.fps_sample_decay_factor": Range(0, 1, True),
     "schedule.fps_min_samples": NON_NEGATIVE,
     "train.iterations": NON_NEGATIVE, "train.lr": POSITIVE, "train.probe_lr": POSITIVE, "train.seed": NON_NEGATIVE,
-    "train.checkpoint_every": AT_LEAST_ONE, "train.log_every": AT_LEAST_ONE, "train.val_every": NON_NEGATIVE,
+    "train.checkpoint_every": AT_LEAST_ONE, "train.log_every": AT_LEAST_ONE, "train.val_every": NON_NEGATIVE, "train.select_top_k": AT_LEAST_ONE,
     "train.threads": NON_NEGATIVE,
     "eval.res": Range(8), "eval.batch_size": AT_LEAST_ONE, "eval.crf_workers": NON_NEGATIVE,
     "eval.max_images": NON_NEGATIVE, "eval.crf_timeout": POSITIVE,

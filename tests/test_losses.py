@@ -144,8 +144,8 @@ def test_reference_dfc_in_assembly_pairs_codes_with_release_depth():
     coords = sampling.random_coords(2, 4, generator=_gen(9))
     depth = torch.rand(2, 1, 32, 48, generator=_gen(10)) * 255
     depth[:, :, 10:, :5] = 0  # zeros on one side only, so the pairing matters
-    out = losses.correlation_loss(f, f, z, z, depth, depth, coords, coords, **WEIGHTS, neg_samples=0,
-                                  dfc_weight=1.0, dfc_shift=0.1, dfc_target="reference")
+    out = losses.correlation_loss(f, f, z, z, depth, depth, coords, coords,
+                                  _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.1, dfc_target="reference"))
     z_rel = sampling.sample(z, coords).transpose(2, 3)  # the release's layout
     release = _release_dfc(z_rel, z_rel, depth, depth, 0.1).mean()
     assert out["dfc"].item() == pytest.approx(release.item(), rel=1e-5)
@@ -194,7 +194,8 @@ def _release_structure(f1, f2, z1, z2, d1, c1, c2, t, generator):
         out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper",
                                                zero_clamp=t.zero_clamp)[0].mean()
     else:
-        out["dfc"] = losses.depth_feature_term(z1s, z1s, d1, d1, t.dfc_shift, target="reference",
+        z_rel = z1s.transpose(2, 3)  # the release's code layout, which its depth correlation is laid out in
+        out["dfc"] = losses.depth_feature_term(z_rel, z_rel, d1, d1, t.dfc_shift, target="reference",
                                                zero_clamp=t.zero_clamp)[0].mean()
     out["total"] = (t.pos_intra_weight * out["intra"] + t.pos_inter_weight * out["inter"]
                     + t.neg_inter_weight * out["neg"] + t.dfc_weight * out["dfc"])

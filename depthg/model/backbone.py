@@ -24,6 +24,7 @@ Shapes: B batch, H/W image size, p patch size, h/w patch grid (H/p, W/p), C chan
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthg.errors import ConfigError, WeightsError
-from depthg.model.hub import host_reachable, offline_requested
 from depthg.files import file_sha256
+from depthg.model.hub import offline_requested
 from depthg.model.weights import read_checkpoint, vit_state_from_checkpoint
 
 
@@ -118,6 +119,7 @@ def block_attention(attn: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 RANDOM_WEIGHTS_SEED = 0
+DOWNLOAD_TIMEOUT_S = 10.0  # per socket operation of a weights download
 
 
 class DinoBackbone(nn.Module):
@@ -267,10 +269,16 @@ def hub_weights_file(name: str) -> Path:
     if path.is_file():
         return path
     try:
-        if not offline_requested() and not host_reachable(spec.url):
-            raise OSError(f"no network connection to {spec.url.split('/')[2]}")  # fail now, not after retries
+        if offline_requested():
+            raise OSError("HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set")
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(spec.url, str(path), progress=False)  # writes a temp file, then renames
+        # a bounded socket timeout: without network the download fails in seconds instead of hanging
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            torch.hub.download_url_to_file(spec.url, str(path), progress=False)  # a temp file, then a rename
+        finally:
+            socket.setdefaulttimeout(previous)
     except Exception as err:  # offline, HTTP error, read-only cache: all end the same way for the user
         raise WeightsError(
             f"backbone {name!r} needs the DINO checkpoint {spec.file_name} ({spec.checkpoint_name}), which is not in "

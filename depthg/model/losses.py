@@ -318,5 +318,7 @@ def _depth_target_points(d1: Tensor, coords1: Tensor, grid_hw: tuple[int, int], 
         dd = sample(pool_depth(normalize_depth(d1.float()), tuple(grid_hw)), coords1)
         D = depth_target(dd, dd, side, target="paper")
     else:
-        D = depth_target(d1, d1, side, target=target)
+        # the release's D is in its code layout, the transpose of ours (sampling.sample): [B,h,w,i,j] ->
+        # [B,w,h,j,i], so each code pair meets the depth pair it meets in the release
+        D = depth_target(d1, d1, side, target=target).permute(0, 2, 1, 4, 3)
     return D.reshape(B, side * side, side * side)  # [B,S,S,S,S] -> [B,n,n]
