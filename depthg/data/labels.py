@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from depthg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES  # the generator owns its classes
+from depthg.data.synthetic.classes import CLASS_NAMES as SYNTHETIC_CLASS_NAMES  # the generator owns its classes
 from depthg.errors import DataError
 
 IGNORE = -1
