@@ -8,7 +8,9 @@ Weights (DESIGN.md §6), chosen by the ``weights`` argument:
 - a path: a DINO ``.pth`` (plain, or nested under teacher/student/state_dict/model with module./backbone.
   prefixes), a timm state dict (``.pth``/``.bin``/``.safetensors``), or a released STEGO/DepthG Lightning
   ``.ckpt`` whose ``net.model.*`` keys hold the DINO weights;
-- ``"random"``: timm's initialisation, only when asked for by name.
+- ``"random"``: timm's initialisation, only when asked for by name;
+- ``"bundled"``: the project's own weights shipped in the package (:func:`depthg.paths.bundled_weights_path`; DINO
+  on the synthetic world, made by ``python -m depthg prep pretrain``), the synthetic preset's default.
 ``weights_source`` records which one was used, for provenance.
 
 Shapes: B batch, H/W image size, p patch size, h/w patch grid (H/p, W/p), C channels (embed dim), P prefix tokens
@@ -28,6 +30,7 @@ from torch import nn
 
 from depthg.checkpoints import file_sha256, read_checkpoint, vit_state_from_checkpoint
 from depthg.errors import ConfigError, WeightsError
+from depthg.paths import bundled_weights_path
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,13 @@ class DinoBackbone(nn.Module):
         # dynamic_img_size: patch embedding accepts any multiple of the patch size (320 px eval); position
         # embeddings are interpolated in _embed. num_classes=0: no classifier head.
         kwargs = dict(num_classes=0, dynamic_img_size=True, **spec.overrides)
+        bundled = isinstance(weights, str) and weights == "bundled"
+        if bundled:
+            weights = bundled_weights_path(name)
+            if not weights.is_file():
+                raise WeightsError(f"backbone {name!r} has no bundled weights ({weights} is missing); use "
+                                   "model.weights='random', 'hub' or a file, or make them with `python -m depthg "
+                                   "prep pretrain`")
         if isinstance(weights, str) and weights == "hub":
             self.vit = _create_from_hub(name, spec, kwargs)
             self.weights_source = f"hub:{spec.hub_id}"
@@ -141,7 +151,8 @@ class DinoBackbone(nn.Module):
                 self.vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
             self.vit.to_empty(device="cpu")
             state = vit_state_from_checkpoint(read_checkpoint(path), path)
-            self.load_vit_state(state, f"file:{path} sha256:{file_sha256(path)[:12]}")
+            self.load_vit_state(state, f"{'bundled' if bundled else 'file'}:{path.name if bundled else path} "
+                                       f"sha256:{file_sha256(path)[:12]}")
         self.patch_size = self.vit.patch_embed.patch_size[0]
         self.embed_dim = self.vit.embed_dim
         self.num_heads = self.vit.blocks[-1].attn.num_heads

@@ -45,3 +45,10 @@ def runs_dir(results_dir: str | os.PathLike | None = None) -> Path:
 
 def figures_dir(results_dir: str | os.PathLike | None = None) -> Path:
     return results_root(results_dir) / "figures"
+
+
+def bundled_weights_path(backbone: str) -> Path:
+    """The project's own pretrained weights of ``backbone`` (DINO on the synthetic world's training images, made by
+    ``python -m depthg prep pretrain``), shipped in the package: depthg/assets/<backbone>_synthetic_dino.safetensors
+    with its manifest (.json) beside it."""
+    return Path(__file__).resolve().parent / "assets" / f"{backbone}_synthetic_dino.safetensors"

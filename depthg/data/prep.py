@@ -205,6 +205,13 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synthetic)
 
+    p = sub.add_parser("pretrain", help="DINO self-supervised pretraining of the synthetic world's backbone")
+    p.add_argument("overrides", nargs="*", help="key=value parameters of depthg.training.pretrain.PretrainConfig")
+    p.add_argument("--out", help="weights file (.safetensors; default: the bundled file in depthg/assets)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (part of the result: recorded)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
     p = sub.add_parser("fivecrop", help="five-crop image, label and depth (METHOD.md §1.4)")
     _common(p)
     p.add_argument("--ratio", type=float, default=0.5, help="crop side as a fraction of the image side")
@@ -280,6 +287,12 @@ def _cmd_synthetic(args) -> int:
                            res=args.res, seed=args.seed)
     print(f"synthetic world written to {root}")
     return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from depthg.training.pretrain import main
+
+    return main(args)
 
 
 def _cmd_fivecrop(args) -> int:

@@ -1,0 +1,1 @@
+"""Evaluation: of trained segmentation models and of frozen backbone features."""
