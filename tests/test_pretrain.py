@@ -22,6 +22,7 @@ def _run(tmp_path, name, **kw):
     return pretrain(PretrainConfig(**TINY), tmp_path / f"{name}.safetensors", progress=False, estimate=False, **kw)
 
 
+@pytest.mark.slow
 def test_short_run_is_deterministic_and_resumes_exactly(tmp_path):
     a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
     assert file_sha256(a) == file_sha256(b), "two runs with the same parameters must give the same bytes"
@@ -43,6 +44,7 @@ def test_short_run_is_deterministic_and_resumes_exactly(tmp_path):
     assert feats.shape == rand.shape and not torch.equal(feats, rand)
 
 
+@pytest.mark.slow
 def test_resume_with_other_parameters_is_refused(tmp_path):
     _run(tmp_path, "d", stop_at=2)
     torch.set_num_threads(1)

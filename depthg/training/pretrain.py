@@ -46,7 +46,7 @@ FORMAT = "depthg-pretrain-v1"
 @dataclass(frozen=True)
 class PretrainConfig:
     backbone: str = "vit_tiny_patch8"
-    n_images: int = 4000  # training scenes 0..n_images-1 of the world
+    n_images: int = 3000  # training scenes 0..n_images-1 of the world
     world_seed: int = 0  # the synthetic world's seed (the main job's world)
     res: int = 112  # rendered size, the synthetic preset's training size
     global_px: int = 64
@@ -54,7 +54,7 @@ class PretrainConfig:
     n_local: int = 4
     global_scale: tuple[float, float] = (0.35, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.35)
-    iterations: int = 600
+    iterations: int = 400
     batch_size: int = 32
     lr: float = 5e-4  # peak learning rate after the warm-up
     min_lr: float = 1e-5
