@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
-.PHONY: venv test test-fast reproduce lab bench lint clean
+.PHONY: venv test test-fast test-golden test-integration reproduce lab bench lint format help clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name depthg --display-name "depthg (.venv)" >/dev/null
 	@touch $(STAMP)
 
+## Create .venv and install the package with its extras (every target does this first).
 venv: $(STAMP)
 
 ## The whole test suite: unit, golden parity, integration and the notebooks under nbval.
@@ -33,9 +34,11 @@ test-fast: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m depthg reproduce
 
+## JupyterLab with the project's kernel, depthg (.venv).
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
+## CPU micro-benchmarks, each against a release-style baseline measured in the same run.
 bench: $(STAMP)
 	$(PY) -m depthg.bench fps
 	$(PY) -m depthg.bench loss
@@ -43,10 +46,29 @@ bench: $(STAMP)
 	$(PY) -m depthg.bench train
 	$(PY) -m depthg.bench crf
 
+## Lint (ruff, configured in pyproject.toml): must be clean on the whole tree.
 lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
 	$(VENV)/bin/ruff check depthg tests
+	$(VENV)/bin/ruff format --check depthg tests
 
+## Format the code in place (ruff format) and apply ruff's safe fixes.
+format: $(STAMP)
+	$(VENV)/bin/ruff format depthg tests
+	$(VENV)/bin/ruff check --fix depthg tests
+
+## Only the golden parity tests (numbers computed by the released code).
+test-golden: $(STAMP)
+	$(PY) -m pytest tests -m golden -p no:cacheprovider
+
+## Only the integration tier (training runs, torchrun, notebooks under nbval).
+test-integration: $(STAMP)
+	DEPTHG_RESULTS_DIR=$$(mktemp -d) $(PY) -m pytest tests notebooks --nbval-lax -m integration -p no:cacheprovider
+
+## This list.
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if(doc){split($$1,a,":"); printf "  make %-18s %s\n", a[1], doc}; doc=""}' $(MAKEFILE_LIST)
+
+## Remove build and cache files.
 clean:
 	rm -rf .pytest_cache build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,3 +1,3 @@
-from depthg.cli import main
+from depthg.cli.main import main
 
 raise SystemExit(main())

@@ -5,11 +5,13 @@ function taking the parsed arguments, decorate it with ``@command("name", help=.
 figures. Timings are the best wall-clock time of several runs after a warm-up (the least disturbed by other
 processes on a shared machine), with torch's default thread count; the load average is printed beside them.
 
-* ``fps``: batched torch FPS (:func:`depthg.sampling.farthest_point_sample`) against per-image numpy loops of the
+* ``fps``: batched torch FPS (:func:`depthg.model.sampling.farthest_point_sample`) against per-image numpy loops of the
   same algorithm: the release's structure (a shrinking array of remaining indices, np.delete, METHOD.md §4.2)
   and a lean one (a running minimum over all points); checks that all three pick the same indices.
-* ``loss``: :func:`depthg.losses.correlation_loss` forward + backward, FPS coordinates included, at the paper's
+* ``loss``: :func:`depthg.model.losses.correlation_loss` forward + backward, FPS coordinates included, at the paper's
   shapes (self, kNN, 5 negatives, DFC), for both fidelities.
+* ``feature-quality``: not a timing: the synthetic backbone's frozen-feature quality, pretrained vs random
+  (:mod:`depthg.reporting.feature_quality`), written to results/feature_quality_synthetic.{csv,md}.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 
 COMMANDS = {}
 
@@ -145,6 +147,7 @@ def bench_loss(args):
     (("--k",), dict(type=int, default=30)), (("--chunk",), dict(type=int, default=None)),
     (("--device",), dict(default="cpu"))])
 def bench_knn(args):
+    # lazy: each benchmark loads only what it measures
     from depthg.data.knn import benchmark_knn
 
     print(f"kNN: {_machine()}")
@@ -154,12 +157,13 @@ def bench_knn(args):
 
 
 def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
-    """Iterations/s of the real training iteration (depthg.train._one_iteration) on synthetic inputs of the real
+    """Iterations/s of the real training iteration (depthg.training.train._one_iteration) on synthetic inputs of the real
     shapes: images, kNN partners, labels and depth maps drawn at random; backbone weights as the config says."""
     from pathlib import Path
 
-    from depthg.distributed import DistInfo
-    from depthg.train import _one_iteration, build_training, make_schedule
+    # lazy: each benchmark loads only what it measures
+    from depthg.device import DistInfo
+    from depthg.training.train import _one_iteration, build_training, make_schedule
 
     torch.manual_seed(0)
     model, step, optimizers = build_training(cfg, device)
@@ -188,7 +192,8 @@ def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
 @command("train", help="training iterations/s: synthetic preset on CPU; paper COCO ViT-S/8 setting on a GPU", args=[
     (("--iterations",), dict(type=int, default=20))])
 def bench_train(args):
-    from depthg.config import load_preset
+    # lazy: each benchmark loads only what it measures
+    from depthg.presets import load_preset
 
     print(f"train: {_machine()}")
     cfg = load_preset("synthetic", ["loss.depth_sampling=fps"])
@@ -211,8 +216,9 @@ def bench_train(args):
     (("--images",), dict(type=int, default=16)), (("--res",), dict(type=int, default=320)),
     (("--classes",), dict(type=int, default=27))])
 def bench_crf(args):
-    from depthg.crf import CRFPool
+    # lazy: each benchmark loads only what it measures
     from depthg.data.synthetic import render_scene
+    from depthg.evaluation.crf import CRFPool
 
     print(f"crf: {_machine()}")
     scenes = [render_scene(0, i, args.res) for i in range(args.images)]
@@ -230,6 +236,24 @@ def bench_crf(args):
             dt = time.perf_counter() - t0
         print(f"  {workers} worker(s): {args.images / dt:.2f} images/s ({args.res}x{args.res}, {args.classes} "
               f"classes, 10 mean-field iterations)")
+
+
+@command("feature-quality", help="pretrained vs random synthetic backbone: k-means, linear probe, DepthG cluster "
+         "probe -> results/feature_quality_synthetic.{csv,md}", args=[
+    (("--weights",), dict(nargs=2, default=["random", "bundled"], metavar=("BASELINE", "PRETRAINED"))),
+    (("--seeds",), dict(type=int, nargs="+", default=[0], help="training seeds of the cluster probe (c)")),
+    (("--no-train",), dict(action="store_true", help="only (a) and (b), no DepthG training")),
+    (("--results-dir",), dict(default=None, help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)"))])
+def bench_feature_quality(args):
+    import sys
+
+    # lazy: each benchmark loads only what it measures
+    from depthg.reporting import feature_quality
+
+    table, meta = feature_quality.measure(weights=tuple(args.weights), seeds=tuple(args.seeds), train=not args.no_train)
+    paths = feature_quality.write(table, meta, results_dir=args.results_dir,
+                                  command="python -m depthg.bench " + " ".join(sys.argv[1:]))
+    print(paths[1].read_text())
 
 
 def main(argv=None):

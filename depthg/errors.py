@@ -2,7 +2,7 @@
 
 Every error a user can cause (a bad path, an unknown name, a missing weight file, a dataset that is not prepared)
 is raised as a :class:`DepthGError` whose message names the file or parameter and says what to do. The CLI prints
-the message without a traceback (``depthg.cli``); library callers can catch the subclasses.
+the message without a traceback (``depthg.cli.main``); library callers can catch the subclasses.
 """
 
 

@@ -7,6 +7,7 @@ Roots can be moved with environment variables, so notebooks and CI can point at 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -34,9 +35,21 @@ def results_root(results_dir: str | os.PathLike | None = None) -> Path:
 def derived_dir(dataset: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Where the preparation stages of ``dataset`` write (crops, depth, kNN): <data>/<dataset>/derived.
 
-    Derived data never goes into a source image folder (METHOD.md §9 #7).
+    Derived data never goes into a source image folder (METHOD.md §9 #7). ``dataset`` may be a dataset name
+    (``directory:<folder>`` -> <data>/<folder>/derived) or a folder name.
     """
-    return data_root(data_dir) / dataset / "derived"
+    return data_root(data_dir) / dataset_folder(dataset) / "derived"
+
+
+def dataset_base(dataset: str) -> str:
+    """The kind of a dataset name: ``directory:<folder>`` -> ``directory``; other names unchanged. The one parser
+    of the ``directory:<folder>`` form."""
+    return dataset.split(":", 1)[0]
+
+
+def dataset_folder(dataset: str) -> str:
+    """The folder of a dataset under the data root: ``<folder>`` for ``directory:<folder>``, else the name."""
+    return dataset.split(":", 1)[-1]
 
 
 def runs_dir(results_dir: str | os.PathLike | None = None) -> Path:
@@ -45,6 +58,11 @@ def runs_dir(results_dir: str | os.PathLike | None = None) -> Path:
 
 def figures_dir(results_dir: str | os.PathLike | None = None) -> Path:
     return results_root(results_dir) / "figures"
+
+
+def file_tag(dataset: str) -> str:
+    """A dataset name usable in file names (directory:<folder> -> directory-<folder>)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
 
 
 def bundled_weights_path(backbone: str) -> Path:

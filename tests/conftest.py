@@ -6,9 +6,8 @@ each test a fresh tree with the default options. Each returns a fake_data.FakeTr
 
 from __future__ import annotations
 
-import pytest
-
 import fake_data
+import pytest
 
 
 @pytest.fixture
@@ -59,9 +58,9 @@ def synthetic_tree(data_dir):
 def synthetic_world(tmp_path_factory):
     """A real (rendered) synthetic world at 112 px with its kNN file for the synthetic preset's backbone: what the
     training, evaluation and notebook tests run on. Returns the data root."""
-    from depthg.config import load_preset
     from depthg.data.knn import run_knn
     from depthg.data.synthetic import write_synthetic
+    from depthg.presets import load_preset
 
     cfg = load_preset("synthetic")
     data_dir = tmp_path_factory.mktemp("world") / "data"
@@ -69,3 +68,16 @@ def synthetic_world(tmp_path_factory):
     run_knn("synthetic", data_dir, "train", backbone=cfg.model.backbone, weights="random", res=cfg.data.knn_res,
             crop="none", k=30, device="cpu", progress=False)
     return data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers, as markers a user can select (``make test-golden``, ``test-fast``, ``test-integration``):
+    ``golden`` for parity with numbers the released code computed (tests/golden/), ``integration`` for the
+    tests marked ``slow`` (training runs, torchrun, notebooks), ``fast`` for everything else."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None or item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.fast)
+        if item.path.name == "test_golden.py" or "golden" in item.name:
+            item.add_marker(pytest.mark.golden)

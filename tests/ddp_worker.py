@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from depthg.config import load_preset
-from depthg.train import build_training, train
+from depthg.presets import load_preset
+from depthg.training.train import build_training, train
 
 
 def main(data_dir: str, out: str) -> None:
@@ -21,17 +21,17 @@ def main(data_dir: str, out: str) -> None:
         torch.save({f"head.{k}": v for k, v in model.head.state_dict().items()}, Path(out) / "init.pt")
     result = {}
 
-    import depthg.train as T
-    real = T._save
+    import depthg.training.train as T
+    real = T.save_checkpoint
 
-    def spy(path, cfg_, model, step, *a, **k):  # capture this rank's trained weights at the final save
-        result.update({f"head.{k_}": v.clone() for k_, v in model.head.state_dict().items()})
-        result.update({f"cp.{k_}": v.clone() for k_, v in model.cluster_probe.state_dict().items()})
-        result.update({f"lp.{k_}": v.clone() for k_, v in model.linear_probe.state_dict().items()})
-        return real(path, cfg_, model, step, *a, **k)
+    def spy(run, iteration):  # capture this rank's trained weights at the final save
+        result.update({f"head.{k_}": v.clone() for k_, v in run.model.head.state_dict().items()})
+        result.update({f"cp.{k_}": v.clone() for k_, v in run.model.cluster_probe.state_dict().items()})
+        result.update({f"lp.{k_}": v.clone() for k_, v in run.model.linear_probe.state_dict().items()})
+        return real(run, iteration)
 
-    T._save = spy
-    train(cfg, run_name="ddp", results_dir=out, evaluate_at_end=False, progress=False)
+    T.save_checkpoint = spy
+    train(cfg, run_name="ddp", results_dir=out, progress=False)
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depthg import ablation, anchors
-from depthg.config import FidelityConfig, load_preset
-from depthg.results import write_run
+from depthg.config import FidelityConfig
+from depthg.presets import load_preset
+from depthg.reporting import ablation, anchors
+from depthg.runs import write_run
 
 SWITCHES = ("dfc", "depth_sampling", "lhp")
 
@@ -128,15 +129,13 @@ def test_run_record_reads_the_crf_metrics_when_the_run_used_crf(tmp_path):
 
 
 def test_run_variants_shares_identical_configs_and_reuses_finished_runs(tmp_path, monkeypatch):
-    import depthg.train
-
     calls = []
 
     def fake_train(cfg, *, run_name, results_dir, resume, evaluate_at_end, progress):
         calls.append(run_name)
         _fake_run(tmp_path, run_name, cfg, cluster=(50 + cfg.train.seed, 20), linear=(70, 30))
 
-    monkeypatch.setattr(depthg.train, "train", fake_train)
+    monkeypatch.setattr(ablation, "train_and_evaluate", fake_train)
     base = load_preset("synthetic")  # paper fidelity: the component 'all' run equals the fidelity 'all paper' run
     variants = [ablation.component_variants()[-1], ablation.fidelity_variants()[0]]
     records = ablation.run_variants(base, variants, [0, 1], prefix="t", results_dir=str(tmp_path), log=None)
@@ -225,3 +224,31 @@ def test_anchor_rows_have_sources_and_status_and_no_invented_depthg_numbers():
     assert list(stego["method"]) == ["STEGO", "DepthG", "PriMaPs-EM + HP"]
     assert anchors.published("synthetic").empty
     assert math.isnan(anchors.published("potsdam", backbone="vit_small_patch8")["mIoU"].iloc[1])
+
+
+def test_paired_differences_give_a_t_interval_over_seeds():
+    """Δ to the baseline is paired by seed; the 95% interval is mean ± t(0.975, n-1) sd / sqrt(n)."""
+    import math
+
+    from scipy import stats
+
+    base = [20.0, 22.0, 21.0]
+    dfc = [21.0, 24.5, 22.0]  # paired differences 1.0, 2.5, 1.0
+    rows = [{"variant": lab, "key": key, "seed": s, "run": f"{key}-s{s}", "iterations": 10, "crf": False,
+             "eval_images": 8, "git_commit": "x", "git_dirty": False, "cluster_acc": v + 50, "cluster_miou": v,
+             "linear_acc": v + 50, "linear_miou": v}
+            for lab, key, vals in (("STEGO baseline", "stego", base), ("+DFC", "dfc", dfc)) for s, v in enumerate(vals)]
+    records = pd.DataFrame(rows)
+    out = ablation.paired_differences(ablation.aggregate(records), records)
+    d = out.set_index("key")
+    diffs = [1.0, 2.5, 1.0]
+    mean, sd = sum(diffs) / 3, pd.Series(diffs).std(ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert d.loc["dfc", "d_cluster_miou"] == pytest.approx(mean)
+    assert d.loc["dfc", "d_cluster_miou_lo"] == pytest.approx(mean - half)
+    assert d.loc["dfc", "d_cluster_miou_hi"] == pytest.approx(mean + half)
+    assert d.loc["stego", "d_cluster_miou"] == 0 and d.loc["dfc", "d_pairs"] == 3
+    shown = ablation.display_table(out).set_index("variant")
+    assert shown.loc["STEGO baseline", "Δ cluster mIoU [95% CI]"] == "–"
+    # the interval [1.5 - 2.15, 1.5 + 2.15] contains 0: no star
+    assert shown.loc["+DFC", "Δ cluster mIoU [95% CI]"] == f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"

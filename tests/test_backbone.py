@@ -1,12 +1,12 @@
-"""Frozen DINO backbone: names, shapes at 224/320, attention, freezing, weights resolution (depthg.backbone)."""
+"""Frozen DINO backbone: names, shapes at 224/320, attention, freezing, weights resolution (depthg.model.backbone)."""
 
 import pytest
 import timm
 import torch
 
-from depthg.backbone import BACKBONES, DinoBackbone, block_attention, interpolate_pos_embed
 from depthg.errors import ConfigError, WeightsError
-from depthg.model import DepthGModel
+from depthg.model.backbone import BACKBONES, DinoBackbone, block_attention, interpolate_pos_embed
+from depthg.model.segmenter import DepthGModel
 
 
 @pytest.fixture(scope="module")

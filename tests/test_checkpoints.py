@@ -1,4 +1,4 @@
-"""Released STEGO/DepthG Lightning checkpoints -> DepthGModel (depthg.checkpoints), with real key names and shapes.
+"""Released STEGO/DepthG Lightning checkpoints -> DepthGModel (depthg.training.checkpoints), with real key names and shapes.
 
 The file is built here from random tensors (no weights can be downloaded): ViT-S/8 in DINO naming under
 ``net.model.*``, the head under ``net.cluster{1,2}``, the probes, the unused modules, and hyper-parameters pickled
@@ -12,10 +12,10 @@ import pytest
 import timm
 import torch
 
-from depthg.backbone import DinoBackbone
-from depthg.checkpoints import read_checkpoint
-from depthg.released import load_released_checkpoint, released_hparams
 from depthg.errors import WeightsError
+from depthg.evaluation.released import load_released_checkpoint, released_hparams
+from depthg.model.backbone import DinoBackbone
+from depthg.model.weights import read_checkpoint
 
 C = 384  # ViT-S
 
@@ -153,7 +153,7 @@ def test_pickled_classes_are_never_executed(tmp_path, monkeypatch):
     obj = read_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
     assert torch.equal(obj["state_dict"]["w"], torch.ones(2))
-    from depthg.checkpoints import plain_container
+    from depthg.model.weights import plain_container
 
     assert plain_container(obj["cfg"]) == {"a": 1, "b": {"c": "x"}}
 

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from depthg.config import Config, FidelityConfig, load_preset, preset_names
+from depthg.config import Config, FidelityConfig
 from depthg.errors import ConfigError
+from depthg.presets import load_preset, preset_names
 
 
 def test_presets_exist_with_reference_values():

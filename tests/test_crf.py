@@ -9,8 +9,15 @@ import pytest
 import torch
 from pydensecrf.utils import unary_from_softmax
 
-from depthg.crf import (CRFError, CRFPool, batched_crf, crf_from_probabilities, dense_crf, image_to_uint8,
-                        upsampled_softmax)
+from depthg.evaluation.crf import (
+    CRFError,
+    CRFPool,
+    batched_crf,
+    crf_from_probabilities,
+    dense_crf,
+    image_to_uint8,
+    upsampled_softmax,
+)
 
 H = W = 64
 

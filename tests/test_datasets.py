@@ -1,19 +1,19 @@
 """Datasets, transforms and the kNN file on tiny fake trees in the real layouts (tests/fake_data.py)."""
 
+import fake_data
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import fake_data
-from depthg.config import load_preset
 from depthg.data import labels as L
 from depthg.data.datasets import five_crop_dataset, source_dataset, train_source
-from depthg.data.pairs import EvalSet, TrainPairs, build_eval_set, build_train_set
 from depthg.data.knn_file import knn_path, load_knn, save_knn
+from depthg.data.pairs import EvalSet, TrainPairs, build_eval_set, build_train_set
 from depthg.data.transforms import depth_tensor, image_tensor, label_tensor, resize_crop, unnormalize
 from depthg.errors import ConfigError, DataError
+from depthg.presets import load_preset
 
 
 def _cfg(data_dir, dataset, **over):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from depthg.cli.prep import main
 from depthg.data import depth_estimation as de
 from depthg.data.datasets import source_dataset
 from depthg.data.depth_estimation import DEFAULT_MODEL, DepthEstimator, depth_dir, disparity_to_depth, run_depth
 from depthg.data.depth_io import read_depth, sidecar_path
-from depthg.data.prep import main
 from depthg.errors import DataError, WeightsError
 
 transformers = pytest.importorskip("transformers")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-
-from depthg.cli import main
-from depthg.evaluate import preset_for_released
 from test_checkpoints import _released_state, _write_ckpt
+
+from depthg.cli.main import main
+from depthg.evaluation.evaluate import preset_for_released
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_eval_cli_on_released_checkpoint_writes_results_with_provenance(released
 
 
 def test_flip_averaged_code_is_flip_equivariant(released_synthetic):
-    from depthg.released import load_released_checkpoint
+    from depthg.evaluation.released import load_released_checkpoint
 
     model, _ = load_released_checkpoint(released_synthetic)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -66,7 +66,7 @@ def test_eval_cli_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
 def test_git_dirty_flag_ignores_results_outputs(tmp_path):
     import subprocess
 
-    from depthg.results import git_state
+    from depthg.runs import git_state
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     run("init", "-q")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from depthg.evaluation.feature_quality import kmeans_miou, linear_probe_miou, patch_features, render_split
-from depthg.backbone import DinoBackbone
+from depthg.model.backbone import DinoBackbone
 
 K, N, G = 3, 12, 4  # classes, images, patch grid (labels at 8 px per patch)
 

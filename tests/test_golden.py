@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 
 GOLDEN = Path(__file__).parent / "golden"
 TOL = dict(atol=1e-5, rtol=1e-5)

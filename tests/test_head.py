@@ -1,11 +1,11 @@
-"""Segmentation head, cluster probe and linear probe (depthg.head), and DepthGModel's code paths."""
+"""Segmentation head, cluster probe and linear probe (depthg.model.head), and DepthGModel's code paths."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from depthg.head import ClusterProbe, LinearProbe, SegmentationHead
-from depthg.model import DepthGModel
+from depthg.model.head import ClusterProbe, LinearProbe, SegmentationHead
+from depthg.model.segmenter import DepthGModel
 
 
 def _feats(B=2, C=24, h=6, w=5, seed=0):

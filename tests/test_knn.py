@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from depthg.cli.prep import main
 from depthg.data import knn as knn_mod
-from depthg.data.knn import (benchmark_knn, channel_dropout, default_chunk, pool_features, run_knn, topk_cosine)
+from depthg.data.knn import benchmark_knn, channel_dropout, default_chunk, pool_features, run_knn, topk_cosine
 from depthg.data.knn_file import knn_path, load_knn
-from depthg.data.prep import main
 from depthg.errors import ConfigError, DataError
 
 TINY = dict(backbone="vit_tiny_patch8", weights="random", res=16, device="cpu", progress=False)
@@ -77,7 +77,7 @@ def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, caps
     def no_backbone(*a, **k):
         raise AssertionError("a finished kNN file must not be recomputed")
 
-    monkeypatch.setattr("depthg.backbone.DinoBackbone", no_backbone)
+    monkeypatch.setattr("depthg.model.backbone.DinoBackbone", no_backbone)
     assert run_knn("synthetic", data, "train", crop="five", k=6, **TINY) == path
     with pytest.raises(DataError, match="k: 6 -> 5.*--overwrite"):
         run_knn("synthetic", data, "train", crop="five", k=5, **TINY)

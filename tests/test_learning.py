@@ -8,8 +8,8 @@ closing numbers in the test. Deterministic: fixed seeds, one torch thread, no lo
 
 import pytest
 
-from depthg.config import load_preset
-from depthg.train import train
+from depthg.evaluation.experiment import train_and_evaluate
+from depthg.presets import load_preset
 
 # Measured on this fixture (2-core CPU, torch 2.15): trained cluster 79.25 acc / 29.25 mIoU, untrained head
 # 72.35 / 27.59, trained linear probe 34.94 mIoU. Asserted at about half of each measured gap.
@@ -21,7 +21,7 @@ def test_trained_head_beats_untrained_head_and_linear_beats_cluster(synthetic_wo
     def run(name, *extra):
         cfg = load_preset("synthetic", [f"data.data_dir={synthetic_world}", "eval.crf=false", "train.threads=1",
                                         "train.checkpoint_every=1000", *extra])
-        return train(cfg, run_name=name, results_dir=str(tmp_path), progress=False).metrics
+        return train_and_evaluate(cfg, run_name=name, results_dir=str(tmp_path), progress=False).metrics
 
     trained, untrained = run("trained"), run("untrained", "train.lr=0")
     print({k: (round(trained[k]["accuracy"], 2), round(trained[k]["mIoU"], 2),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from depthg import lhp
 from depthg.errors import ConfigError
+from depthg.model import lhp
 
 
 def _depth(B=2, h=6, w=5, seed=0):

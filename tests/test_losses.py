@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from depthg import losses, sampling
+from depthg.model import losses, sampling
 
 WEIGHTS = dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,
                neg_inter_weight=0.7, neg_inter_shift=0.761)

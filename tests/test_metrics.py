@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from depthg.errors import ConfigError
-from depthg.metrics import UnsupervisedMetrics
+from depthg.evaluation.metrics import UnsupervisedMetrics
 
 GOLDEN = Path(__file__).parent / "golden" / "e_metrics.npz"
 

@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
+import fake_data
 import nbformat
 import pandas as pd
 import pytest
 
-import fake_data
 from depthg.errors import ConfigError, DataError
-from depthg.prepare import as_list, prepare, resolve_config
+from depthg.notebook import as_list, prepare, resolve_config
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))

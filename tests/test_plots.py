@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from depthg import plots
-from depthg.sampling import fps_coords, random_coords
+from depthg.data.labels import dataset_info
+from depthg.evaluation.examples import prediction_examples
+from depthg.model.sampling import fps_coords, random_coords
+from depthg.reporting import plots
 
 
 def _png(path):
@@ -30,7 +32,7 @@ def test_sample_grid_and_loss_curves_and_bars(tmp_path):
     items = [dict(zip(("image", "depth", "label"), _scene(i))) for i in range(3)]
     items[2]["label"] = None  # unlabelled items are drawn without labels
     _png(plots.sample_grid(items, tmp_path / "grid.png", colors=plots.class_colors(4)))
-    assert plots.class_colors(6, "synthetic").shape == (6, 3)
+    assert plots.class_colors(6, dataset_info("synthetic").colors).shape == (6, 3)
 
     log = [{"iteration": i, "loss": 1 / (i + 1), "inter": -i * 0.01, "dfc": 0.1, "images_per_s": 9.0,
             "dfc_weight": 0.1 * 0.8 ** (i // 5), "feature_samples": 7} for i in range(0, 30, 3)]
@@ -77,14 +79,14 @@ def test_patch_map_rows_of_weights_and_attention():
 
 @pytest.mark.slow
 def test_prediction_examples_map_clusters_by_hungarian_matching(synthetic_world, tmp_path):
-    from depthg.config import load_preset
-    from depthg.metrics import UnsupervisedMetrics
-    from depthg.model import DepthGModel
+    from depthg.evaluation.metrics import UnsupervisedMetrics
+    from depthg.model.segmenter import DepthGModel
+    from depthg.presets import load_preset
 
     cfg = load_preset("synthetic", [f"data.data_dir={synthetic_world}", "eval.max_images=6", "eval.batch_size=4"])
     torch.manual_seed(0)
     model = DepthGModel.from_config(cfg.model).eval()
-    ex = plots.prediction_examples(model, cfg, n_show=6)
+    ex = prediction_examples(model, cfg, n_show=6)
     n = cfg.model.n_classes
     assert ex["images"] == 6 and ex["image"].shape == (6, 112, 112, 3) and ex["image"].dtype == np.uint8
     assert ex["label"].shape == ex["cluster"].shape == ex["linear"].shape == (6, 112, 112)
@@ -94,4 +96,4 @@ def test_prediction_examples_map_clusters_by_hungarian_matching(synthetic_world,
     check.update(ex["cluster"], ex["label"])
     assert check.compute()["accuracy"] == pytest.approx(ex["accuracy"])
     assert check.compute()["mIoU"] == pytest.approx(ex["mIoU"])
-    _png(plots.predictions_grid(ex, tmp_path / "pred.png", colors=plots.class_colors(n, "synthetic")))
+    _png(plots.predictions_grid(ex, tmp_path / "pred.png", colors=plots.class_colors(n, dataset_info("synthetic").colors)))

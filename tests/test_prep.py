@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 
+import fake_data
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import fake_data
+from depthg.cli.prep import main
 from depthg.data.datasets import five_crop_dataset, source_dataset
 from depthg.data.depth_io import read_depth
 from depthg.data.fivecrop import crop_paths, five_crop, five_crop_boxes, five_crop_dir, write_item_crops
-from depthg.data.prep import main, record_run, resolve_rank, run_stage, shard
+from depthg.data.stage import record_run, resolve_rank, run_stage, shard
 from depthg.errors import ConfigError, DataError
-
 
 # ---- sharding ----------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""DINO pretraining of the synthetic backbone (depthg.training.pretrain): determinism, exact resume, the bundled file."""
+"""DINO pretraining of the synthetic backbone (depthg.training.pretrain): determinism, exact resume, bundled file."""
 
 import json
 
@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from depthg.backbone import DinoBackbone
-from depthg.checkpoints import file_sha256
 from depthg.errors import ConfigError, TrainingError
+from depthg.files import file_sha256
+from depthg.model.backbone import DinoBackbone
 from depthg.paths import bundled_weights_path
 from depthg.training.dino import DinoLoss, PatchLoss
-from depthg.training.pretrain import PretrainConfig, config_from_overrides, pretrain, read_manifest, schedules
+from depthg.training.pretrain import (
+    PretrainConfig,
+    config_from_overrides,
+    export_checkpoint,
+    pretrain,
+    read_manifest,
+    schedules,
+)
 
 TINY = dict(n_images=6, res=32, global_px=32, local_px=16, n_local=2, iterations=4, batch_size=3, out_dim=32,
             patch_weight=1.0)
@@ -31,11 +38,16 @@ def test_short_run_is_deterministic_and_resumes_exactly(tmp_path):
     assert len(man["loss_curve"]) == TINY["iterations"] and np.isfinite(man["final_loss"])
     assert man["world"]["split"] == "train" and man["world"]["indices"] == [0, TINY["n_images"] - 1]
     assert man["regenerate"].startswith("python -m depthg prep pretrain --threads 1")
-    # interrupted after 2 of 4 iterations, then resumed: the same bytes as the uninterrupted run
-    assert _run(tmp_path, "c", stop_at=2) is None
-    assert (tmp_path / "c.safetensors.ckpt").is_file() and not (tmp_path / "c.safetensors").exists()
+    # stopped after 2 of 4 iterations (weights of iteration 2, checkpoint kept), then resumed: the same bytes as
+    # the uninterrupted run, and the checkpoint exported gives the stopped run's bytes
+    c = _run(tmp_path, "c", stop_at=2)
+    half = read_manifest(c)
+    assert not half["complete"] and half["iterations_done"] == 2 and half["regenerate"].endswith("--stop-at 2")
+    assert half["sha256"] != man["sha256"] and (tmp_path / "c.safetensors.ckpt").is_file()
+    exported = export_checkpoint(tmp_path / "c.safetensors.ckpt", tmp_path / "e.safetensors")
+    assert file_sha256(exported) == half["sha256"]
     c = _run(tmp_path, "c")
-    assert file_sha256(c) == file_sha256(a)
+    assert file_sha256(c) == file_sha256(a) and read_manifest(c)["complete"]
     assert read_manifest(c)["loss_curve"] == man["loss_curve"]
     assert not (tmp_path / "c.safetensors.ckpt").exists(), "the checkpoint is removed once the weights exist"
     # the weights load into the backbone and change its features

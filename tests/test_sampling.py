@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from depthg import sampling
 from depthg.errors import ConfigError
+from depthg.model import sampling
 
 
 def _gen(seed=0):

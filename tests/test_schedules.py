@@ -3,7 +3,7 @@
 import pytest
 
 from depthg.errors import ConfigError, TrainingError
-from depthg.schedules import Schedule, num_iterations
+from depthg.training.schedules import Schedule, num_iterations
 
 # paper_reproduction.sh presets (METHOD.md §7.2)
 COCO_VITS = dict(dfc_weight=0.19, dfc_shift=0.03, samples=11, depth_loss_decay=True, decay_every_steps=250,

@@ -7,8 +7,19 @@ import pytest
 from PIL import Image
 
 from depthg.data.depth_io import read_depth
-from depthg.data.synthetic import (CLASS_NAMES, CLIP, FAR, GROUND, PILLAR, SKY, VAL_OFFSET, WALL, BOX, render_scene,
-                                   write_synthetic)
+from depthg.data.synthetic import (
+    BOX,
+    CLASS_NAMES,
+    CLIP,
+    FAR,
+    GROUND,
+    PILLAR,
+    SKY,
+    VAL_OFFSET,
+    WALL,
+    render_scene,
+    write_synthetic,
+)
 
 RES = 96
 N_SCENES = 24

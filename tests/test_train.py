@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthg import checkpoints
-from depthg.config import load_preset
 from depthg.errors import TrainingError
-from depthg.train import train
+from depthg.evaluation.experiment import train_and_evaluate
+from depthg.presets import load_preset
+from depthg.training import checkpoints
+from depthg.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,7 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_world, tmp_path)
 
 
 def test_nonfinite_loss_names_iteration_and_term(synthetic_world, tmp_path, monkeypatch):
-    import depthg.step as step_mod
+    import depthg.training.step as step_mod
 
     real = step_mod.correlation_loss
     calls = {"n": 0}
@@ -95,17 +96,17 @@ def test_nonfinite_loss_names_iteration_and_term(synthetic_world, tmp_path, monk
     monkeypatch.setattr(step_mod, "correlation_loss", poisoned)
     cfg = _cfg(synthetic_world, "train.iterations=6", "train.checkpoint_every=2")
     with pytest.raises(TrainingError, match=r"iteration 3 in term\(s\) inter"):
-        train(cfg, run_name="nan", results_dir=str(tmp_path), evaluate_at_end=False, progress=False)
+        train(cfg, run_name="nan", results_dir=str(tmp_path), progress=False)
     state = checkpoints.load_training_state(tmp_path / "runs" / "nan" / "checkpoints" / "last.pt")
     assert state["iteration"] == 2  # the last good checkpoint survives
 
 
 def test_resume_refuses_a_different_config(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=2", "train.checkpoint_every=2")
-    train(cfg, run_name="r", results_dir=str(tmp_path), evaluate_at_end=False, progress=False)
+    train(cfg, run_name="r", results_dir=str(tmp_path), progress=False)
     other = cfg.with_overrides(["loss.pos_inter_weight=0.9", "train.iterations=4"])
     with pytest.raises(TrainingError, match="loss.pos_inter_weight"):
-        train(other, run_name="r", results_dir=str(tmp_path), resume=True, evaluate_at_end=False, progress=False)
+        train(other, run_name="r", results_dir=str(tmp_path), resume=True, progress=False)
 
 
 @pytest.mark.slow
@@ -129,7 +130,7 @@ def test_torchrun_two_gloo_processes_hold_identical_weights(synthetic_world, tmp
 
 def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=4", "train.val_every=2", "eval.max_images=4")
-    result = train(cfg, run_name="val", results_dir=str(tmp_path), progress=False)
+    result = train_and_evaluate(cfg, run_name="val", results_dir=str(tmp_path), progress=False)
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert set(metrics) == {"last_step", "best_on_validation"}
     best = metrics["best_on_validation"]
@@ -140,7 +141,7 @@ def test_periodic_validation_reports_best_beside_last_step_labelled(synthetic_wo
 
 
 def test_one_device_resolver_for_training_and_preparation():
-    from depthg.distributed import DistInfo, resolve_device
+    from depthg.device import DistInfo, resolve_device
     from depthg.errors import ConfigError
 
     assert resolve_device("cpu") == torch.device("cpu")

@@ -29,7 +29,7 @@ from depthg.data import labels as L
 from depthg.data.depth_io import read_depth
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
-from depthg.paths import data_root, derived_dir
+from depthg.paths import data_root, dataset_base, dataset_folder, derived_dir
 
 __all__ = ["dataset_info", "source_dataset", "five_crop_dataset", "train_source"]
 _UNCROPPED = ("potsdam", "potsdamraw")
@@ -297,7 +297,7 @@ def _synthetic(data_dir, split: str, with_depth: bool) -> Folder:
 def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True,
                       n_classes: int | None = None) -> Folder:
     """The five-crop set of ``name`` (METHOD.md §1.4): ours, else the release's ``cropped/`` set."""
-    derived_name = name.split(":", 1)[-1]
+    derived_name = dataset_folder(name)
     # = depthg.data.fivecrop.five_crop_dir (not imported: the prep stages depend on this module, not the reverse)
     ours = derived_dir(derived_name, data_dir) / f"five_crop_{ratio:g}"
     legacy = data_root(data_dir) / "cropped" / f"{derived_name}_five_crop_{ratio:g}"
@@ -323,13 +323,13 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
 def source_dataset(name: str, data_dir=None, split: str = "train", *, with_depth: bool = True,
                    n_classes: int | None = None) -> SourceDataset:
     """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring)."""
-    base = name.split(":", 1)[0]
+    base = dataset_base(name)
     dataset_info(name, n_classes=n_classes if base == "directory" else None)  # unknown name -> DataError
     if base == "directory":
         if ":" not in name:
             raise DataError("name a directory dataset 'directory:<folder>', the folder under the data root that "
                             "holds imgs/<split>/.")
-        return _directory(name.split(":", 1)[1], data_dir, split, with_depth, n_classes)
+        return _directory(dataset_folder(name), data_dir, split, with_depth, n_classes)
     if base == "synthetic":
         return _synthetic(data_dir, split, with_depth)
     if base in ("potsdam", "potsdamraw"):

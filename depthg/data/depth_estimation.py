@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from depthg.data.datasets import source_dataset
 from depthg.data.depth_io import sidecar_path, write_depth
-from depthg.data.prep import StageResult, atomic_path, run_stage
-from depthg.distributed import resolve_device
+from depthg.data.stage import StageResult, run_stage
+from depthg.device import resolve_device
 from depthg.errors import ConfigError, WeightsError
 from depthg.paths import derived_dir
 
@@ -40,7 +41,7 @@ _METRIC_MODEL_TYPES = ("zoedepth", "glpn", "depth_pro")
 def depth_dir(dataset: str, data_dir=None) -> Path:
     """``<data>/<dataset>/derived/depth``: holds ``<split>/<key>.png`` + ``.json`` (``directory:<folder>``: the
     folder's name), where ``depthg.data.datasets`` looks for depth first."""
-    return derived_dir(dataset.split(":", 1)[-1], data_dir) / "depth"
+    return derived_dir(dataset, data_dir) / "depth"
 
 
 def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
@@ -150,12 +151,6 @@ class DepthEstimator:
         return [d.cpu().numpy().astype(np.float32) for d in depth]
 
 
-def _write(depth: np.ndarray, path: Path, *, source: str, units: str, extra: dict) -> None:
-    tmp = atomic_path(path)
-    write_depth(tmp, depth, source=source, units=units, extra=extra)
-    os.replace(sidecar_path(tmp), sidecar_path(path))  # PNG last: a PNG without sidecar does not count as done
-    os.replace(tmp, path)
-
 
 def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, output_kind: str = "auto",
               eps: float = 0.1, batch_size: int = 4, device: str = "auto", rank: int = 0, world: int = 1,
@@ -164,7 +159,6 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
 
     The model is loaded only when some item still needs it, so a finished stage reruns without weights.
     """
-    from depthg.data.datasets import source_dataset
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}.")
@@ -183,7 +177,7 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
             est = estimator[0]
             items = [src[i] for i in batch]
             for i, item, depth in zip(batch, items, est.predict([it["image"] for it in items])):
-                _write(depth, paths[i], source=est.model_id, units=est.units,
+                write_depth(paths[i], depth, source=est.model_id, units=est.units,
                        extra={**est.sidecar(), "dataset": dataset, "split": split, "key": item["key"]})
 
         results.append((split, run_stage(

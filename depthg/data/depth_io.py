@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from depthg.errors import ConfigError, DataError
+from depthg.config import check_fidelity
+from depthg.errors import DataError
+from depthg.files import atomic_write, write_text
 
 FORMAT_16 = "depthg-depth16"
 _MAX16 = 65535
@@ -67,10 +69,12 @@ def write_depth(
         format=FORMAT_16, min=lo, max=hi, units=units, source=source, larger_is_farther=True,
         height=int(d.shape[0]), width=int(d.shape[1]),
     )
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    # uint16 array -> PIL mode "I;16", written as a 16-bit grayscale PNG (level 1: fast, still lossless)
-    Image.fromarray(v).save(png_path, compress_level=1)
-    sidecar_path(png_path).write_text(json.dumps(meta, indent=1))
+    # Sidecar first, PNG last, each atomically: a PNG without its sidecar never counts as finished, so a killed
+    # writer leaves no map that looks done. uint16 -> PIL mode "I;16", a 16-bit grayscale PNG (level 1: fast,
+    # still lossless).
+    write_text(sidecar_path(png_path), json.dumps(meta, indent=1))
+    with atomic_write(png_path) as tmp:
+        Image.fromarray(v).save(tmp, format="PNG", compress_level=1)
 
 
 def _open_png(png_path: Path) -> Image.Image:
@@ -165,8 +169,7 @@ def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bi
     """
     depth = np.asarray(depth)
     assert depth.ndim == 2, f"depth must be [H,W], got shape {depth.shape}"
-    if fidelity not in ("paper", "reference"):
-        raise ConfigError(f"fidelity.depth_loading must be 'paper' or 'reference', got {fidelity!r}")
+    check_fidelity(fidelity, "fidelity.depth_loading")
     if not np.isfinite(depth).all():
         raise DataError(f"depth map for dataset {dataset!r} holds non-finite values; regenerate its depth files")
     if fidelity == "paper":

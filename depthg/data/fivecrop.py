@@ -15,15 +15,17 @@ Nothing is written into the source tree.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from depthg.data.datasets import source_dataset
+from depthg.data.depth_estimation import depth_dir
 from depthg.data.depth_io import sidecar_path, write_depth
-from depthg.data.prep import StageResult, atomic_path, recorded_params, run_stage
+from depthg.data.stage import StageResult, recorded_params, run_stage
 from depthg.errors import DataError
+from depthg.files import atomic_write
 from depthg.paths import derived_dir
 
 N_CROPS = 5
@@ -33,7 +35,7 @@ CROP_NAMES = ("tl", "tr", "bl", "br", "centre")
 def five_crop_dir(dataset: str, data_dir=None, ratio: float = 0.5) -> Path:
     """``<data>/<dataset>/derived/five_crop_<ratio>`` (ratio printed with %g: 0.5 -> "0.5"); ``directory:<folder>``
     sets use their folder name."""
-    return derived_dir(dataset.split(":", 1)[-1], data_dir) / f"five_crop_{ratio:g}"
+    return derived_dir(dataset, data_dir) / f"five_crop_{ratio:g}"
 
 
 def five_crop_boxes(height: int, width: int, ratio: float = 0.5) -> list[tuple[int, int, int, int]]:
@@ -66,17 +68,8 @@ def encode_label(label: np.ndarray, where: str) -> np.ndarray:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    tmp = atomic_path(path)
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _save_depth(depth: np.ndarray, path: Path, *, source: str, units: str, extra: dict) -> None:
-    tmp = atomic_path(path)
-    write_depth(tmp, depth, source=source, units=units, extra=extra)
-    # sidecar first, PNG last: a PNG without its sidecar never counts as finished (see ``_done``).
-    os.replace(sidecar_path(tmp), sidecar_path(path))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def write_item_crops(item: dict, i: int, root: Path, split: str, ratio: float, *, dataset: str) -> None:
@@ -103,7 +96,7 @@ def write_item_crops(item: dict, i: int, root: Path, split: str, ratio: float, *
         if labels[k] is not None:
             _save_png(encode_label(labels[k], f"{dataset}/{split} item {key!r}"), paths["label"])
         if depths[k] is not None:
-            _save_depth(np.ascontiguousarray(depths[k]), paths["depth"], source=f"five-crop of {dataset}/{key}",
+            write_depth(paths["depth"], np.ascontiguousarray(depths[k]), source=f"five-crop of {dataset}/{key}",
                         units=units, extra={"five_crop": {"source_key": key, "crop": CROP_NAMES[k],
                                                           "box": list(boxes[k]), "ratio": ratio, **full}})
         _save_png(np.ascontiguousarray(images[k]), paths["img"])  # last: the image marks the crop as written
@@ -129,8 +122,6 @@ def _remove(root: Path, split: str, i: int) -> None:
 def run_fivecrop(dataset: str, data_dir, splits, *, ratio: float = 0.5, rank: int = 0, world: int = 1,
                  overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
     """The five-crop stage over ``splits``; this rank handles source items i % world == rank."""
-    from depthg.data.datasets import source_dataset
-    from depthg.data.depth_estimation import depth_dir
 
     root = five_crop_dir(dataset, data_dir, ratio)
     results = []

@@ -23,7 +23,6 @@ file and no process waits for another. ``--merge`` does only that step (e.g. aft
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,9 +33,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from depthg.config import check_fidelity
+from depthg.data.datasets import effective_crop, train_source
 from depthg.data.knn_file import knn_path, save_knn
-from depthg.data.prep import stage_lock, check_run, record_run, shard
+from depthg.data.stage import check_run, record_run, shard, stage_lock
+from depthg.data.transforms import image_tensor
+from depthg.device import resolve_device
 from depthg.errors import ConfigError, DataError
+from depthg.files import atomic_write
+from depthg.model.backbone import DinoBackbone
+from depthg.paths import dataset_folder
 
 DROPOUT_P = 0.1  # DinoFeaturizer's Dropout2d (DG src/modules.py; METHOD.md §1.5)
 CHUNK_BUDGET_BYTES = 256 * 2**20  # similarity rows held at once, float32
@@ -89,7 +95,6 @@ def topk_cosine(feats: torch.Tensor, k: int, chunk_size: int | None = None, *, p
 def extract_features(backbone, image, indices: list[int], *, res: int, fidelity: str, seed: int, batch_size: int,
                      device: torch.device, progress: bool = True) -> np.ndarray:
     """Pooled unit features float32 [len(indices), C] of ``image(i)`` for the given item indices."""
-    from depthg.data.transforms import image_tensor
 
     out = []
     for start in tqdm(range(0, len(indices), batch_size), desc=f"knn features [{len(indices)} items]",
@@ -110,11 +115,8 @@ def _shard_path(final: Path, rank: int, world: int) -> Path:
 
 
 def _save_shard(path: Path, indices: list[int], feats: np.ndarray, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, indices=np.asarray(indices, np.int64), features=feats, meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
 
 
 def _load_shards(paths: list[Path], params: dict, n: int) -> tuple[np.ndarray, str] | None:
@@ -163,19 +165,15 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
             merge_only: bool = False, rank: int = 0, world: int = 1, overwrite: bool = False,
             progress: bool = True) -> Path | None:
     """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing)."""
-    from depthg.backbone import DinoBackbone
-    from depthg.data.datasets import effective_crop, train_source
-    from depthg.distributed import resolve_device
 
-    if fidelity not in ("paper", "reference"):
-        raise ConfigError(f"--fidelity must be paper or reference, got {fidelity!r}.")
+    check_fidelity(fidelity, "--fidelity")
     if res < 1 or batch_size < 1 or (chunk_size is not None and chunk_size < 1):
         raise ConfigError(f"--res, --batch-size and --chunk-size must be >= 1 (got {res}, {batch_size}, "
                           f"{chunk_size}).")
     crop = effective_crop(dataset, crop)  # Potsdam is never cropped (METHOD.md §1.1)
     items = train_source(dataset, data_dir, split, crop=crop, ratio=ratio, with_depth=False)  # training's order
     n, image = len(items), lambda i: items[i]["image"]
-    final = knn_path(dataset.split(":", 1)[-1], split, backbone, crop, res, data_dir)
+    final = knn_path(dataset_folder(dataset), split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,

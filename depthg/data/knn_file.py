@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from depthg.errors import DataError
+from depthg.files import atomic_write
 from depthg.paths import data_root, derived_dir
 
 FORMAT = "depthg-knn"
@@ -57,11 +58,8 @@ def save_knn(path: str | os.PathLike, nns: np.ndarray, *, dataset: str, split: s
     meta = dict(format=FORMAT, dataset=dataset, split=split, backbone=backbone, weights=str(weights), res=int(res),
                 crop=crop, knn_features=knn_features, n_items=int(n))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:  # a file object, so numpy does not append another .npz
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy appends no second .npz
         np.savez_compressed(fh, nns=nns.astype(np.int64), meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
     return path
 
 

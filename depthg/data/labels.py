@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from depthg.data.synthetic.classes import CLASS_NAMES as SYNTHETIC_CLASS_NAMES  # the generator owns its classes
+# the generator owns its classes and colours
+from depthg.data.synthetic.classes import CLASS_COLORS as SYNTHETIC_CLASS_COLORS
+from depthg.data.synthetic.classes import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from depthg.errors import DataError
+from depthg.paths import dataset_base
 
 IGNORE = -1
 DATASET_NAMES = ("cocostuff27", "cityscapes", "potsdam", "potsdamraw", "directory", "synthetic")
@@ -70,12 +73,13 @@ class DatasetInfo:
     name: str
     n_classes: int
     class_names: tuple[str, ...]
+    colors: np.ndarray | None = None  # uint8 [n,3] display colours where the dataset has its own, else None
 
 
 def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
     """Classes of dataset ``name``. A ``directory:<folder>`` set has the ``n_classes`` given (model.n_classes), or
     n_classes = 0 and no names when none is given (its classes are not fixed by the dataset)."""
-    base = name.split(":", 1)[0]
+    base = dataset_base(name)
     if base == "cocostuff27":
         return DatasetInfo(name, 27, COCO27_CLASS_NAMES)
     if base == "cityscapes":
@@ -83,7 +87,7 @@ def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
     if base in ("potsdam", "potsdamraw"):
         return DatasetInfo(name, 3, POTSDAM3_CLASS_NAMES)
     if base == "synthetic":
-        return DatasetInfo(name, len(SYNTHETIC_CLASS_NAMES), SYNTHETIC_CLASS_NAMES)
+        return DatasetInfo(name, len(SYNTHETIC_CLASS_NAMES), SYNTHETIC_CLASS_NAMES, SYNTHETIC_CLASS_COLORS)
     if base == "directory":
         n = n_classes or 0
         return DatasetInfo(name, n, tuple(f"class {i}" for i in range(n)))

@@ -22,6 +22,7 @@ from depthg.data.knn_file import knn_path, legacy_knn_path, load_knn
 from depthg.data.labels import dataset_info
 from depthg.data.transforms import depth_tensor, image_tensor, label_tensor
 from depthg.errors import ConfigError, DataError
+from depthg.paths import dataset_folder
 
 
 class TrainPairs(Dataset):
@@ -103,7 +104,7 @@ def train_knn_paths(cfg, data_dir=None) -> tuple:
     The release's file name encodes crop_type even for Potsdam, which is never cropped (METHOD.md §1.1, §1.5)."""
     d = cfg.data
     data_dir = data_dir or d.data_dir or None
-    name = d.dataset.split(":", 1)[-1]
+    name = dataset_folder(d.dataset)
     ours = knn_path(name, "train", cfg.model.backbone, effective_crop(d.dataset, d.crop_type), d.knn_res, data_dir)
     return ours, legacy_knn_path(name, "train", cfg.model.backbone, d.crop_type, d.knn_res, data_dir)
 
@@ -115,7 +116,7 @@ def build_train_set(cfg) -> TrainPairs:
     source = train_source(name, d.data_dir or None, "train", crop=d.crop_type, ratio=d.crop_ratio, with_depth=True,
                           n_classes=cfg.model.n_classes)
     crop = effective_crop(name, d.crop_type)
-    derived_name = name.split(":", 1)[-1]
+    derived_name = dataset_folder(name)
     ours, legacy = train_knn_paths(cfg)
     expect = dict(dataset=name, split="train", backbone=cfg.model.backbone, res=d.knn_res, n_items=len(source))
     if ours.is_file():

@@ -10,7 +10,8 @@ Shapes: N images, H = W = res, C channels, h = w = res / patch, K classes (= clu
     changes little and saves most of the time), mIoU on every pixel of the evaluation images (no matching), as
     STEGO's linear probe but on the backbone instead of the head.
 Both use the same frozen features of :class:`DinoBackbone` at the preset's resolution; only ``weights`` differ.
-The third figure, the DepthG-trained cluster probe, comes from a training run (:mod:`depthg.reporting` callers).
+The third figure, the DepthG-trained cluster probe, needs training runs: ``python -m depthg.bench feature-quality``
+measures all three and writes results/feature_quality_synthetic.{csv,md}.
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import torch
 import torch.nn.functional as F
 from scipy.cluster.vq import kmeans2
 
-from depthg.backbone import DinoBackbone
+from depthg.data.synthetic import CLASS_NAMES, VAL_OFFSET, render_scene
 from depthg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from depthg.metrics import UnsupervisedMetrics
+from depthg.evaluation.metrics import UnsupervisedMetrics
+from depthg.model.backbone import DinoBackbone
 
 
 def render_split(split: str, n: int, *, res: int = 112, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 [N,H,W,3] and labels int64 [N,H,W] of the synthetic world's ``split`` (the scenes
     :func:`write_synthetic` stores: index i for train, VAL_OFFSET + i for val)."""
-    from depthg.data.synthetic import VAL_OFFSET, render_scene
-
     assert split in ("train", "val"), f"split must be 'train' or 'val', got {split!r}"
     scenes = [render_scene(seed, i + (VAL_OFFSET if split == "val" else 0), res) for i in range(n)]
     return (torch.from_numpy(np.stack([s["image"] for s in scenes])),
@@ -104,8 +104,6 @@ def feature_quality(backbone: str, weights: str, *, n_train: int = 200, n_val: i
                     world_seed: int = 0, seed: int = 0, data: dict | None = None) -> dict:
     """(a) and (b) for one backbone's weights on the synthetic world: {"kmeans_miou", "kmeans_accuracy",
     "linear_miou", "linear_accuracy", "weights_source"}. ``data``: pre-rendered {"train": (img, lab), "val": ...}."""
-    from depthg.data.synthetic import CLASS_NAMES
-
     data = data or {s: render_split(s, n, res=res, seed=world_seed) for s, n in (("train", n_train), ("val", n_val))}
     net = DinoBackbone(backbone, weights)
     ft, fv = patch_features(net, data["train"][0]), patch_features(net, data["val"][0])
@@ -114,95 +112,3 @@ def feature_quality(backbone: str, weights: str, *, n_train: int = 200, n_val: i
     return dict(kmeans_miou=k["miou"], kmeans_accuracy=k["accuracy"], linear_miou=lin["miou"],
                 linear_accuracy=lin["accuracy"], weights_source=net.weights_source)
 
-
-def trained_cluster_miou(weights: str, *, data_dir, results_dir, seed: int = 0, overrides=()) -> dict:
-    """(c) the DepthG-trained cluster probe: train the synthetic preset with backbone ``weights`` and evaluate it
-    (cluster mIoU / accuracy after Hungarian matching, linear probe of the head as well). ``data_dir`` must belong
-    to these weights alone: the kNN file of the world is made from the backbone's features."""
-    from depthg.prepare import prepare, resolve_config
-    from depthg.train import train
-
-    cfg = resolve_config("synthetic", data_dir=str(data_dir), weights=weights, seed=seed, overrides=list(overrides))
-    prepare("synthetic", str(data_dir), cfg=cfg)
-    res = train(cfg, run_name=f"feature-quality-{weights}-s{seed}", results_dir=str(results_dir), progress=False)
-    last = res.metrics["last_step"]
-    return dict(cluster_miou=last["cluster"]["mIoU"], cluster_accuracy=last["cluster"]["accuracy"],
-                head_linear_miou=last["linear"]["mIoU"], iterations=res.iterations)
-
-
-def _markdown(table) -> str:
-    """A pandas table as a GitHub markdown table (floats with 2 decimals), without the tabulate dependency."""
-    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [list(table.columns)] + [[cell(v) for v in r] for r in table.itertuples(index=False)]
-    return "\n".join(["| " + " | ".join(r) + " |" for r in rows[:1]] + ["|" + "---|" * len(rows[0])]
-                     + ["| " + " | ".join(r) + " |" for r in rows[1:]])
-
-
-def main(argv=None) -> int:
-    """``python -m depthg.evaluation.feature_quality``: (a), (b), (c) for random vs bundled weights -> results/."""
-    import argparse
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
-
-    import pandas as pd
-
-    from depthg.checkpoints import file_sha256
-    from depthg.paths import bundled_weights_path, results_root
-    from depthg.results import git_state
-
-    ap = argparse.ArgumentParser(prog="python -m depthg.evaluation.feature_quality", description=__doc__.split("\n")[0])
-    ap.add_argument("--backbone", default="vit_tiny_patch8")
-    ap.add_argument("--weights", nargs=2, default=["random", "bundled"], metavar=("BASELINE", "PRETRAINED"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of (c)")
-    ap.add_argument("--no-train", action="store_true", help="skip (c), the two DepthG trainings")
-    ap.add_argument("--results-dir", help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)")
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    data = {s: render_split(s, n) for s, n in (("train", 200), ("val", 50))}
-    rows = {}
-    for w in args.weights:
-        r = feature_quality(args.backbone, w, data=data)
-        if not args.no_train:
-            runs = []
-            for seed in args.seeds:
-                with tempfile.TemporaryDirectory() as tmp:  # a world and kNN file of these weights only
-                    runs.append(trained_cluster_miou(w, data_dir=Path(tmp) / "data", results_dir=Path(tmp) / "res",
-                                                     seed=seed))
-            r["cluster_miou"] = float(np.mean([x["cluster_miou"] for x in runs]))
-            r["cluster_accuracy"] = float(np.mean([x["cluster_accuracy"] for x in runs]))
-            r["cluster_miou_per_seed"] = ";".join(f"{x['cluster_miou']:.2f}" for x in runs)
-        rows[w] = r
-        print(w, {k: v for k, v in r.items()}, f"{time.time() - t0:.0f} s", flush=True)
-    base, pre = args.weights
-    probes = [("kmeans_miou", "(a) k-means of patch features, Hungarian mIoU"),
-              ("linear_miou", "(b) linear probe on patch features, mIoU"),
-              ("cluster_miou", "(c) DepthG-trained cluster probe (synthetic preset), mIoU")]
-    table = pd.DataFrame([dict(probe=name, description=desc, baseline=rows[base][name], pretrained=rows[pre][name],
-                               difference=rows[pre][name] - rows[base][name],
-                               target_met=rows[pre][name] - rows[base][name] >= 10)
-                          for name, desc in probes if name in rows[base]])
-    out = results_root(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "feature_quality_synthetic.csv", index=False, float_format="%.2f")
-    git = git_state()
-    bundled = bundled_weights_path(args.backbone)
-    lines = [f"# Feature quality on the synthetic world: {pre} vs {base} ({args.backbone}, frozen)", "",
-             "Evaluation split: the synthetic world's 50 validation scenes at 112 px; linear probe trained on the 200 "
-             "training scenes; target: pretrained >= baseline + 10 mIoU.", "",
-             _markdown(table), "",
-             f"- weights: {base} = {rows[base]['weights_source']}; {pre} = {rows[pre]['weights_source']}",
-             f"- bundled file: {bundled.name} sha256 {file_sha256(bundled) if bundled.is_file() else 'missing'}",
-             f"- (c) seeds: {args.seeds}; per seed {base}: {rows[base].get('cluster_miou_per_seed', '-')}, "
-             f"{pre}: {rows[pre].get('cluster_miou_per_seed', '-')}",
-             f"- command: python -m depthg.evaluation.feature_quality {' '.join(sys.argv[1:] if argv is None else argv)}"
-             .rstrip(),
-             f"- git {git['commit']} (dirty: {git['dirty']}); wall time {time.time() - t0:.0f} s"]
-    (out / "feature_quality_synthetic.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,9 +21,7 @@ what an uninterrupted one would; the checkpoint still stores torch's global RNG 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from depthg.backbone import DinoBackbone
-from depthg.checkpoints import file_sha256
+from depthg.data.synthetic import render_scene
+from depthg.data.synthetic.world import VERSION as WORLD_VERSION
 from depthg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from depthg.errors import ConfigError, TrainingError
+from depthg.files import atomic_write, file_sha256, write_json
+from depthg.model.backbone import DinoBackbone
+from depthg.paths import bundled_weights_path
+from depthg.runs import provenance
 from depthg.training.dino import DinoHead, DinoLoss, PatchLoss
 
 FORMAT = "depthg-pretrain-v1"
@@ -103,8 +105,6 @@ def schedules(cfg: PretrainConfig) -> dict[str, np.ndarray]:
 
 def render_images(cfg: PretrainConfig, *, progress: bool = True) -> torch.Tensor:
     """The training images [N,H,W,3] uint8, rendered (the world is a pure function of seed and index)."""
-    from depthg.data.synthetic import render_scene
-
     out = np.empty((cfg.n_images, cfg.res, cfg.res, 3), np.uint8)
     for i in tqdm(range(cfg.n_images), desc="pretrain: rendering", disable=not progress, mininterval=5):
         out[i] = render_scene(cfg.world_seed, i, cfg.res)["image"]
@@ -269,26 +269,27 @@ def estimate_seconds(cfg: PretrainConfig, images: torch.Tensor, n: int = 3) -> f
 
 
 def _save_checkpoint(path: Path, **state) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a killed run leaves the previous checkpoint intact
+    with atomic_write(path, fsync=True) as tmp:  # a killed run leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | None = None,
              checkpoint_every: int = 50, progress: bool = True, estimate: bool = True,
-             stop_at: int | None = None) -> Path | None:
+             stop_at: int | None = None) -> Path:
     """Run DINO pretraining and write the teacher backbone to ``out`` (.safetensors, a timm ViT state dict that
     :class:`DinoBackbone` loads as ``weights``) plus ``out`` with suffix .json (the manifest). Returns ``out``.
 
     ``checkpoint`` (default: ``out`` + .ckpt): written atomically every ``checkpoint_every`` iterations and resumed
-    from when it exists with the same parameters; removed once the weights are written. The thread count is part of
-    the result (float sums depend on it), so it is recorded and a resume with another count is refused.
-    ``stop_at``: checkpoint after that many iterations and return None (a time-boxed session; resume later)."""
-    from depthg.results import provenance, write_json
-
+    from when it exists with the same parameters; removed once the weights of the full schedule are written. The
+    thread count is part of the result (float sums depend on it), so it is recorded and a resume with another count
+    is refused. ``stop_at``: stop after that many of the schedule's iterations, keep the checkpoint (a later run
+    without it resumes to the end) and write the teacher of that iteration, marked incomplete in the manifest."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"pretrain output {out} must end in .safetensors")
+    if stop_at is not None and not 0 < stop_at <= cfg.iterations:
+        raise ConfigError(f"pretrain stop_at must be in 1..{cfg.iterations} (iterations), got {stop_at}")
+    end = stop_at or cfg.iterations
     ckpt = Path(checkpoint) if checkpoint else out.with_name(out.name + ".ckpt")
     params = dict(asdict(cfg), format=FORMAT, threads=torch.get_num_threads())
     t_start = time.perf_counter()
@@ -299,24 +300,21 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | N
     opt = _optimizer(nets)
     start, losses, elapsed = 0, [], 0.0
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["params"] != params:
-            diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
-            raise TrainingError(f"checkpoint {ckpt} was written with other parameters {diff}; delete it or use "
-                                "the same parameters (and thread count) to resume")
+        state = _load_checkpoint(ckpt, params)
         nets.load_state_dict(state["nets"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start, losses, elapsed = state["iteration"], state["losses"], state["elapsed_s"]
+        if start > end:
+            raise TrainingError(f"checkpoint {ckpt} is at iteration {start}, past stop_at={stop_at}")
         print(f"pretrain: resuming from {ckpt} at iteration {start}/{cfg.iterations}", flush=True)
-    if estimate and start < cfg.iterations:
+    if estimate and start < end:
         per_it = estimate_seconds(cfg, images)
-        print(f"pretrain: {cfg.iterations - start} iterations of batch {cfg.batch_size} x {2 + cfg.n_local} views "
-              f"on {torch.get_num_threads()} threads: about {per_it * (cfg.iterations - start) / 60:.1f} min "
+        print(f"pretrain: {end - start} iterations of batch {cfg.batch_size} x {2 + cfg.n_local} views "
+              f"on {torch.get_num_threads()} threads: about {per_it * (end - start) / 60:.1f} min "
               f"({per_it:.2f} s/iteration measured; rendering took {render_s:.0f} s)", flush=True)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.iterations), desc="pretrain", disable=not progress, initial=start,
-               total=cfg.iterations, mininterval=10)
+    bar = tqdm(range(start, end), desc="pretrain", disable=not progress, initial=start, total=end, mininterval=10)
     for it in bar:
         losses.append(_step(nets, opt, images, cfg, it, sched))
         rate = cfg.batch_size * (it + 1 - start) / (time.perf_counter() - t0)
@@ -325,43 +323,64 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | N
             _save_checkpoint(ckpt, params=params, nets=nets.state_dict(), optimizer=opt.state_dict(),
                              iteration=it + 1, losses=losses, torch_rng=torch.get_rng_state(),
                              elapsed_s=elapsed + time.perf_counter() - t0)
-        if it + 1 == stop_at:
-            bar.close()
-            return None
     bar.close()
     elapsed += time.perf_counter() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.safetensors")
-    state = {k: v.contiguous() for k, v in nets.teacher.vit.state_dict().items()}
-    safetensors.torch.save_file(state, tmp)  # no metadata: its key order is random, the bytes would differ
-    os.replace(tmp, out)
-    window = max(1, min(20, len(losses) // 10))
-    every = max(1, cfg.iterations // 50)
-    curve = [[i + 1, float(np.mean(losses[max(0, i + 1 - window):i + 1]))]
-             for i in range(every - 1, len(losses), every)]
-    manifest = dict(
-        stage="pretrain", weights=out.name, sha256=file_sha256(out), size_bytes=out.stat().st_size,
-        params=params, world=dict(generator="depthg.data.synthetic", version=_world_version(), seed=cfg.world_seed,
-                                  split="train", indices=[0, cfg.n_images - 1], res=cfg.res),
-        final_loss=curve[-1][1], loss_curve=curve, loss_curve_window=window,
-        train_wall_time_s=round(elapsed, 1),  # all iterations, summed over resumed runs
-        render_wall_time_s=round(render_s, 1),  # of this (last) process
-        regenerate=_command(cfg, out),
-        provenance=provenance(seed=cfg.seed, device="cpu", weights="random (start)",
-                              wall_time_s=time.perf_counter() - t_start))  # this process
-    write_json(out.with_suffix(".json"), manifest)
-    ckpt.unlink(missing_ok=True)
+    _export(nets.teacher, cfg, params, out, losses, train_s=elapsed, render_s=render_s,
+            wall_s=time.perf_counter() - t_start)
+    if end == cfg.iterations:
+        ckpt.unlink(missing_ok=True)
     return out
 
 
-def _world_version() -> int:
-    from depthg.data.synthetic.world import _params
+def _load_checkpoint(ckpt: Path, params: dict | None = None) -> dict:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if params is not None and state["params"] != params:
+        diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
+        raise TrainingError(f"checkpoint {ckpt} was written with other parameters {diff}; delete it or use "
+                            "the same parameters (and thread count) to resume")
+    return state
 
-    return _params(1, 1, 1, 0)["version"]
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """The teacher of a pretraining checkpoint as weights + manifest at ``out``: the same bytes as a run with
+    ``stop_at`` = the checkpoint's iteration (for a run stopped from outside, e.g. at the end of a time budget)."""
+    state = _load_checkpoint(Path(ckpt))
+    params = state["params"]
+    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()
+                            if k not in ("format", "threads")})
+    teacher = DinoBackbone(cfg.backbone, "random")
+    prefix = "teacher.vit."
+    teacher.vit.load_state_dict({k[len(prefix):]: v for k, v in state["nets"].items() if k.startswith(prefix)})
+    return _export(teacher, cfg, params, Path(out), state["losses"], train_s=state["elapsed_s"], render_s=None,
+                   wall_s=None)
 
 
-def read_manifest(weights: str | Path) -> dict:
-    return json.loads(Path(weights).with_suffix(".json").read_text())
+def _export(teacher: DinoBackbone, cfg: PretrainConfig, params: dict, out: Path, losses: list[float], *,
+            train_s: float, render_s: float | None, wall_s: float | None) -> Path:
+    """Write the teacher's ViT state dict to ``out`` and the manifest (recipe, curve, sha256) beside it."""
+    state = {k: v.contiguous() for k, v in teacher.vit.state_dict().items()}
+    with atomic_write(out) as tmp:
+        safetensors.torch.save_file(state, tmp)  # no metadata: its key order is random, the bytes would differ
+    done = len(losses)
+    window = max(1, min(20, done // 10))
+    every = max(1, cfg.iterations // 50)
+    curve = [[i + 1, float(np.mean(losses[max(0, i + 1 - window):i + 1]))] for i in range(every - 1, done, every)]
+    if not curve or curve[-1][0] != done:
+        curve.append([done, float(np.mean(losses[-window:]))])
+    stop = "" if done == cfg.iterations else f" --stop-at {done}"
+    manifest = dict(
+        stage="pretrain", weights=out.name, sha256=file_sha256(out), size_bytes=out.stat().st_size,
+        complete=done == cfg.iterations, iterations_done=done, params=params,
+        world=dict(generator="depthg.data.synthetic", version=WORLD_VERSION, seed=cfg.world_seed, split="train",
+                   indices=[0, cfg.n_images - 1], res=cfg.res),
+        final_loss=curve[-1][1], loss_curve=curve, loss_curve_window=window,
+        train_wall_time_s=round(train_s, 1),  # all iterations, summed over resumed runs
+        render_wall_time_s=None if render_s is None else round(render_s, 1),  # of the last process
+        regenerate=_command(cfg, out, params["threads"]) + stop,
+        provenance=provenance(seed=cfg.seed, device="cpu", weights="random (start)",
+                              wall_time_s=train_s if wall_s is None else wall_s))
+    write_json(out.with_suffix(".json"), manifest)
+    return out
 
 
 def config_from_overrides(overrides: list[str]) -> PretrainConfig:
@@ -380,21 +399,21 @@ def config_from_overrides(overrides: list[str]) -> PretrainConfig:
     return PretrainConfig(**kw)
 
 
-def _command(cfg: PretrainConfig, out: Path) -> str:
-    """The CLI command that makes these weights again (only the parameters that differ from the defaults)."""
+def _command(cfg: PretrainConfig, out: Path, threads: int) -> str:
+    """The CLI command that makes these weights again (only the parameters that differ from the defaults; the
+    output path relative to the checkout when it lies inside it)."""
     default = asdict(PretrainConfig())
     args = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
             for k, v in asdict(cfg).items() if v != default[k]]
-    return " ".join(["python -m depthg prep pretrain", f"--threads {torch.get_num_threads()}", f"--out {out}", *args])
+    where = "" if out.resolve() == bundled_weights_path(cfg.backbone) else f" --out {out}"
+    return " ".join([f"python -m depthg prep pretrain --threads {threads}{where}", *args])
 
 
 def main(args) -> int:
-    """``python -m depthg prep pretrain``: the parsed arguments of :func:`depthg.data.prep.add_prep_parser`."""
-    from depthg.paths import bundled_weights_path
-
+    """``python -m depthg prep pretrain``: the parsed arguments of :func:`depthg.cli.prep.add_prep_parser`."""
     cfg = config_from_overrides(args.overrides)
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else bundled_weights_path(cfg.backbone)
-    pretrain(cfg, out, progress=not args.no_progress)
+    pretrain(cfg, out, progress=not args.no_progress, stop_at=args.stop_at)
     print(f"pretrain: wrote {out} and {out.with_suffix('.json')}")
     return 0

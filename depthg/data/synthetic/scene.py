@@ -6,7 +6,7 @@ import colorsys
 
 import numpy as np
 
-from depthg.data.synthetic.classes import BALL, BOX, GROUND, PILLAR, WALL, PRIORS
+from depthg.data.synthetic.classes import BALL, BOX, GROUND, PILLAR, PRIORS, WALL
 from depthg.data.synthetic.intersect import hit
 
 FAR = 50.0  # depth given to sky pixels (metres)

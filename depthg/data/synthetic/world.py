@@ -16,10 +16,13 @@ from depthg.data.synthetic.scene import CLIP, FAR
 
 VAL_OFFSET = 1_000_000  # validation scene i is scene VAL_OFFSET + i of the seed
 
+# Bump whenever rendering changes, so stale worlds (and their derived kNN files) are regenerated.
+# 2: class-typical appearance priors. 3: thin far poles and small far objects.
+VERSION = 3
+
+
 def _params(n_train: int, n_val: int, res: int, seed: int) -> dict:
-    # version: bump whenever rendering changes, so stale worlds (and their derived kNN files) are regenerated.
-    # 2: class-typical appearance priors. 3: thin far poles and small far objects.
-    return dict(generator="depthg.data.synthetic", version=3, n_train=n_train, n_val=n_val, res=res, seed=seed,
+    return dict(generator="depthg.data.synthetic", version=VERSION, n_train=n_train, n_val=n_val, res=res, seed=seed,
                 classes=list(CLASS_NAMES), depth="camera z in metres, sky = FAR", far=FAR, clip=CLIP,
                 val_offset=VAL_OFFSET)
 

@@ -2,7 +2,7 @@
 
 ``python -m depthg eval CHECKPOINT [--crf/--no-crf]``: the evaluation split at a 320 px centre crop, codes
 averaged over a horizontal flip, both probes' logits upsampled bilinearly to the label size, DenseCRF in worker
-processes (:class:`depthg.crf.CRFPool`), dataset-level Hungarian matching for the cluster probe and plain argmax
+processes (:class:`depthg.evaluation.crf.CRFPool`), dataset-level Hungarian matching for the cluster probe and plain argmax
 for the linear probe. Metrics are reported with and without CRF, so the CRF's share is visible (ANCHORS.md §0).
 
 This evaluates the model it is given: the last training step. A best-on-validation number, if someone wants one,
@@ -21,14 +21,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from depthg.config import Config, load_preset
-from depthg.crf import CRFPool
+from depthg.config import Config
 from depthg.data.pairs import build_eval_set
 from depthg.data.transforms import unnormalize
+from depthg.device import resolve_device
 from depthg.errors import ConfigError
-from depthg.metrics import UnsupervisedMetrics
+from depthg.evaluation import released
+from depthg.evaluation.crf import CRFPool
+from depthg.evaluation.metrics import UnsupervisedMetrics
 from depthg.paths import runs_dir
-from depthg.results import provenance, write_run
+from depthg.presets import PAPER_PRESETS, load_preset
+from depthg.runs import provenance, write_run
+from depthg.training import checkpoints
 
 
 @dataclass
@@ -91,18 +95,12 @@ def _summary(m: dict) -> dict:
     return keep
 
 
-_RELEASED_PRESETS = {("cocostuff27", "vit_small_patch8"): "cocostuff27_vits8",
-                     ("cocostuff27", "vit_base_patch8"): "cocostuff27_vitb8",
-                     ("cityscapes", "vit_base_patch8"): "cityscapes_vitb8",
-                     ("potsdam", "vit_small_patch8"): "potsdam_vits8"}
-
-
 def preset_for_released(info: dict) -> str:
     """The preset of a released checkpoint's dataset and backbone (DG src/configs/eval_config.yml:15-19)."""
     key = (info.get("dataset_name"), info.get("backbone"))
-    if key in _RELEASED_PRESETS:
-        return _RELEASED_PRESETS[key]
-    by_dataset = [p for (d, _), p in _RELEASED_PRESETS.items() if d == key[0]]
+    if key in PAPER_PRESETS:
+        return PAPER_PRESETS[key]
+    by_dataset = [p for (d, _), p in PAPER_PRESETS.items() if d == key[0]]
     if by_dataset:
         return by_dataset[0]
     raise ConfigError(f"{info.get('path')}: cannot tell which preset fits dataset {key[0]!r} with backbone "
@@ -113,7 +111,6 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
                         overrides: list[str] | None = None, split: str = "val", run_name: str | None = None,
                         results_dir: str | None = None) -> EvalResult:
     """Evaluate this project's checkpoint or an authors' released Lightning .ckpt; write results/runs/<name>/."""
-    from depthg import checkpoints, released
 
     t0 = time.time()
     path = Path(path)
@@ -128,11 +125,11 @@ def evaluate_checkpoint(path: str | Path, *, crf: bool | None = None, preset: st
         model, cfg, _ = checkpoints.load_trained_model(path)
         cfg = load_preset(preset, overrides) if preset else cfg.with_overrides(overrides)
         name = run_name or f"eval-{cfg.name}-seed{cfg.train.seed}"
-    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    device = resolve_device(cfg.train.device)
     model = model.to(device)
     metrics = evaluate_model(model, cfg, split=split, crf=crf)
     run_dir = runs_dir(results_dir) / name
     write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics, "checkpoint": str(path)},
-              provenance=provenance(seed=cfg.train.seed, device=device, weights=model.backbone.weights_source,
+              provenance=provenance(seed=cfg.train.seed, device=str(device), weights=model.backbone.weights_source,
                                     wall_time_s=time.time() - t0))
     return EvalResult(run_dir=run_dir, metrics=metrics)

@@ -1,4 +1,4 @@
-"""The authors' released STEGO/DepthG Lightning checkpoints: load them into :class:`depthg.model.DepthGModel`.
+"""The authors' released STEGO/DepthG Lightning checkpoints: load them into :class:`depthg.model.segmenter.DepthGModel`.
 
 Released ``.ckpt`` layout (DG src/train_segmentation.py:96-113, src/modules.py:19-88; DESIGN.md §6):
 - ``state_dict``: ``net.model.*`` the DINO ViT (DINO naming = timm naming), ``net.cluster1.0.*`` and
@@ -8,7 +8,7 @@ Released ``.ckpt`` layout (DG src/train_segmentation.py:96-113, src/modules.py:1
 - ``hyper_parameters``: ``{"n_classes": n, "cfg": <omegaconf DictConfig>}`` (model_type, dino_patch_size, dim,
   extra_clusters, dataset_name, dropout, ...). Decayed schedule values are stored decayed (METHOD §3.5).
 
-Files are read with :func:`depthg.checkpoints.read_checkpoint`, which never runs code from a file and needs neither
+Files are read with :func:`depthg.model.weights.read_checkpoint`, which never runs code from a file and needs neither
 omegaconf nor Lightning.
 
 Shapes: K code dim, C backbone channels, n clusters or classes.
@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from depthg.checkpoints import (RELEASED_BACKBONE_PREFIX, file_sha256, is_released_checkpoint, plain_container,
-                                read_checkpoint)
 from depthg.errors import WeightsError
-from depthg.model import DepthGModel
+from depthg.files import file_sha256
+from depthg.model.segmenter import DepthGModel
+from depthg.model.weights import RELEASED_BACKBONE_PREFIX, is_released_checkpoint, plain_container, read_checkpoint
 
 # released key prefix -> our DepthGModel prefix; the backbone part goes through DinoBackbone.load_vit_state
 _RELEASED_TO_OURS = {"net.cluster1.": "head.cluster1.", "net.cluster2.": "head.cluster2.",

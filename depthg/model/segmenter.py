@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from depthg.backbone import DinoBackbone
-from depthg.head import ClusterProbe, LinearProbe, SegmentationHead
+from depthg.model.backbone import DinoBackbone
+from depthg.model.head import ClusterProbe, LinearProbe, SegmentationHead
 
 
 class DepthGModel(nn.Module):

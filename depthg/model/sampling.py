@@ -24,9 +24,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from depthg.config import check_fidelity
 from depthg.errors import ConfigError
 
-FIDELITIES = ("paper", "reference")
 # Paper lifting defaults (our choice; the paper's values could not be read, METHOD.md §0.1): a 60 degree horizontal
 # field of view, typical of the consumer photos in COCO/Cityscapes, and Z = depth (z_scale 1), which is the
 # geometrically consistent pinhole back-projection rather than the release's depth-stretched frustum (Z = -5 d).
@@ -35,11 +35,6 @@ PAPER_Z_SCALE = 1.0
 # The release: depth2points(fov=90) passes 90 to tan as radians and uses far = 5 (DG src/modules.py:988-996).
 REFERENCE_FOV = 90.0
 REFERENCE_Z_SCALE = -5.0
-
-
-def _check_fidelity(fidelity, name="fidelity"):
-    if fidelity not in FIDELITIES:
-        raise ConfigError(f"{name}={fidelity!r} is not one of {FIDELITIES}; set it to 'paper' or 'reference'.")
 
 
 def random_coords(B, S, *, generator=None, device=None):
@@ -85,7 +80,7 @@ def depth_to_points(depth, *, fidelity="paper", fov_deg=PAPER_FOV_DEG, z_scale=P
     metric maps give the same cloud), X = F*d'*(c + 1/2 - w/2)/w, likewise Y, Z = z_scale*d', F = 2*tan(fov/2) with
     the field of view in degrees.
     """
-    _check_fidelity(fidelity)
+    check_fidelity(fidelity)
     assert depth.dim() == 4 and depth.shape[1] == 1, f"depth must be [B,1,h,w], got {tuple(depth.shape)}"
     B, _, h, w = depth.shape
     d = depth[:, 0].float()  # [B,h,w]
@@ -159,7 +154,7 @@ def indices_to_coords(idx, grid_hw, side, *, fidelity="paper"):
     reference: the release marks the picks in a mask and reads them back with nonzero(), so they come in raster
     order, as (row/h, col/w)*2-1: transposed and off-grid (golden c ``cK_grid_coords``, METHOD.md §4.3).
     """
-    _check_fidelity(fidelity)
+    check_fidelity(fidelity)
     h, w = grid_hw
     B, n = idx.shape
     assert n == side * side, f"{n} indices cannot fill a {side}x{side} grid"
@@ -183,7 +178,7 @@ def fps_coords(depth, grid_hw, side, *, fidelity="paper", lifting=None, start=0,
     (aspect ``depth_lifting``; defaults to ``fidelity``), ``start`` the first pick (aspect ``fps_start``: the
     release uses 0; "random" with ``generator`` is the seedable paper choice).
     """
-    _check_fidelity(fidelity)
+    check_fidelity(fidelity)
     lifting = fidelity if lifting is None else lifting
     points = depth_to_points(pool_depth(depth, grid_hw), fidelity=lifting, fov_deg=fov_deg, z_scale=z_scale)
     idx = farthest_point_sample(points, side * side, start=start, generator=generator)

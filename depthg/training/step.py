@@ -2,8 +2,8 @@
 
 ``TrainStep`` owns everything that is trained: the segmentation head, the cluster and linear probes and, when
 3D-LHP is on, its projection. Its ``forward`` takes backbone features, so the frozen backbone stays outside DDP.
-The correlation terms (self, kNN, negatives, DFC) and the optional 3D-LHP branch come from :mod:`depthg.losses`
-and :mod:`depthg.lhp`; the probes are trained on detached codes in the same step (METHOD.md §2.3):
+The correlation terms (self, kNN, negatives, DFC) and the optional 3D-LHP branch come from :mod:`depthg.model.losses`
+and :mod:`depthg.model.lhp`; the probes are trained on detached codes in the same step (METHOD.md §2.3):
 
     L = (λ_inter L_inter + λ_intra L_intra + λ_neg L_neg + λ_dep(t) L_dep) · (w_corr − balance)
         + lhp_weight · (same terms on the propagated, projected codes)      [if loss.lhp]
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from depthg import lhp as lhp_mod
 from depthg.config import Config
-from depthg.losses import correlation_loss
-from depthg.sampling import choose_coords
+from depthg.model import lhp as lhp_mod
+from depthg.model.losses import correlation_loss
+from depthg.model.sampling import choose_coords
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ Two fidelities (DESIGN.md §3, config aspect ``lhp``):
   self included, k = 8 by default, about the release's 1% of 784) or HP's 3x3 window (``"window3"``); w = 1 - delta
   on N(i); weights normalised by their sum, so z^ is a weighted mean of codes.
 
-How training uses it (METHOD.md §5.2; the loop lives in depthg.train): with z, z+ the codes of the image and its
+How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image and its
 kNN partner and d the image's depth,
 
     z_hat  = projection(propagate(z, lhp_weights(d, (h, w), fidelity=...)))
@@ -36,8 +36,9 @@ Shapes: B batch, K code dim, H/W depth resolution, h/w feature grid, N = h*w pat
 import torch
 from torch import nn
 
+from depthg.config import check_fidelity
 from depthg.errors import ConfigError
-from depthg.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points, pool_depth
+from depthg.model.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points, pool_depth
 
 NEIGHBOURHOODS = ("knn3d", "window3")
 
@@ -73,8 +74,7 @@ def lhp_weights(depth, grid_hw, *, fidelity="paper", neighbourhood="knn3d", k=8,
         # torch.quantile works along dim -1 of length N, within its 2^24 limit (METHOD.md §10).
         keep = delta <= torch.quantile(delta, 0.01, dim=-1, keepdim=True)
         return torch.where(keep, 1 - delta, torch.zeros_like(delta)) / N
-    if fidelity != "paper":
-        raise ConfigError(f"lhp fidelity={fidelity!r} is not 'paper' or 'reference'.")
+    check_fidelity(fidelity, "fidelity.lhp")
     if neighbourhood not in NEIGHBOURHOODS:
         raise ConfigError(f"lhp_neighbourhood={neighbourhood!r} is not one of {NEIGHBOURHOODS}.")
     points = depth_to_points(pooled, fidelity=lifting or "paper", fov_deg=fov_deg, z_scale=z_scale)

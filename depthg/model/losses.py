@@ -25,10 +25,8 @@ the second.
 import torch
 import torch.nn.functional as F
 
-from depthg.errors import ConfigError
-from depthg.sampling import normalize_depth, pool_depth, sample
-
-DFC_TARGETS = ("paper", "reference")
+from depthg.config import check_fidelity
+from depthg.model.sampling import normalize_depth, pool_depth, sample
 
 
 def norm(t):
@@ -100,7 +98,8 @@ def depth_target(d1, d2, side, *, target):
         # pushed apart (the paper's Fig. 1 caption, METHOD.md §3.7). Uncentred, 1 - |Δd| >= 0 makes the term pure
         # attraction for any small shift, which collapses the codes to one direction.
         return proximity - proximity.mean(dim=(3, 4), keepdim=True)
-    raise ConfigError(f"dfc_target={target!r} is not one of {DFC_TARGETS}.")
+    check_fidelity(target, "dfc_target")
+    raise AssertionError("unreachable: check_fidelity accepts only paper and reference")
 
 
 def depth_feature_term(c1, c2, d1, d2, shift, *, target="paper", zero_clamp=True):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import subprocess
@@ -18,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from depthg.files import write_json
 from depthg.paths import repo_root
 
 _PACKAGES = ("depthg", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pydensecrf2", "transformers")
@@ -72,28 +72,6 @@ def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: floa
         "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-
-
-def _jsonable(x: Any) -> Any:
-    """numpy scalars/arrays and NaN into plain JSON (NaN becomes null: absent classes have no IoU)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist"):
-        return _jsonable(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def write_run(run_dir: Path, *, config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,

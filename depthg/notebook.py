@@ -13,18 +13,24 @@ commands still to run, in order; with ``run_stages=True`` it runs those stages i
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthg.config import Config, load_preset
+from depthg.config import Config
+from depthg.data.datasets import effective_crop, five_crop_dataset, source_dataset, train_source
+from depthg.data.depth_estimation import DEFAULT_MODEL, run_depth
+from depthg.data.fivecrop import run_fivecrop
+from depthg.data.knn import run_knn
+from depthg.data.labels import dataset_info
+from depthg.data.pairs import build_eval_set, build_train_set, train_knn_paths
+from depthg.data.synthetic import write_synthetic
 from depthg.errors import ConfigError, DataError
-from depthg.paths import data_root, repo_root
+from depthg.paths import data_root, dataset_base, repo_root
+from depthg.presets import DEFAULT_PRESETS, load_preset
+from depthg.training.checkpoints import load_trained_model
+from depthg.training.train import run_directory, train
 
-# The preset each dataset trains with by default (paper_reproduction.sh runs, METHOD.md §7.2).
-DEFAULT_PRESETS = {"synthetic": "synthetic", "cocostuff27": "cocostuff27_vits8", "cityscapes": "cityscapes_vitb8",
-                   "potsdam": "potsdam_vits8", "potsdamraw": "potsdam_vits8"}
 SYNTHETIC_DEFAULT_SIZE = (200, 50)  # train, val images (as `python -m depthg prep synthetic`)
 KNN_K = 30  # neighbours stored per image, as the release (METHOD.md §1.5)
 
@@ -45,11 +51,6 @@ def as_list(value: Any, kind: type = str) -> list:
         raise ConfigError(f"cannot read {value!r} as a list of {kind.__name__}") from None
 
 
-def file_tag(dataset: str) -> str:
-    """A dataset name usable in file names (directory:<folder> -> directory-<folder>)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
-
-
 def display_path(path: str | Path) -> str:
     """A path as notebooks print it: relative to the repository when inside it, so outputs do not carry the
     machine's absolute paths."""
@@ -66,10 +67,9 @@ def resolve_config(dataset: str, *, preset: str | None = None, data_dir: str | N
                    max_images: int | None = None, crf: bool | None = None, overrides: Any = None) -> Config:
     """The preset of ``dataset`` (or ``preset``) with the notebook parameters applied; ``overrides`` (a list or a
     whitespace-separated string of section.key=value) come last and win. None leaves the preset's value."""
-    from depthg.data.labels import dataset_info
 
     dataset_info(dataset)  # unknown name -> DataError listing the valid ones
-    base = dataset.split(":", 1)[0]
+    base = dataset_base(dataset)
     if preset is None:
         if base not in DEFAULT_PRESETS:
             raise ConfigError(f"dataset {dataset!r} has no default preset; pass preset (one of "
@@ -130,7 +130,6 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
         raise DataError(f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
                         f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}; "
                         f"`python -m depthg prep check --dataset {dataset}` shows what exists).")
-    from depthg.data.pairs import build_eval_set, build_train_set
 
     train, val = build_train_set(cfg), build_eval_set(cfg)  # any remaining inconsistency raises here
     return Prepared(dataset, data_root(data_dir), len(train), len(val), _knn_file(cfg, data_dir), actions)
@@ -139,8 +138,6 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
 # ---- synthetic ---------------------------------------------------------------------------------------------------
 
 def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) -> Prepared:
-    from depthg.data.knn import run_knn
-    from depthg.data.synthetic import write_synthetic
 
     root = data_root(data_dir) / "synthetic"
     manifest = root / "manifest.json"
@@ -156,7 +153,6 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
     changed = after != before
     actions = [f"generated the world ({n_train} + {n_val} images at {res} px)"] if changed else []
     if cfg.data.crop_type == "five":
-        from depthg.data.fivecrop import run_fivecrop
 
         run_fivecrop("synthetic", data_dir, ["train"], ratio=cfg.data.crop_ratio, overwrite=changed,
                      progress=progress)
@@ -176,7 +172,6 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
 
 def _knn_file(cfg: Config, data_dir) -> Path:
     """The kNN file training will read (depthg.data.pairs.train_knn_paths: ours first, then the release's)."""
-    from depthg.data.pairs import train_knn_paths
 
     ours, legacy = train_knn_paths(cfg, data_dir)
     return legacy if legacy.is_file() and not ours.is_file() else ours
@@ -190,7 +185,6 @@ def _command(stage: str, cfg: Config, data_dir, extra: str) -> str:
 def missing_steps(cfg: Config, data_dir=None) -> list[tuple[str, str, str]]:
     """(stage, what is missing, the command that makes it) for training and evaluating ``cfg``, in the order to
     run; stage is "source", "depth", "fivecrop" or "knn"."""
-    from depthg.data.datasets import effective_crop, five_crop_dataset, source_dataset
 
     d, name = cfg.data, cfg.data.dataset
     out = []
@@ -225,7 +219,6 @@ def missing_steps(cfg: Config, data_dir=None) -> list[tuple[str, str, str]]:
 
 def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[str]:
     """depth -> fivecrop -> knn on the training split, each only when :func:`missing_steps` still lists it."""
-    from depthg.data.datasets import effective_crop, train_source
 
     d = cfg.data
     todo = lambda: {stage for stage, _, _ in missing_steps(cfg, data_dir)}
@@ -233,18 +226,15 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
     if "source" in todo():
         return actions  # nothing to prepare from; the check reports what to download
     if "depth" in todo():
-        from depthg.data.depth_estimation import DEFAULT_MODEL, run_depth
 
         run_depth(d.dataset, data_dir, ["train"], model=depth_model or DEFAULT_MODEL, device=device,
                   progress=progress)
         actions.append("depth maps")
     if "fivecrop" in todo():
-        from depthg.data.fivecrop import run_fivecrop
 
         run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, progress=progress)
         actions.append("five-crop")
     if "knn" in todo():
-        from depthg.data.knn import run_knn
 
         crop = effective_crop(d.dataset, d.crop_type)
         n = len(train_source(d.dataset, data_dir, "train", crop=crop, ratio=d.crop_ratio, with_depth=False))
@@ -264,15 +254,12 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None, *, fallback
     ``figures-<preset>-seed<seed>``. The returned config is the checkpoint's, with this ``cfg``'s data location
     and evaluation settings.
     """
-    from depthg.checkpoints import load_trained_model
-    from depthg.train import run_directory, train
-
     path = Path(checkpoint) if checkpoint else run_directory(cfg, None, results_dir) / "checkpoints" / "last.pt"
     trained = False
     if checkpoint is None and not path.is_file():
         short = cfg.with_overrides({"train.iterations": fallback_iterations})
         path = train(short, run_name=f"figures-{cfg.name}-seed{cfg.train.seed}", results_dir=results_dir,
-                     evaluate_at_end=False, progress=progress).checkpoint
+                     progress=progress).checkpoint
         trained = True
     model, ckpt_cfg, _ = load_trained_model(path)
     if ckpt_cfg.data.dataset != cfg.data.dataset:

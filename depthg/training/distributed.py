@@ -12,45 +12,13 @@ uninterrupted one would, without replaying the loader.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
+from depthg.device import DistInfo
 from depthg.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """"auto" -> cuda if available, else cpu; "cuda" under torchrun -> this rank's GPU. An unknown string or CUDA
-    asked for where there is none is a ConfigError naming the value."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a torch device (auto, cpu, cuda, cuda:1, ...).") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} asked for, but no CUDA device is available; use cpu.")
-        if info is not None and info.enabled and device.index is None:
-            return torch.device("cuda", info.local_rank)
-    return device
 
 
 def init_distributed(device_type: str) -> DistInfo:
@@ -75,12 +43,6 @@ def shutdown_distributed() -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def all_reduce_sum_(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler):

@@ -5,7 +5,7 @@
   cluster log-probabilities log_softmax(alpha·cos).
 - ``LinearProbe``: a 1x1 convolution K -> n_classes trained with pixel cross-entropy on upsampled logits.
 Submodule and parameter names follow the released Lightning checkpoints (net.cluster1.0.*, net.cluster2.{0,2}.*,
-cluster_probe.clusters, linear_probe.*), so their state dicts map one to one (depthg.checkpoints).
+cluster_probe.clusters, linear_probe.*), so their state dicts map one to one (depthg.training.checkpoints).
 
 Shapes: B batch, C backbone channels, K code dim, h/w feature grid, H/W label size, n clusters or classes.
 """

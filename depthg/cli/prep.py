@@ -1,180 +1,19 @@
-"""Preparation stages as cached, idempotent steps, and the ``python -m depthg prep ...`` command line.
+"""``python -m depthg prep ...``: the preparation stages' command line (the stages live in :mod:`depthg.data`).
 
-DESIGN.md §5, §10.10 (deep-spectral-segmentation's ``extract_*`` stages). Every stage
-- writes ``<stage dir>/manifest.json``: for each run key (a split, or a kNN file) the parameters that decide the
-  outputs, plus the package version (recorded, not compared: a new release does not invalidate prepared data);
-- skips items whose outputs exist when the recorded parameters equal the requested ones; outputs found without a
-  manifest entry are of unknown origin and are redone;
-- refuses, with a DataError that says to pass ``--overwrite``, when the recorded parameters differ;
-- shards items by rank: item i is handled by rank i % world, from ``--rank/--world`` or torchrun's RANK/WORLD_SIZE,
-  so ``torchrun --nproc_per_node=N -m depthg prep depth ...`` splits the work without a process group;
-- shows a tqdm progress bar per rank.
-
-Outputs are written under temporary names and renamed, so an interrupted stage never leaves an output that looks
-finished. At the bottom, ``add_prep_parser(subparsers)`` registers ``prep`` for ``depthg.cli``, and ``main(argv)``
-runs it alone with the same error handling (one ``error: ...`` line on stderr, exit 2).
+``add_prep_parser(subparsers)`` registers ``prep`` for :mod:`depthg.cli.main`; ``main(argv)`` runs it alone with
+the same error handling (one ``error: ...`` line on stderr, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import json
-import os
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Iterable
 
-from tqdm import tqdm
-
-import depthg
+from depthg.data.labels import dataset_info
+from depthg.data.stage import SPLITS, StageResult, resolve_rank
 from depthg.errors import ConfigError, DataError, DepthGError
-
-MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
-
-
-# ---- sharding ----------------------------------------------------------------------------------------------------
-
-def resolve_rank(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
-    """(rank, world): explicit values first, then torchrun's RANK / WORLD_SIZE, else a single process (0, 1)."""
-    if world is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    if rank is None:
-        rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"--rank {rank} / --world {world} is not a valid shard: need world >= 1 and "
-                          f"0 <= rank < world.")
-    return rank, world
-
-
-def shard(n_items: int, rank: int, world: int) -> range:
-    """The items of this rank: i with i % world == rank (disjoint, and together every item once)."""
-    assert 0 <= rank < world, f"rank {rank} outside world {world}"
-    return range(rank, n_items, world)
-
-
-# ---- manifest ----------------------------------------------------------------------------------------------------
-
-def _canonical(params: dict) -> dict:
-    """JSON round trip, so tuples and lists (and int/float keys) compare as they will after reading back."""
-    return json.loads(json.dumps(params, sort_keys=True))
-
-
-@contextlib.contextmanager
-def stage_lock(stage_dir: Path, name: str = ".manifest.lock"):
-    """Exclusive lock on a file of the stage dir (default: the manifest's), as several ranks write at once."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    with open(stage_dir / name, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def read_manifest(stage_dir: Path) -> dict:
-    path = Path(stage_dir) / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(f"stage manifest {path} is not valid JSON ({e}); delete it and rerun with --overwrite.") from e
-    if not isinstance(data, dict) or not isinstance(data.get("runs", {}), dict):
-        raise DataError(f"stage manifest {path} has an unknown layout; delete it and rerun with --overwrite.")
-    return data
-
-
-def recorded_params(stage_dir: Path, key: str) -> dict | None:
-    """The parameters a finished or partial run ``key`` of this stage was made with, or None."""
-    run = read_manifest(stage_dir).get("runs", {}).get(key)
-    return None if run is None else run.get("params")
-
-
-def check_run(stage_dir: Path, stage: str, key: str, params: dict, *, overwrite: bool) -> bool:
-    """Whether outputs of run ``key`` already there were made with ``params`` and may be kept (skip-finished).
-
-    A recorded entry with other parameters is refused unless ``overwrite``; no entry means outputs of unknown
-    origin, which are not kept.
-    """
-    old = recorded_params(Path(stage_dir), key)
-    params = _canonical(params)
-    if old is not None and old != params and not overwrite:
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in sorted(set(old) | set(params))
-                            if old.get(k) != params.get(k))
-        raise DataError(f"{stage} outputs for {key!r} in {stage_dir} were made with other parameters ({changes}); "
-                        f"rerun with --overwrite to replace them, or use the recorded parameters.")
-    return old == params and not overwrite
-
-
-def record_run(stage_dir: Path, stage: str, key: str, params: dict) -> None:
-    """Write ``params`` as the entry of run ``key`` in the stage manifest (atomically, under a lock)."""
-    stage_dir = Path(stage_dir)
-    with stage_lock(stage_dir):
-        manifest = read_manifest(stage_dir)
-        manifest["stage"] = stage
-        manifest.setdefault("runs", {})[key] = {"params": _canonical(params), "depthg_version": depthg.__version__}
-        tmp = stage_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, stage_dir / MANIFEST)
-
-
-def atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` (same suffix, so writers that pick the format by suffix still work)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-# ---- the item loop -----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StageResult:
-    processed: int  # items of this rank computed now
-    skipped: int  # items of this rank already finished with the same parameters
-    total: int  # items of this rank
-
-
-def run_stage(
-    stage_dir: Path,
-    stage: str,
-    key: str,
-    params: dict,
-    n_items: int,
-    *,
-    done: Callable[[int], bool],
-    remove: Callable[[int], None],
-    process: Callable[[list[int]], None],
-    overwrite: bool = False,
-    rank: int = 0,
-    world: int = 1,
-    batch_size: int = 1,
-    desc: str = "",
-    progress: bool = True,
-) -> StageResult:
-    """One run of a stage: check the manifest, record it, and ``process`` batches of this rank's unfinished items.
-
-    When existing outputs cannot be kept (``--overwrite``, or no manifest entry) this rank's outputs are removed
-    *before* the entry is recorded, so an interrupted run never leaves old outputs under new parameters.
-    """
-    keep = check_run(stage_dir, stage, key, params, overwrite=overwrite)
-    mine = list(shard(n_items, rank, world))
-    if not keep:
-        for i in mine:
-            remove(i)
-    record_run(stage_dir, stage, key, params)
-    todo = [i for i in mine if not (keep and done(i))]
-    label = f"{desc} [rank {rank}/{world}]" if world > 1 else desc
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="item", position=rank,
-              disable=not progress, leave=world == 1) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            process(batch)
-            bar.update(len(batch))
-    return StageResult(processed=len(todo), skipped=len(mine) - len(todo), total=len(mine))
-
+from depthg.paths import data_root
 
 # ---- command line ------------------------------------------------------------------------------------------------
 
@@ -191,7 +30,7 @@ def _common(p: argparse.ArgumentParser, *, splits: bool = True) -> None:
 
 
 def add_prep_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``prep`` and its stages on ``subparsers`` (used by depthg.cli and by :func:`main`)."""
+    """Register ``prep`` and its stages on ``subparsers`` (used by depthg.cli.main and by :func:`main`)."""
     prep = subparsers.add_parser("prep", help="prepare data: synthetic world, five-crop, depth maps, kNN",
                                  description="Cached, idempotent data preparation. Order for a real dataset: "
                                              "depth -> fivecrop -> knn; `prep check` says what is missing.")
@@ -209,6 +48,7 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value parameters of depthg.training.pretrain.PretrainConfig")
     p.add_argument("--out", help="weights file (.safetensors; default: the bundled file in depthg/assets)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (part of the result: recorded)")
+    p.add_argument("--stop-at", type=int, help="stop after this many iterations (checkpoint kept; resume later)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -262,8 +102,6 @@ def _shard_args(args) -> dict:
 
 
 def _check_data_dir(args) -> None:
-    from depthg.data.labels import dataset_info
-    from depthg.paths import data_root
 
     dataset_info(args.dataset)  # unknown name -> DataError listing the valid ones
     root = data_root(args.data_dir)
@@ -277,8 +115,8 @@ def _report(stage: str, results: Iterable[tuple[str, StageResult]]) -> None:
 
 
 def _cmd_synthetic(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.synthetic import write_synthetic
-    from depthg.paths import data_root
 
     for name, v in (("--n-train", args.n_train), ("--n-val", args.n_val), ("--res", args.res)):
         if v < 1:
@@ -290,12 +128,14 @@ def _cmd_synthetic(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.training.pretrain import main
 
     return main(args)
 
 
 def _cmd_fivecrop(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.fivecrop import run_fivecrop
 
     _check_data_dir(args)
@@ -304,6 +144,7 @@ def _cmd_fivecrop(args) -> int:
 
 
 def _cmd_depth(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.depth_estimation import DEFAULT_MODEL, run_depth
 
     _check_data_dir(args)
@@ -314,6 +155,7 @@ def _cmd_depth(args) -> int:
 
 
 def _cmd_knn(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.knn import run_knn
 
     _check_data_dir(args)
@@ -332,6 +174,7 @@ def prepared_report(dataset: str, data_dir, splits, *, ratio: float = 0.5) -> st
 
     Counts files only (no image is decoded), so it is quick on real datasets.
     """
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
     from depthg.data.datasets import effective_crop, source_dataset
     from depthg.data.depth_estimation import depth_dir
     from depthg.data.fivecrop import N_CROPS, five_crop_dir
@@ -370,8 +213,8 @@ def _cmd_check(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m depthg.data.prep ...`` = ``python -m depthg prep ...``: a DepthGError is one line, exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m depthg.data.prep")
+    """``python -m depthg.cli.prep ...`` = ``python -m depthg prep ...``: a DepthGError is one line, exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m depthg.cli.prep")
     sub = parser.add_subparsers(dest="command", required=True)
     add_prep_parser(sub)
     args = parser.parse_args(["prep", *(sys.argv[1:] if argv is None else argv)])

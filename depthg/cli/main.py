@@ -28,16 +28,19 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from depthg.config import Config, load_preset
-    from depthg.train import train
+    # lazy: torch and the library load only when a command runs, so --help stays fast
+    from depthg.config import Config
+    from depthg.evaluation.experiment import train_and_evaluate
+    from depthg.presets import load_preset
 
     cfg = Config.from_json(args.config).with_overrides(args.overrides) if args.config else \
         load_preset(args.preset, args.overrides)
-    result = train(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
-                   evaluate_at_end=not args.no_eval, progress=not args.no_progress)
+    result = train_and_evaluate(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
+                                evaluate_at_end=not args.no_eval, progress=not args.no_progress)
     print(f"run folder: {result.run_dir}")
     if result.metrics:
-        from depthg.results import format_metrics
+        # lazy: torch and the library load only when a command runs, so --help stays fast
+        from depthg.runs import format_metrics
         print(format_metrics(result.metrics))
     return 0
 
@@ -60,8 +63,9 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from depthg.evaluate import evaluate_checkpoint
-    from depthg.results import format_metrics
+    # lazy: torch and the library load only when a command runs, so --help stays fast
+    from depthg.evaluation.evaluate import evaluate_checkpoint
+    from depthg.runs import format_metrics
 
     out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
                               split=args.split, run_name=args.run_name, results_dir=args.results_dir)
@@ -81,6 +85,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
+    # lazy: torch and the library load only when a command runs, so --help stays fast
     from depthg.reproduce import reproduce
 
     reproduce(results_dir=args.results_dir, parameters=dict(args.parameter), store=args.store)
@@ -95,7 +100,8 @@ def _add_presets(sub) -> None:
 
 
 def _run_presets(args) -> int:
-    from depthg.config import load_preset, preset_names
+    # lazy: torch and the library load only when a command runs, so --help stays fast
+    from depthg.presets import load_preset, preset_names
 
     if args.name is None:
         print("\n".join(preset_names()))
@@ -105,7 +111,8 @@ def _run_presets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from depthg.data.prep import add_prep_parser
+    # lazy: torch and the library load only when a command runs, so --help stays fast
+    from depthg.cli.prep import add_prep_parser
 
     parser = argparse.ArgumentParser(prog="python -m depthg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

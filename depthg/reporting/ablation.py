@@ -10,7 +10,7 @@ Two tables (DESIGN.md §8, §3):
   ``reference`` at a time; then all ``reference``. ``knn_features`` acts only in the kNN stage (the training run
   reads the prepared kNN file), so flipping it in training would change nothing: it is listed, not run.
 
-Runs are ordinary training runs (:func:`depthg.train.train`) under ``results/runs/<prefix>-<variant>-s<seed>/``
+Runs are ordinary training runs (:func:`depthg.evaluation.experiment.train_and_evaluate`) under ``results/runs/<prefix>-<variant>-s<seed>/``
 with their config, metrics and provenance; two variants that resolve to the same config at the same seed share one
 run. Every table row carries its run names, seeds, iterations and git commit(s), so a number can be traced back.
 """
@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
+from scipy import stats
 
-from depthg import anchors
 from depthg.config import Config, FidelityConfig
-from depthg.paths import results_root, runs_dir
-from depthg.prepare import file_tag
-from depthg.results import read_run
+from depthg.evaluation.experiment import train_and_evaluate
+from depthg.paths import file_tag, results_root, runs_dir
+from depthg.reporting import anchors
+from depthg.runs import read_run
 
 # (column, metrics key, field): the cluster probe after Hungarian matching, the linear probe by plain argmax.
 METRICS = (("cluster_acc", "cluster", "accuracy"), ("cluster_miou", "cluster", "mIoU"),
@@ -120,8 +121,6 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
     run is trained afresh. Pairs that resolve to the same config share one run either way: within a call, and
     across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
     """
-    from depthg.train import train
-
     variants, seeds = list(variants), [int(s) for s in seeds]
     assert variants and seeds, "need at least one variant and one seed"
     rows, made = [], ({} if made is None else made)
@@ -136,7 +135,7 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
                     status = "reused"
                 else:
                     resume = reuse and _resumable(run_dir, cfg)
-                    train(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
+                    train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
                           progress=progress)
                     status = "resumed" if resume else "trained"
                 made[key] = name
@@ -193,6 +192,37 @@ def aggregate(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def paired_differences(agg: pd.DataFrame, records: pd.DataFrame, *, baseline: str = "stego",
+                       level: float = 0.95) -> pd.DataFrame:
+    """``agg`` plus, per variant and metric, the mean paired difference to the ``baseline`` variant over the seeds
+    both ran (``d_<metric>``) and its two-sided t confidence interval (``d_<metric>_lo``/``_hi``, ``level``).
+
+    Runs of one seed share the data order, the kNN partner draws and the head's initialisation (the seed sets them),
+    so the difference of a variant and the baseline at the same seed cancels the seed's share of the spread; the
+    interval is mean ± t(level, n-1) · sd/√n over those n paired differences (NaN with fewer than 2 pairs). An
+    interval that excludes 0 is an effect outside the seed noise at that level. Without the baseline variant in
+    ``records`` ``agg`` is returned unchanged.
+    """
+    if baseline not in set(records["key"]):
+        return agg
+    base = records[records["key"] == baseline].set_index("seed")
+    rows = []
+    for key, g in records.groupby("key", sort=False):
+        g = g.set_index("seed")
+        seeds = g.index.intersection(base.index)
+        row = {"key": key, "d_pairs": len(seeds), "d_is_baseline": key == baseline}
+        for col, _, _ in METRICS:
+            d = (g.loc[seeds, col] - base.loc[seeds, col]).to_numpy(float)
+            mean = float(d.mean()) if len(d) else float("nan")
+            if len(d) > 1:
+                half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+            else:
+                half = float("nan")
+            row.update({f"d_{col}": mean, f"d_{col}_lo": mean - half, f"d_{col}_hi": mean + half})
+        rows.append(row)
+    return agg.merge(pd.DataFrame(rows), on="key", how="left")
+
+
 def with_published(agg: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Add the published numbers (anchors) beside ours on a real dataset (unchanged otherwise): the STEGO baseline
     beside STEGO, the preset's own configuration beside DepthG, for the preset's backbone. Cells ANCHORS.md lacks
@@ -232,11 +262,24 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}"
 
 
+def _diff(d: float, lo: float, hi: float, is_baseline: bool) -> str:
+    """'+1.2 [+0.3, +2.1] *' (the star: the interval excludes 0); '–' for the baseline itself or no pairs."""
+    if is_baseline or math.isnan(d):
+        return "–"
+    if math.isnan(lo):
+        return f"{d:+.1f}"
+    return f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" + (" *" if lo > 0 or hi < 0 else "")
+
+
 def display_table(agg: pd.DataFrame) -> pd.DataFrame:
     """The table as people read it: 'mean ± std' strings, seeds and runs, published numbers where present."""
     out = pd.DataFrame({"variant": agg["variant"]})
     for col, _, _ in METRICS:
         out[METRIC_LABELS[col]] = [_pm(m, s) for m, s in zip(agg[f"{col}_mean"], agg[f"{col}_std"])]
+    if "d_cluster_miou" in agg:
+        for col in ("cluster_miou", "linear_miou"):
+            out[f"Δ {METRIC_LABELS[col]} [95% CI]"] = [_diff(*v) for v in zip(
+                agg[f"d_{col}"], agg[f"d_{col}_lo"], agg[f"d_{col}_hi"], agg["d_is_baseline"].fillna(False))]
     out["seeds"] = agg["seeds"]
     for probe in ("cluster", "linear"):
         if f"published_{probe}" in agg:
@@ -258,6 +301,9 @@ def notes(cfg: Config, table: str) -> list[str]:
     """What a reader needs beside the numbers: the variants' switches, what was not run, the anchors' status."""
     out = []
     if table == "component":
+        out.append("Δ: mean paired difference to the STEGO baseline over the seeds both ran (same seed = same data "
+                   "order, partners and initialisation), with a two-sided 95% t interval; * marks an interval that "
+                   "excludes 0, i.e. an effect outside the seed noise.")
         out += [f"{v.label}: {', '.join(f'{k}={val}' for k, val in v.overrides)}" + (f" ({v.note})" if v.note else "")
                 for v in COMPONENTS]
         released = released_variant(cfg)
@@ -269,7 +315,7 @@ def notes(cfg: Config, table: str) -> list[str]:
     published = anchors.published(cfg.data.dataset)
     if not published.empty:
         out.append(anchors.ABLATION_STATUS)
-        out.append("Published numbers (depthg.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
+        out.append("Published numbers (depthg.reporting.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
                    "X not retrieved. Sources: " + anchors.expand_sources("+".join(
                        dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))))
     return out

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthg.checkpoints import file_sha256, read_checkpoint, vit_state_from_checkpoint
 from depthg.errors import ConfigError, WeightsError
+from depthg.files import file_sha256
+from depthg.model.weights import read_checkpoint, vit_state_from_checkpoint
 from depthg.paths import bundled_weights_path
 
 

@@ -11,7 +11,8 @@ returns the path it wrote. Figures are small (modest size and DPI) because the n
 * :func:`predictions_grid`: image, ground truth, cluster probe (Hungarian-mapped) and linear probe (04_figures).
 
 Figure data helpers: :func:`patch_map` (a patch's row of a weight matrix, or of attention over patch tokens, as an
-h x w map) and :func:`prediction_examples` (probe predictions with the dataset-level Hungarian mapping).
+h x w map). Probe predictions for :func:`predictions_grid` come from
+:func:`depthg.evaluation.examples.prediction_examples`.
 
 Shapes: H/W image size, h/w feature grid, N = h*w patches, T tokens (prefix + patches), nh heads, S sample side.
 """
@@ -23,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -46,15 +48,11 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def class_colors(n: int, dataset: str = "") -> np.ndarray:
-    """[n,3] float RGB in [0,1]: the synthetic world's own colours, else a seaborn husl palette."""
-    if dataset == "synthetic":
-        from depthg.data.synthetic import CLASS_COLORS
-
-        if n <= len(CLASS_COLORS):
-            return CLASS_COLORS[:n] / 255.0
-    import seaborn as sns
-
+def class_colors(n: int, fixed: np.ndarray | None = None) -> np.ndarray:
+    """[n,3] float RGB in [0,1]: a dataset's own uint8 colours ``fixed`` when it has n of them (the synthetic
+    world's, ``DatasetInfo.colors``), else a seaborn husl palette."""
+    if fixed is not None and n <= len(fixed):
+        return np.asarray(fixed[:n], np.float64) / 255.0
     return np.array(sns.color_palette("husl", n))
 
 
@@ -112,12 +110,10 @@ def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Pa
 
 
 def ablation_bars(agg: pd.DataFrame, path: str | Path, *, metrics: Sequence[str] = ("cluster_miou", "linear_miou"),
-                  title: str = "") -> Path:
-    """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per variant (rows of :func:`ablation.aggregate`)."""
-    import seaborn as sns
-
-    from depthg.ablation import METRIC_LABELS
-
+                  labels: dict[str, str] | None = None, title: str = "") -> Path:
+    """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per variant (rows of ``ablation.aggregate``);
+    ``labels`` names the metrics in the panel titles (``ablation.METRIC_LABELS``)."""
+    labels = labels or {}
     fig = _figure(3.2 * len(metrics), 3.2)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     colors = sns.color_palette("deep", len(agg))
@@ -126,7 +122,7 @@ def ablation_bars(agg: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
         ax.bar(x, agg[f"{m}_mean"], yerr=agg[f"{m}_std"].fillna(0), color=colors, capsize=3)
         ax.set_xticks(x)
         ax.set_xticklabels(agg["variant"], rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{METRIC_LABELS.get(m, m)} (%)", fontsize=9)
+        ax.set_title(f"{labels.get(m, m)} (%)", fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -200,44 +196,9 @@ def lhp_vs_attention(image: np.ndarray, depth: np.ndarray, maps: dict[str, np.nd
     return _save(fig, path)
 
 
-@torch.no_grad()
-def prediction_examples(model, cfg, *, n_show: int = 4, device: str | torch.device = "cpu") -> dict:
-    """Cluster- and linear-probe predictions on the evaluation split (``cfg.eval.max_images`` of it, no CRF), the
-    cluster ids mapped to classes by Hungarian matching over all those images
-    (:meth:`depthg.metrics.UnsupervisedMetrics.map_clusters`); returns the first ``n_show`` images (uint8
-    [n,R,R,3]), labels, mapped cluster and linear predictions [n,R,R] and the matched accuracy/mIoU."""
-    from depthg.data.pairs import build_eval_set
-    from depthg.data.transforms import unnormalize
-    from depthg.evaluate import predict_logits
-    from depthg.metrics import UnsupervisedMetrics
-
-    model = model.to(device).eval()
-    dataset = build_eval_set(cfg)
-    n = min(cfg.eval.max_images or len(dataset), len(dataset))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=cfg.eval.batch_size)
-    scores = UnsupervisedMetrics(cfg.model.n_classes, extra_clusters=cfg.model.extra_clusters)
-    shown = {"image": [], "label": [], "cluster": [], "linear": []}
-    for batch in loader:
-        img, label = batch["img"].to(device), batch["label"]
-        cluster_lp, linear_lp = predict_logits(model, img, flip=cfg.eval.flip, size=label.shape[-2:])
-        cluster = cluster_lp.argmax(1).cpu()
-        scores.update(cluster, label)
-        take = max(0, min(n_show - len(shown["image"]), len(img)))
-        if take:
-            shown["image"] += list(unnormalize(img[:take]).cpu().numpy())  # uint8 [take,R,R,3]
-            shown["label"] += list(label[:take].numpy())
-            shown["cluster"] += list(cluster[:take].numpy())
-            shown["linear"] += list(linear_lp[:take].argmax(1).cpu().numpy())
-    out = {k: np.stack(v) for k, v in shown.items()}
-    out["cluster"] = scores.map_clusters(out["cluster"])  # dataset-level matching over all n images
-    result = scores.compute()
-    out.update(accuracy=result["accuracy"], mIoU=result["mIoU"], images=n)
-    return out
-
-
 def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray) -> Path:
     """Rows of image / ground truth / cluster probe (Hungarian-mapped) / linear probe from
-    :func:`prediction_examples`."""
+    :func:`depthg.evaluation.examples.prediction_examples`."""
     n = len(examples["image"])
     fig = _figure(8.0, 2.0 * n)
     axes = fig.subplots(n, 4, squeeze=False)
