@@ -383,6 +383,11 @@ def _export(teacher: DinoBackbone, cfg: PretrainConfig, params: dict, out: Path,
     return out
 
 
+def read_manifest(weights: str | Path) -> dict:
+    """The manifest written beside pretrained ``weights`` (recipe, curve, sha256, provenance)."""
+    return json.loads(Path(weights).with_suffix(".json").read_text())
+
+
 def config_from_overrides(overrides: list[str]) -> PretrainConfig:
     """PretrainConfig from ``key=value`` strings (tuples as ``a,b``); ConfigError naming a bad key or value."""
     fields = asdict(PretrainConfig())
