@@ -21,6 +21,7 @@ what an uninterrupted one would; the checkpoint still stores torch's global RNG 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
