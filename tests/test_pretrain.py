@@ -61,7 +61,7 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
     _run(tmp_path, "d", stop_at=2)
     torch.set_num_threads(1)
     with pytest.raises(TrainingError, match="other parameters"):
-        pretrain(PretrainConfig(**{**TINY, "lr": 5e-4}), tmp_path / "d.safetensors", progress=False, estimate=False)
+        pretrain(PretrainConfig(**{**TINY, "lr": 1e-3}), tmp_path / "d.safetensors", progress=False, estimate=False)
 
 
 def test_schedules_shapes_and_ends():

@@ -45,9 +45,9 @@ def trained_cluster_miou(weights: str, *, seed: int = 0, overrides: tuple[str, .
                 crop=cfg.data.crop_type, k=30, fidelity=cfg.fidelity.knn_features, progress=False)
         res = train_and_evaluate(cfg, run_name=f"feature-quality-{weights}-s{seed}", results_dir=Path(tmp) / "res",
                                  progress=False)
-        last = res.metrics["last_step"]
-    return dict(cluster_miou=last["cluster"]["mIoU"], cluster_accuracy=last["cluster"]["accuracy"],
-                head_linear_miou=last["linear"]["mIoU"])
+        m = res.metrics  # the last step's evaluation (STEGO protocol, CRF as the preset)
+    return dict(cluster_miou=m["cluster"]["mIoU"], cluster_accuracy=m["cluster"]["accuracy"],
+                head_linear_miou=m["linear"]["mIoU"])
 
 
 def measure(backbone: str = "vit_tiny_patch8", weights: tuple[str, str] = ("random", "bundled"), *,
