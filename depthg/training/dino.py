@@ -21,10 +21,14 @@ class DinoHead(nn.Module):
     last layer without bias (DINO §3.1 "projection head", its Appendix on the head; the weight norm's gain is fixed
     at 1, as DINO's ``norm_last_layer``, so the logits are cosines)."""
 
-    def __init__(self, in_dim: int, *, hidden: int = 512, bottleneck: int = 128, out_dim: int = 1024):
+    def __init__(self, in_dim: int, *, hidden: int = 512, bottleneck: int = 128, out_dim: int = 1024,
+                 batch_norm: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+        # batch_norm (DINO's use_bn): removes what all inputs share, so near-identical tokens of a random ViT still
+        # give distinct outputs and the teacher's targets are not uniform at the start
+        norm = (lambda: nn.BatchNorm1d(hidden)) if batch_norm else nn.Identity
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(),
+                                 nn.GELU(), nn.Linear(hidden, bottleneck))
         for m in self.mlp:
             if isinstance(m, nn.Linear):  # DINO initialises the head with a truncated normal of std 0.02
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -33,7 +37,8 @@ class DinoHead(nn.Module):
         nn.init.trunc_normal_(self.prototypes, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.normalize(self.mlp(x), dim=-1)  # [B,bottleneck]
+        """x [...,C] -> logits [...,K] (tokens of any leading shape; batch norm sees them as one batch)."""
+        z = F.normalize(self.mlp(x.reshape(-1, x.shape[-1])), dim=-1).view(*x.shape[:-1], -1)  # [...,bottleneck]
         return z @ F.normalize(self.prototypes, dim=-1).T  # [B,K]
 
 

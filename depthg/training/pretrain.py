@@ -72,6 +72,7 @@ class PretrainConfig:
     mask_prob: float = 0.5  # share of global crops that the student sees with masked patches
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # share of the patches masked in such a crop
     out_dim: int = 1024
+    head_bn: bool = False  # batch norm in the projection heads (DINO's use_bn)
     clip_grad: float = 3.0
     seed: int = 0
 
@@ -204,7 +205,7 @@ class _Nets(torch.nn.Module):
         # "random" uses a fixed seed: pretraining starts from the very network the random baseline uses
         self.student = DinoBackbone(cfg.backbone, "random")
         self.student.vit.requires_grad_(True)
-        self.student_head = DinoHead(self.student.embed_dim, out_dim=cfg.out_dim)
+        self.student_head = DinoHead(self.student.embed_dim, out_dim=cfg.out_dim, batch_norm=cfg.head_bn)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
         self.loss = DinoLoss(cfg.out_dim, student_temp=cfg.student_temp, centering=cfg.centering)
@@ -399,7 +400,12 @@ def config_from_overrides(overrides: list[str]) -> PretrainConfig:
             raise ConfigError(f"pretrain override {item!r}: expected key=value with key one of {', '.join(fields)}")
         kind = type(fields[key])
         try:
-            kw[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
+            if kind is bool:
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                kw[key] = value.lower() == "true"
+            else:
+                kw[key] = tuple(float(v) for v in value.split(",")) if kind is tuple else kind(value)
         except ValueError as err:
             raise ConfigError(f"pretrain override {item!r}: {value!r} is not a {kind.__name__}") from err
     return PretrainConfig(**kw)
