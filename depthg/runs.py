@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from depthg.files import write_json
+from depthg.lockfile import lock_state
 from depthg.paths import repo_root
 
 _PACKAGES = ("depthg", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pydensecrf2", "transformers")
@@ -66,6 +67,7 @@ def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: floa
         "backbone_weights": weights,
         "wall_time_s": round(float(wall_time_s), 3),
         "packages": package_versions(),
+        "lock": lock_state(),  # requirements.lock's sha256 and the packages installed at other versions
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "command": " ".join(sys.argv),

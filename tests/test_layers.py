@@ -1,9 +1,9 @@
 """The package's one-way layers, checked from its imports (ast): data flows one way through the sub-packages.
 
 Layers, in order (a module may import only from its own layer and the layers before it):
-foundations (errors, paths, files, device, config, presets, runs) -> model -> data -> training -> evaluation ->
-reporting -> edges (notebook, reproduce, cli, bench). ``model`` comes before ``data`` because the kNN stage
-computes backbone features; nothing in ``model`` reads datasets. Within ``data``, the stage framework
+foundations (errors, paths, files, device, config, presets, lockfile, runs) -> model -> data -> training ->
+evaluation -> reporting -> edges (notebook, reproduce, cli, bench). ``model`` comes before ``data`` because the kNN
+stage computes backbone features; nothing in ``model`` reads datasets. Within ``data``, the stage framework
 ``stage.py`` imports none of the stages. No module takes part in an import cycle, counting function-level
 imports, and every function-level import of a depthg module carries a one-line reason on its line or the line above.
 """
@@ -17,7 +17,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "depthg"
 LAYERS = (
-    ("errors", "paths", "files", "device", "config", "presets", "runs"),
+    ("errors", "paths", "files", "device", "config", "presets", "lockfile", "runs"),
     ("model",),
     ("data",),
     ("training",),

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from depthg.errors import ConfigError
 from depthg.model import losses, sampling
 
 WEIGHTS = dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,
@@ -117,11 +118,78 @@ def _inputs(B=4, C=12, K=6, h=8, S=3, seed=0):
     return f1, f2, z1, z2, d1, d2, c1, c2
 
 
+def _terms(**kw):
+    return losses.CorrelationTerms(**{**WEIGHTS, **kw})
+
+
+def _release_structure(f1, f2, z1, z2, d1, c1, c2, t, generator):
+    """The oracle: every term as the release forms it, on whole sampled maps (grid_sample per term, f[perm] copies
+    of whole maps for the negatives, the rounds concatenated before the mean), from the public building blocks."""
+    flags = dict(pointwise=t.pointwise, zero_clamp=t.zero_clamp, stabilize=t.stabilize)
+    f1s, z1s = sampling.sample(f1, c1), sampling.sample(z1, c1)
+    f2s, z2s = sampling.sample(f2, c2), sampling.sample(z2, c2)
+    out = {"intra": losses.stego_term(f1s, f1s, z1s, z1s, t.pos_intra_shift, **flags).mean(),
+           "inter": losses.stego_term(f1s, f2s, z1s, z2s, t.pos_inter_shift, **flags).mean()}
+    rounds = []
+    for _ in range(t.neg_samples):
+        p = losses.super_perm(f1.shape[0], generator=generator)
+        rounds.append(losses.stego_term(f1s, sampling.sample(f1[p], c2), z1s, sampling.sample(z1[p], c2),
+                                        t.neg_inter_shift, **flags))
+    out["neg"] = torch.cat(rounds).mean() if rounds else torch.zeros(())
+    if t.dfc_target == "paper":
+        dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1), z1.shape[-2:]), c1)
+        out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper",
+                                               zero_clamp=t.zero_clamp)[0].mean()
+    else:
+        out["dfc"] = losses.depth_feature_term(z1s, z1s, d1, d1, t.dfc_shift, target="reference",
+                                               zero_clamp=t.zero_clamp)[0].mean()
+    out["total"] = (t.pos_intra_weight * out["intra"] + t.pos_inter_weight * out["inter"]
+                    + t.neg_inter_weight * out["neg"] + t.dfc_weight * out["dfc"])
+    return out
+
+
+def _values_and_grads(fn, z1, z2):
+    z1.grad = z2.grad = None
+    out = fn()
+    out["total"].backward()
+    return {k: v.item() for k, v in out.items()}, z1.grad.clone(), z2.grad.clone()
+
+
+@pytest.mark.parametrize("target,coords,flags", [
+    ("paper", "fps", dict()), ("reference", "fps", dict()), ("paper", "random", dict(pointwise=False)),
+    ("reference", "random", dict(zero_clamp=False)), ("paper", "random", dict(stabilize=True)),
+    ("reference", "fps", dict(pointwise=False, zero_clamp=False, stabilize=True))])
+@pytest.mark.parametrize("table_bytes", [None, 5 * 81 * 4 * 7])  # one channel block; blocks of 7, 7, 7, 3
+def test_correlation_loss_equals_release_structure(target, coords, flags, table_bytes, monkeypatch):
+    """Points read from tables equal whole maps sampled per term: values and code gradients within 1e-6."""
+    if table_bytes:
+        monkeypatch.setattr(sampling, "CPU_TABLE_BYTES", table_bytes)
+        assert len(sampling.channel_blocks(torch.zeros(5, 24, 9, 9))) == 4
+    f1, f2, z1, z2, d1, d2, c1, c2 = _inputs(B=5, C=24, K=7, h=9, S=4, seed=3)
+    if coords == "fps":
+        c1, c2 = (sampling.fps_coords(d, (9, 9), 4, fidelity=target, start=0) for d in (d1, d2))
+    else:  # some coordinates outside [-1, 1] and exactly on the borders: border padding and the last row/column
+        c1, c2 = c1 * 1.2, c2.clone()
+        c2[:, 0, 0] = torch.tensor([1.0, 1.0])
+        c2[:, 1, 0] = torch.tensor([-1.0, 1.0])
+    t = _terms(neg_samples=3, dfc_weight=0.19, dfc_shift=0.03, dfc_target=target, **flags)
+    ours = _values_and_grads(lambda: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, t, generator=_gen(11)),
+                             z1, z2)
+    oracle = _values_and_grads(lambda: _release_structure(f1, f2, z1, z2, d1, c1, c2, t, _gen(11)), z1, z2)
+    for k in oracle[0]:
+        assert ours[0][k] == pytest.approx(oracle[0][k], abs=1e-6, rel=1e-6), k
+    assert any(abs(v) > 1e-3 for v in oracle[0].values()), "the case must not be trivially zero"
+    for ours_grad, oracle_grad in zip(ours[1:], oracle[1:]):
+        assert oracle_grad.abs().max() > 0
+        torch.testing.assert_close(ours_grad, oracle_grad, atol=1e-6 * oracle_grad.abs().max().item(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("target", ["paper", "reference"])
 def test_correlation_loss_assembly(target):
     f1, f2, z1, z2, d1, d2, c1, c2 = _inputs()
-    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, **WEIGHTS, neg_samples=3, dfc_weight=0.19,
-                                  dfc_shift=0.03, dfc_target=target, generator=_gen(11))
+    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2,
+                                  _terms(neg_samples=3, dfc_weight=0.19, dfc_shift=0.03, dfc_target=target),
+                                  generator=_gen(11))
     assert set(out) == {"intra", "inter", "neg", "dfc", "total"} and all(v.dim() == 0 for v in out.values())
     expected = (0.58 * out["intra"] + 0.36 * out["inter"] + 0.7 * out["neg"] + 0.19 * out["dfc"])
     assert out["total"].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -142,8 +210,8 @@ def test_correlation_loss_assembly(target):
 
 def test_paper_dfc_in_assembly_uses_depth_at_coords1():
     f1, f2, z1, z2, d1, d2, c1, c2 = _inputs(seed=1)
-    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, **WEIGHTS, neg_samples=0, dfc_weight=1.0,
-                                  dfc_shift=0.03, dfc_target="paper")
+    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2,
+                                  _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.03, dfc_target="paper"))
     dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1), (8, 8)), c1)
     s1 = sampling.sample(z1, c1)
     expected = losses.depth_feature_term(s1, s1, dd, dd, 0.03, target="paper")[0].mean()
@@ -152,6 +220,17 @@ def test_paper_dfc_in_assembly_uses_depth_at_coords1():
 
 def test_dfc_weight_zero_skips_depth():
     f1, f2, z1, z2, _, _, c1, c2 = _inputs(seed=2)
-    out = losses.correlation_loss(f1, f2, z1, z2, None, None, c1, c2, **WEIGHTS, neg_samples=2, dfc_weight=0.0,
+    out = losses.correlation_loss(f1, f2, z1, z2, None, None, c1, c2, _terms(neg_samples=2, dfc_weight=0.0),
                                   generator=_gen(1))
     assert out["dfc"].item() == 0.0 and torch.isfinite(out["total"])
+
+
+def test_correlation_terms_validate_and_take_the_iterations_dfc():
+    t = _terms(dfc_target="reference")
+    step_terms = t.with_dfc(0.5, 0.1)
+    assert (step_terms.dfc_weight, step_terms.dfc_shift, step_terms.dfc_target) == (0.5, 0.1, "reference")
+    assert t.dfc_weight == 0.0, "frozen: with_dfc returns a copy"
+    with pytest.raises(ConfigError, match="dfc_target"):
+        _terms(dfc_target="papr")
+    with pytest.raises(ConfigError, match="neg_samples"):
+        _terms(neg_samples=-1)

@@ -9,6 +9,7 @@ import pytest
 
 from depthg.errors import ConfigError, DataError
 from depthg.notebook import as_list, prepare, resolve_config
+from depthg.reproduce import KERNEL, KERNEL_DISPLAY_NAME, execute
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -18,19 +19,17 @@ TINY = ("data.res=32 data.knn_res=32 eval.res=32 data.batch_size=2 data.num_work
 
 
 def _papermill(name, tmp_path, **parameters):
-    import papermill
-
-    return papermill.execute_notebook(str(ROOT / "notebooks" / name), str(tmp_path / f"out_{name}"),
-                                      parameters=parameters, cwd=str(ROOT / "notebooks"), kernel_name="python3",
-                                      progress_bar=False)
+    execute(ROOT / "notebooks" / name, tmp_path / f"out_{name}", parameters)  # as `make reproduce`: kernel depthg
 
 
 def test_notebooks_are_thin_and_parameterised():
     assert [p.name for p in NOTEBOOKS] == ["01_data_prep.ipynb", "02_train.ipynb", "03_ablation.ipynb",
-                                           "04_figures.ipynb"]
+                                           "04_figures.ipynb", "05_paper_tables.ipynb"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
-        assert nb.metadata["kernelspec"]["name"] == "python3", path.name
+        # the project's kernel, not "python3": a user's own JupyterLab would start a Python without torch
+        assert nb.metadata["kernelspec"] == {"name": KERNEL, "display_name": KERNEL_DISPLAY_NAME,
+                                             "language": "python"}, path.name
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: one cell tagged 'parameters'"
         source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")

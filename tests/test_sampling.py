@@ -125,3 +125,36 @@ def test_choose_coords_modes():
         sampling.choose_coords("fps", 2, (4, 4), 3)
     with pytest.raises(ConfigError):
         sampling.choose_coords("simple", 2, (4, 4), 3, depth=depth)
+
+
+@pytest.mark.parametrize("grid_hw", [(5, 7), (1, 4)])
+def test_gather_points_equals_sample(grid_hw):
+    """Table reads (four taps, embedding_bag) give sample()'s values, including border padding and the last
+    row/column, for any image read at any coordinates."""
+    h, w = grid_hw
+    t = torch.randn(3, 6, h, w, generator=_gen(4))
+    coords = sampling.random_coords(3, 4, generator=_gen(5)) * 1.3  # some outside [-1, 1]
+    coords[:, 0, 0] = torch.tensor([1.0, 1.0])  # bottom-right corner exactly: the clamped tap has weight 0
+    coords[:, 0, 1] = torch.tensor([-1.0, 1.0])
+    taps, weights = sampling.bilinear_taps(coords, (h, w))
+    assert taps.shape == weights.shape == (3, 16, 4) and taps.min() >= 0 and taps.max() < h * w
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 16))
+    table = sampling.point_table(t)
+    other = torch.tensor([2, 0, 1])  # image other[b] read at the coordinates of b
+    got = sampling.gather_points(table, taps + (other * h * w).view(3, 1, 1), weights)  # [B,n,C]
+    expected = sampling.sample(t[other], coords).flatten(2).transpose(1, 2)  # [B,C,S,S] -> [B,n,C]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_channel_blocks_keep_cpu_tables_small(monkeypatch):
+    t = torch.randn(2, 10, 3, 4, generator=_gen(6), requires_grad=True)
+    monkeypatch.setattr(sampling, "CPU_TABLE_BYTES", 2 * 4 * 12 * 4)  # 4 channels of 2 images x 12 points
+    blocks = sampling.channel_blocks(t)
+    assert blocks == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    coords = sampling.random_coords(2, 3, generator=_gen(7))
+    taps, weights = sampling.bilinear_taps(coords, (3, 4))
+    rows = taps + torch.tensor([0, 12]).view(2, 1, 1)
+    got = torch.cat([sampling.gather_points(sampling.point_table(t[:, b]), rows, weights) for b in blocks], dim=-1)
+    torch.testing.assert_close(got, sampling.sample(t, coords).flatten(2).transpose(1, 2), atol=1e-6, rtol=1e-6)
+    got.sum().backward()
+    assert t.grad is not None and t.grad.abs().sum() > 0, "the gradient reaches the maps through the tables"

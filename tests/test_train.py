@@ -61,6 +61,9 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_world, tmp_path)
     proc.wait(timeout=60)
     killed_at = checkpoints.load_training_state(ckpt)["iteration"]
     assert 6 <= killed_at < 12, f"the run was not killed part-way (checkpoint at {killed_at})"
+    # a kill in the middle of a log write leaves half a record without its newline: resume must drop it
+    with (tmp_path / "runs" / "cut" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"iteration": killed_at, "loss": 0.5, "dfc": 0.25})[:25])
 
     resumed = _cli(["train", *common, "--run-name", "cut", "--resume"], {})
     out, _ = resumed.communicate(timeout=600)
@@ -78,6 +81,21 @@ def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_world, tmp_path)
     assert [r["iteration"] for r in cut_log] == list(range(12))
     for a, b in zip(full_log, cut_log):
         assert a["loss"] == b["loss"] and a["dfc"] == b["dfc"], (a, b)
+
+
+def test_resume_log_drops_a_torn_last_line_and_stops_at_damage(tmp_path):
+    from depthg.training.train import truncate_log
+
+    log = tmp_path / "metrics.jsonl"
+    records = [json.dumps({"iteration": i, "loss": 1.0 / (i + 1)}) for i in range(5)]
+    log.write_text("".join(r + "\n" for r in records) + records[0][:17])  # killed while writing a 6th record
+    truncate_log(log, start=3)
+    assert log.read_text() == "".join(r + "\n" for r in records[:3])
+    truncate_log(log, start=3)  # a complete log is left as it is
+    assert log.read_text() == "".join(r + "\n" for r in records[:3])
+    log.write_text(records[0] + "\n{not json\n" + records[1] + "\n")
+    with pytest.raises(TrainingError, match=r"metrics\.jsonl line 2 is not a JSON record"):
+        truncate_log(log, start=3)
 
 
 def test_nonfinite_loss_names_iteration_and_term(synthetic_world, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from depthg.errors import DepthGError
 
@@ -110,6 +111,55 @@ def _run_presets(args) -> int:
     return 0
 
 
+def _add_tables(sub) -> None:
+    p = sub.add_parser("tables", help="reproduce the paper's main tables (what notebooks/05_paper_tables runs)",
+                       description="Published numbers, the authors' released checkpoints evaluated here, and this "
+                                   "project's reference and paper retrains over seeds, into results/paper_<dataset>."
+                                   "{csv,md}. Prints the runs, iterations, images and a measured time estimate first.")
+    p.add_argument("--dataset", default="synthetic", help="cocostuff27 | cityscapes | potsdam | potsdamraw | "
+                                                          "synthetic | all (every paper table)")
+    p.add_argument("--backbones", help="comma-separated, e.g. vit_base_patch8 (default: the paper's for the dataset)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--fidelities", default="reference,paper", help="reference, paper or both")
+    p.add_argument("--released-checkpoints", help="folder of the authors' .ckpt files (matched by their hparams)")
+    p.add_argument("--iterations", type=int, help="per run (default: the preset's, 2334 for the paper presets)")
+    p.add_argument("--max-images", type=int, help="evaluation images per run (0: the whole val split)")
+    p.add_argument("--crf", dest="crf", action="store_true", default=None, help="DenseCRF (default: the preset's)")
+    p.add_argument("--no-crf", dest="crf", action="store_false")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--weights", help="backbone weights (default: the preset's)")
+    p.add_argument("--data-dir", help="data root (default: $DEPTHG_DATA_DIR or <repo>/data)")
+    p.add_argument("--results-dir", help="results root")
+    p.add_argument("--reuse", action="store_true", help="keep finished runs, resume interrupted ones")
+    p.add_argument("--no-estimate", action="store_true", help="skip the timed warm-up before the runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides section.key=value for every run")
+    p.set_defaults(func=_run_tables)
+
+
+def _run_tables(args) -> int:
+    # lazy: torch and the library load only when a command runs, so --help stays fast
+    from depthg.notebook import as_list, prepare, resolve_config
+    from depthg.reporting import paper_plan, paper_tables
+
+    configure = partial(resolve_config, data_dir=args.data_dir, weights=args.weights, iterations=args.iterations,
+                        device=args.device, threads=args.threads, max_images=args.max_images, crf=args.crf,
+                        overrides=args.overrides)
+    cases = paper_plan.paper_cases(args.dataset, as_list(args.backbones))
+    for case in cases:  # an unprepared dataset stops here, naming the prep commands
+        prepare(case.dataset, args.data_dir, cfg=configure(case.dataset, preset=case.preset))
+    plan = paper_plan.plan_tables(cases, configure, seeds=as_list(args.seeds, int),
+                                  fidelities=as_list(args.fidelities), released_checkpoints=args.released_checkpoints,
+                                  results_dir=args.results_dir, reuse=args.reuse)
+    warm = None if args.no_estimate else paper_plan.speed_config(plan)
+    print(plan.describe(None if warm is None else paper_plan.measure_speed(warm)), flush=True)
+    out = paper_tables.run_tables(plan, progress=not args.no_progress)
+    for dataset, paths in out.paths.items():
+        print(f"{dataset}: {paths['md']}, {paths['csv']}, {paths['runs_csv']}, figure {out.figures[dataset]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # lazy: torch and the library load only when a command runs, so --help stays fast
     from depthg.cli.prep import add_prep_parser
@@ -121,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_reproduce(sub)
     _add_presets(sub)
+    _add_tables(sub)
     return parser
 
 

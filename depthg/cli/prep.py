@@ -52,12 +52,14 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("fivecrop", help="five-crop image, label and depth (METHOD.md §1.4)")
+    p = sub.add_parser("fivecrop", help="cut every image, label and depth map into five crops (four "
+                                           "corners and the centre) for training")
     _common(p)
     p.add_argument("--ratio", type=float, default=0.5, help="crop side as a fraction of the image side")
     p.set_defaults(func=_cmd_fivecrop)
 
-    p = sub.add_parser("depth", help="monocular depth maps with a transformers model (METHOD.md §1.3)")
+    p = sub.add_parser("depth", help="estimate a depth map for every image with a monocular depth model "
+                                        "(Hugging Face transformers)")
     _common(p)
     p.add_argument("--model", default=None, help="HF model id or a local model directory (default: "
                                                  "depth-anything/Depth-Anything-V2-Small-hf; the paper: "
@@ -69,11 +71,13 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.set_defaults(func=_cmd_depth)
 
-    p = sub.add_parser("knn", help="nearest neighbours of pooled backbone features (METHOD.md §1.5)")
+    p = sub.add_parser("knn", help="find each training image's nearest neighbours by pooled backbone "
+                                      "features (training draws positive pairs from them)")
     _common(p)
     p.add_argument("--backbone", default="vit_small_patch8")
     p.add_argument("--weights", default="hub", help="hub, random or a weight file")
-    p.add_argument("--res", type=int, default=224, help="feature resolution; also in the file name (§9 #8)")
+    p.add_argument("--res", type=int, default=224, help="image side in pixels the features are computed at; "
+                                                        "part of the kNN file name, so give training's data.knn_res")
     p.add_argument("--crop", choices=("five", "none"), default="five", help="five-crop set or the source images")
     p.add_argument("--ratio", type=float, default=0.5, help="five-crop ratio (with --crop five)")
     p.add_argument("--k", type=int, default=30)

@@ -18,12 +18,12 @@ Two fidelities (DESIGN.md §3, config aspect ``lhp``):
   self included, k = 8 by default, about the release's 1% of 784) or HP's 3x3 window (``"window3"``); w = 1 - delta
   on N(i); weights normalised by their sum, so z^ is a weighted mean of codes.
 
-How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image and its
-kNN partner and d the image's depth,
+How training uses it (METHOD.md §5.2; the loop lives in depthg.training.train): with z, z+ the codes of the image
+and its kNN partner and d the image's depth,
 
     z_hat  = projection(propagate(z, lhp_weights(d, (h, w), fidelity=...)))
     z_hatp = projection(z+)                                  # the partner is projected, not propagated
-    L_lhp  = correlation_loss(f, f+, z_hat, z_hatp, d, d+, coords1, coords2, ...)  # same terms and weights,
+    L_lhp  = correlation_loss(f, f+, z_hat, z_hatp, d, d+, coords1, coords2, terms)  # same terms and weights,
              # with dfc_weight multiplied by lhp_depth_weight
     L     += lhp_weight * L_lhp["total"]
 
@@ -33,8 +33,10 @@ prediction path never uses this module.
 Shapes: B batch, K code dim, H/W depth resolution, h/w feature grid, N = h*w patches.
 """
 
+from __future__ import annotations
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from depthg.config import check_fidelity
 from depthg.errors import ConfigError
@@ -43,14 +45,14 @@ from depthg.model.sampling import PAPER_FOV_DEG, PAPER_Z_SCALE, depth_to_points,
 NEIGHBOURHOODS = ("knn3d", "window3")
 
 
-def _row_minmax(dist, eps=1e-12):
+def _row_minmax(dist: Tensor, eps: float = 1e-12) -> Tensor:
     """Row-wise min-max normalisation of distances [B,N,N] to delta in [0, 1] (DG :273-339 step 3)."""
     lo = dist.amin(dim=-1, keepdim=True)
     hi = dist.amax(dim=-1, keepdim=True)
     return (dist - lo) / (hi - lo).clamp_min(eps)
 
 
-def _window_mask(h, w, device):
+def _window_mask(h: int, w: int, device: torch.device) -> Tensor:
     """HP's 3x3 neighbourhood including self, clipped at the borders: [N,N] bool (HP DinoFeaturizer.py:88-117)."""
     r = torch.arange(h, device=device).repeat_interleave(w)  # row of each raster index, [N]
     c = torch.arange(w, device=device).repeat(h)  # column, [N]
@@ -58,8 +60,9 @@ def _window_mask(h, w, device):
 
 
 @torch.no_grad()
-def lhp_weights(depth, grid_hw, *, fidelity="paper", neighbourhood="knn3d", k=8, lifting=None,
-                fov_deg=PAPER_FOV_DEG, z_scale=PAPER_Z_SCALE):
+def lhp_weights(depth: Tensor, grid_hw: tuple[int, int], *, fidelity: str = "paper", neighbourhood: str = "knn3d",
+                k: int = 8, lifting: str | None = None, fov_deg: float = PAPER_FOV_DEG,
+                z_scale: float = PAPER_Z_SCALE) -> Tensor:
     """Propagation weights [B,N,N] from depth [B,1,H,W] on the h x w feature grid (see the module docstring).
 
     ``lifting`` ("paper"|"reference", config aspect ``depth_lifting``) defaults to ``fidelity``; the reference
@@ -93,7 +96,7 @@ def lhp_weights(depth, grid_hw, *, fidelity="paper", neighbourhood="knn3d", k=8,
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-def propagate(z, weights):
+def propagate(z: Tensor, weights: Tensor) -> Tensor:
     """Mix codes z [B,K,h,w] with weights [B,N,N]: z^[b,:,i] = sum_j W[b,i,j] z[b,:,j] -> [B,K,h,w]."""
     B, K, h, w = z.shape
     assert weights.shape == (B, h * w, h * w), f"weights {tuple(weights.shape)} do not fit codes {tuple(z.shape)}"
@@ -104,10 +107,10 @@ def propagate(z, weights):
 class LHPProjection(nn.Module):
     """The 3D-LHP projection head, K -> K: Conv1x1, ReLU, Conv1x1 (DG src/modules.py:140-339), default init."""
 
-    def __init__(self, dim):
+    def __init__(self, dim: int):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.ReLU(), nn.Conv2d(dim, dim, 1))
 
-    def forward(self, z):
+    def forward(self, z: Tensor) -> Tensor:
         """z [B,K,h,w] -> [B,K,h,w]."""
         return self.net(z)

@@ -22,25 +22,39 @@ correlation tensors are [B,S,S,S,S] indexed (b, h, w, i, j): location (h, w) of 
 the second.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from depthg.config import check_fidelity
-from depthg.model.sampling import normalize_depth, pool_depth, sample
+from depthg.errors import ConfigError
+from depthg.model.sampling import (
+    bilinear_taps,
+    channel_blocks,
+    gather_points,
+    normalize_depth,
+    point_table,
+    pool_depth,
+    sample,
+)
 
 
-def norm(t):
+def norm(t: Tensor) -> Tensor:
     """L2 normalisation along channels, eps 1e-10 (DG src/modules.py:789): an all-zero vector stays zero."""
     return F.normalize(t, dim=1, eps=1e-10)
 
 
-def correlation(a, b):
+def correlation(a: Tensor, b: Tensor) -> Tensor:
     """Cosine of channel vectors, [B,C,h,w] x [B,C,i,j] -> [B,h,w,i,j] (``tensor_correlation``, DG :797-809)."""
     assert a.shape[:2] == b.shape[:2], f"correlation needs equal batch and channels: {a.shape} vs {b.shape}"
     return torch.einsum("nchw,ncij->nhwij", norm(a), norm(b))
 
 
-def feature_target(f1, f2, *, pointwise=True):
+def feature_target(f1: Tensor, f2: Tensor, *, pointwise: bool = True) -> Tensor:
     """STEGO's target F = Corr(f1, f2), without gradient; optionally centred per anchor location (METHOD.md §3.2).
 
     Pointwise centring subtracts the mean over the second map's locations (i, j) for each (b, h, w) and then
@@ -56,7 +70,7 @@ def feature_target(f1, f2, *, pointwise=True):
     return fd
 
 
-def distill(target, cd, shift, *, zero_clamp=True, stabilize=False):
+def distill(target: Tensor, cd: Tensor, shift: float, *, zero_clamp: bool = True, stabilize: bool = False) -> Tensor:
     """The shared term -clamp(cd) * (target - shift), unreduced [B,h,w,i,j] (DG :1250-1254).
 
     zero_clamp clamps the code correlation at 0 (else at -9999, i.e. not at all); stabilize also caps it at 0.8.
@@ -66,7 +80,8 @@ def distill(target, cd, shift, *, zero_clamp=True, stabilize=False):
     return -clamped * (target - shift)
 
 
-def stego_term(f1, f2, c1, c2, shift, *, pointwise=True, zero_clamp=True, stabilize=False):
+def stego_term(f1: Tensor, f2: Tensor, c1: Tensor, c2: Tensor, shift: float, *, pointwise: bool = True,
+               zero_clamp: bool = True, stabilize: bool = False) -> Tensor:
     """STEGO's unreduced loss [B,h,w,i,j] for features f1/f2 [B,C,.,.] and codes c1/c2 [B,K,.,.] (METHOD.md §3.2).
 
     Equals the first output of the release's ``helper`` (golden a ``loss_pw*_zc*_st*``); the code correlation it
@@ -76,7 +91,7 @@ def stego_term(f1, f2, c1, c2, shift, *, pointwise=True, zero_clamp=True, stabil
                    zero_clamp=zero_clamp, stabilize=stabilize)
 
 
-def depth_target(d1, d2, side, *, target):
+def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
     """The DFC target D [B,S,S,S,S] (see the module docstring).
 
     paper: d1/d2 [B,1,S,S], normalised depth already sampled at the code locations.
@@ -102,7 +117,8 @@ def depth_target(d1, d2, side, *, target):
     raise AssertionError("unreachable: check_fidelity accepts only paper and reference")
 
 
-def depth_feature_term(c1, c2, d1, d2, shift, *, target="paper", zero_clamp=True):
+def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: float, *, target: str = "paper",
+                       zero_clamp: bool = True) -> tuple[Tensor, Tensor]:
     """DepthG's DFC term: codes c1/c2 [B,K,S,S] and depth d1/d2 -> (loss [B,S,S,S,S], depth correlation D).
 
     Shapes of d1/d2 depend on ``target`` (see :func:`depth_target`). The release calls it intra-image only,
@@ -113,7 +129,8 @@ def depth_feature_term(c1, c2, d1, d2, shift, *, target="paper", zero_clamp=True
     return distill(D, correlation(c1, c2), shift, zero_clamp=zero_clamp), D
 
 
-def super_perm(B, *, generator=None, device=None):
+def super_perm(B: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Tensor:
     """A random index map of the batch without fixed points, for negatives (METHOD.md §1.7, DG :1184-1188).
 
     A permutation whose fixed points are moved on by +1 mod B: no image is its own negative, though an index may
@@ -126,51 +143,178 @@ def super_perm(B, *, generator=None, device=None):
     return perm.to(device) if device is not None else perm
 
 
-def correlation_loss(f1, f2, z1, z2, d1, d2, coords1, coords2, *, pos_intra_weight, pos_intra_shift,
-                     pos_inter_weight, pos_inter_shift, neg_inter_weight, neg_inter_shift, neg_samples=5,
-                     dfc_weight=0.0, dfc_shift=0.0, dfc_target="paper", pointwise=True, zero_clamp=True,
-                     stabilize=False, generator=None):
+@dataclass(frozen=True)
+class CorrelationTerms:
+    """Weights, shifts and flags of the correlation terms (METHOD.md §3.3-§3.4, §7.2), unpacked once at the edge.
+
+    ``dfc_weight``/``dfc_shift`` are the values of this iteration (they decay, depthg.schedules): take them with
+    :meth:`with_dfc`. A ``dfc_weight`` of 0 skips the DFC term and its depth.
+    """
+
+    pos_intra_weight: float
+    pos_intra_shift: float
+    pos_inter_weight: float
+    pos_inter_shift: float
+    neg_inter_weight: float
+    neg_inter_shift: float
+    neg_samples: int = 5
+    dfc_weight: float = 0.0
+    dfc_shift: float = 0.0
+    dfc_target: str = "paper"
+    pointwise: bool = True
+    zero_clamp: bool = True
+    stabilize: bool = False
+
+    def __post_init__(self) -> None:
+        check_fidelity(self.dfc_target, "dfc_target")
+        if self.neg_samples < 0:
+            raise ConfigError(f"neg_samples={self.neg_samples} must be >= 0 (loss.neg_samples).")
+
+    def with_dfc(self, weight: float, shift: float) -> CorrelationTerms:
+        """The same terms with this iteration's DFC weight and shift."""
+        return replace(self, dfc_weight=float(weight), dfc_shift=float(shift))
+
+
+class _CodeTerms(torch.autograd.Function):
+    """-mean(clamp(Zc, low, high_k) * T_k) for targets T_k [B,n,m] on one code correlation Zc = za zb^T.
+
+    za [B,n,K], zb [B,m,K] are unit rows; the targets carry no gradient, so d/dZc is the masked target and the
+    backward is two bmm. The targets are consumed: each becomes its slope in place. ``highs[k]`` None: no upper
+    cap. Returns the k means, and Zc without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, za: Tensor, zb: Tensor, low: float, highs: tuple[float | None, ...],
+                *targets: Tensor) -> tuple[Tensor, Tensor]:
+        cd = torch.bmm(za, zb.transpose(1, 2))
+        scale = -1.0 / cd.numel()
+        values, slopes = [], []
+        below = cd < low
+        for target, high in zip(targets, highs):
+            values.append(torch.vdot(cd.clamp(low, high).flatten(), target.flatten()) * scale)
+            # d value / d Zc: the scaled target where clamp passes the gradient (low <= Zc <= high), in place
+            slope = target.mul_(scale).masked_fill_(below, 0.0)
+            slopes.append(slope if high is None else slope.masked_fill_(cd > high, 0.0))
+        ctx.save_for_backward(za, zb, *slopes)
+        ctx.mark_non_differentiable(cd)
+        return torch.stack(values), cd
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor, _grad_cd: Tensor) -> tuple[Tensor | None, ...]:
+        za, zb, *slopes = ctx.saved_tensors
+        g = sum(grad_values[k] * slope for k, slope in enumerate(slopes))  # d total / d Zc, [B,n,m]
+        return torch.bmm(g, zb), torch.bmm(g.transpose(1, 2), za), None, None, *([None] * len(slopes))
+
+
+@torch.no_grad()
+def _feature_correlations(f1: Tensor, f2: Tensor, reads: list[tuple[int, Tensor, Tensor]]) -> list[Tensor]:
+    """Corr(f1 at the first read's points, each read's points) -> [B,n,m] per read (:func:`correlation`).
+
+    reads = (map 1|2, rows, weights); the first is the anchor. Each map is turned into tables one channel block at
+    a time (:func:`depthg.model.sampling.channel_blocks`), its points copied out and the table freed before the
+    next; then one bmm per read over all channels, divided by the norms, which equals the dot products of
+    :func:`norm`-ed vectors (to float rounding).
+    """
+    B, C = f1.shape[:2]
+    points = [f1.new_empty(*rows.shape[:-1], C) for _, rows, _ in reads]  # [B,n,C] each
+    for block in channel_blocks(f1):
+        tables = {1: point_table(f1[:, block]), 2: point_table(f2[:, block])}  # [B*h*w, C_block]
+        for out, (which, rows, weights) in zip(points, reads):
+            out[..., block] = gather_points(tables[which], rows, weights)
+        del tables
+    inverse_norms = [torch.linalg.vector_norm(x, dim=-1).clamp_min_(1e-10).reciprocal_() for x in points]  # [B,n]
+    anchor, inv_anchor = points[0], inverse_norms[0][:, :, None]
+    return [torch.bmm(anchor, x.transpose(1, 2)).mul_(inv_anchor).mul_(inv[:, None, :])
+            for x, inv in zip(points, inverse_norms)]
+
+
+@torch.no_grad()
+def _feature_target_points(fd: Tensor, shift: float, pointwise: bool) -> Tensor:
+    """:func:`feature_target` minus the shift, in place on the correlation fd [B,n,m] of :func:`_feature_correlations`.
+
+    The centred tensor's own mean, which the release subtracts before restoring the old one, is 0 up to rounding,
+    so one pass does it: T = F - rowmean + (mean - shift).
+    """
+    if not pointwise:
+        return fd.sub_(shift)
+    row_mean = fd.mean(dim=-1, keepdim=True)  # [B,n,1]
+    return fd.sub_(row_mean - (row_mean.mean() - shift))
+
+
+def _unit_rows(x: Tensor) -> Tensor:
+    """:func:`norm` for points [..., n, C]: L2 along the last axis, eps 1e-10."""
+    return F.normalize(x, dim=-1, eps=1e-10)
+
+
+def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor | None, d2: Tensor | None,
+                     coords1: Tensor, coords2: Tensor, terms: CorrelationTerms, *,
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """All correlation terms of one step (METHOD.md §3.3, §3.6) -> dict of scalars intra/inter/neg/dfc/total.
 
     f1/f2 [B,C,h,w] features of the image and its kNN partner, z1/z2 [B,K,h,w] their codes, d1/d2 [B,1,H,W]
-    their full-resolution depth (unused, may be None, when ``dfc_weight`` is 0), coords1/coords2 [B,S,S,2].
+    their full-resolution depth (unused, may be None, when ``terms.dfc_weight`` is 0), coords1/coords2 [B,S,S,2].
     total = w_intra*intra + w_inter*inter + w_neg*neg + dfc_weight*dfc; ``correspondence_weight`` and the LHP
     balance multiply it outside. Negatives: ``neg_samples`` rounds, each pairing the image with the batch
     permuted by :func:`super_perm`, sampled at the partner's coords2. The release concatenates the rounds before
-    the mean; each round has the same size, so the mean of the round means is the same number with 1/rounds of
-    the memory. DFC is intra-image, on the same code correlation as the intra term, so only d1 is read (d2 is
-    taken for a cross-image target, which the release does not have, METHOD.md §3.7). Paper target: d1 is
-    min-max normalised per image, averaged over each patch, and read at coords1 like the codes.
+    the mean; each round has the same size, so the mean of the round means is the same number. DFC is
+    intra-image, on the same code correlation as the intra term, so only d1 is read (d2 is taken for a cross-image
+    target, which the release does not have, METHOD.md §3.7). Paper target: d1 is min-max normalised per image,
+    averaged over each patch, and read at coords1 like the codes.
+
+    The values are those of :func:`stego_term` and :func:`depth_feature_term` on :func:`sample`-d maps (to float
+    rounding), computed on the n = S*S sampled points only: every term reads its points from tables of rows
+    (:func:`depthg.model.sampling.gather_points`), so a negative reads image perm[b] at the coordinates of partner b
+    without copying or resampling whole maps; the feature correlations are accumulated over channel blocks
+    (:func:`_feature_correlations`) and each code point set is normalised once.
     """
     assert coords1.shape == coords2.shape, f"coords differ: {tuple(coords1.shape)} vs {tuple(coords2.shape)}"
-    flags = dict(zero_clamp=zero_clamp, stabilize=stabilize)
-    f1s, z1s = sample(f1, coords1), sample(z1, coords1)  # [B,C,S,S], [B,K,S,S]
-    f2s, z2s = sample(f2, coords2), sample(z2, coords2)
+    t = terms
+    B, _, h, w = f1.shape
+    side, HW = coords1.shape[1], h * w
+    taps1, wts1 = bilinear_taps(coords1, (h, w))  # [B,n,4] each
+    taps2, wts2 = bilinear_taps(coords2, (h, w))
+    first_row = (torch.arange(B, device=f1.device) * HW).view(B, 1, 1)  # table row of each image's (0, 0)
+    anchor, partner = (taps1 + first_row, wts1), (taps2 + first_row, wts2)
+    # image perm[b] read at partner b's coordinates, one permutation per round, drawn in the release's order
+    negatives = [(taps2 + first_row[super_perm(B, generator=generator, device=f1.device)], wts2)
+                 for _ in range(t.neg_samples)]
+    fd = _feature_correlations(f1.detach(), f2.detach(), [(1, *anchor), (2, *partner), *[(1, *n) for n in negatives]])
+    # codes: anchor and negatives in one read of z1's table (one backward), the partner from z2's
+    z_rows = torch.stack([anchor[0], *[rows for rows, _ in negatives]])  # [1+R,B,n,4]
+    z_weights = torch.stack([wts1] + [wts2] * len(negatives))
+    z1_points = _unit_rows(gather_points(point_table(z1), z_rows, z_weights))  # [1+R,B,n,K], with gradient
+    za, zn = z1_points[0], z1_points[1:]
+    zp = _unit_rows(gather_points(point_table(z2), *partner))
+    low = 0.0 if t.zero_clamp else -9999.0
+    cap = 0.8 if t.stabilize else None
 
-    cd_intra = correlation(z1s, z1s)
-    intra = distill(feature_target(f1s, f1s, pointwise=pointwise), cd_intra, pos_intra_shift, **flags).mean()
-    inter = stego_term(f1s, f2s, z1s, z2s, pos_inter_shift, pointwise=pointwise, **flags).mean()
-
-    neg_means = []
-    for _ in range(neg_samples):
-        perm = super_perm(f1.shape[0], generator=generator, device=f1.device)
-        fn, zn = sample(f1[perm], coords2), sample(z1[perm], coords2)
-        neg_means.append(stego_term(f1s, fn, z1s, zn, neg_inter_shift, pointwise=pointwise, **flags).mean())
-    neg = torch.stack(neg_means).mean() if neg_means else z1s.new_zeros(())
-
-    if dfc_weight != 0:
-        with torch.no_grad():
-            if dfc_target == "paper":
-                # Patch depth on the codes' own grid, read at the codes' coordinates: [B,1,h,w] -> [B,1,S,S].
-                # (The full-resolution map under the same coordinates would be off by up to half a patch.)
-                patch_depth = pool_depth(normalize_depth(d1.float()), z1.shape[-2:])
-                dd = sample(patch_depth, coords1)
-                D = depth_target(dd, dd, z1s.shape[-1], target="paper")
-            else:
-                D = depth_target(d1, d1, z1s.shape[-1], target=dfc_target)
-        dfc = distill(D, cd_intra, dfc_shift, zero_clamp=zero_clamp).mean()
+    # intra and DFC share Zc(z~, z~) and its backward
+    intra_target = _feature_target_points(fd[0], t.pos_intra_shift, t.pointwise)
+    if t.dfc_weight != 0:
+        dfc_target = _depth_target_points(d1, coords1, z1.shape[-2:], side, t.dfc_target).sub_(t.dfc_shift)
+        (intra, dfc), _ = _CodeTerms.apply(za, za, low, (cap, None), intra_target, dfc_target)  # DFC: no cap
     else:
-        dfc = z1s.new_zeros(())
+        (intra,), _ = _CodeTerms.apply(za, za, low, (cap,), intra_target)
+        dfc = za.new_zeros(())
+    inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fd[1], t.pos_inter_shift, t.pointwise))[0][0]
+    neg_means = [_CodeTerms.apply(za, zn[r], low, (cap,), _feature_target_points(fd[2 + r], t.neg_inter_shift,
+                                                                                t.pointwise))[0][0]
+                 for r in range(t.neg_samples)]
+    neg = torch.stack(neg_means).mean() if neg_means else za.new_zeros(())
 
-    total = (pos_intra_weight * intra + pos_inter_weight * inter + neg_inter_weight * neg + dfc_weight * dfc)
+    total = t.pos_intra_weight * intra + t.pos_inter_weight * inter + t.neg_inter_weight * neg + t.dfc_weight * dfc
     return {"intra": intra, "inter": inter, "neg": neg, "dfc": dfc, "total": total}
+
+
+@torch.no_grad()
+def _depth_target_points(d1: Tensor, coords1: Tensor, grid_hw: tuple[int, int], side: int, target: str) -> Tensor:
+    """:func:`depth_target` of the image with itself, as [B,n,n] for the points read at coords1."""
+    B = coords1.shape[0]
+    if target == "paper":
+        # Patch depth on the codes' own grid, read at the codes' coordinates: [B,1,h,w] -> [B,1,S,S].
+        # (The full-resolution map under the same coordinates would be off by up to half a patch.)
+        dd = sample(pool_depth(normalize_depth(d1.float()), tuple(grid_hw)), coords1)
+        D = depth_target(dd, dd, side, target="paper")
+    else:
+        D = depth_target(d1, d1, side, target=target)
+    return D.reshape(B, side * side, side * side)  # [B,S,S,S,S] -> [B,n,n]

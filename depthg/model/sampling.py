@@ -19,10 +19,15 @@ Shapes: B batch, C channels, H/W full-resolution depth, h/w feature grid, N = h*
 n = S*S picks.
 """
 
+from __future__ import annotations
+
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from depthg.config import check_fidelity
 from depthg.errors import ConfigError
@@ -37,7 +42,8 @@ REFERENCE_FOV = 90.0
 REFERENCE_Z_SCALE = -5.0
 
 
-def random_coords(B, S, *, generator=None, device=None):
+def random_coords(B: int, S: int, *, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
     """STEGO's random locations: U(-1, 1)^2 per sample, [B,S,S,2] (METHOD.md §3.1, DG src/modules.py:1319-1321)."""
     if generator is not None and device is not None and torch.device(device) != generator.device:
         # A generator lives on one device; draw there and move, so a CPU generator can seed CUDA training.
@@ -45,7 +51,7 @@ def random_coords(B, S, *, generator=None, device=None):
     return torch.rand(B, S, S, 2, generator=generator, device=device) * 2 - 1
 
 
-def sample(t, coords):
+def sample(t: Tensor, coords: Tensor) -> Tensor:
     """Bilinear read of ``t`` [B,C,H,W] at ``coords`` [B,S,S,2] ((x, y) in [-1, 1], x along the width).
 
     Returns [B,C,S,S] with ``out[:, :, i, j]`` taken at ``coords[:, i, j]``; align_corners=True (x=-1 is column 0,
@@ -58,19 +64,80 @@ def sample(t, coords):
     return F.grid_sample(t, coords.to(t.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def pool_depth(depth, grid_hw):
+def bilinear_taps(coords: Tensor, grid_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The four corners :func:`sample` blends at each coordinate: coords [B,S,S,2] -> (taps [B,n,4], weights [B,n,4]).
+
+    ``taps`` are raster indices r*w + c into one h x w map, corners in the order (top-left, top-right, bottom-left,
+    bottom-right), with grid_sample's arithmetic: align_corners=True unnormalisation, border clipping, and a corner
+    past the last row/column clamped onto it (its weight is 0 there). Sample s of the grid is coords[:, s // S, s % S].
+    """
+    assert coords.dim() == 4 and coords.shape[-1] == 2, f"coords must be [B,S,S,2], got {tuple(coords.shape)}"
+    h, w = grid_hw
+    xy = coords.reshape(coords.shape[0], -1, 2).float()  # [B,S,S,2] -> [B,n,2]
+    x = ((xy[..., 0] + 1) / 2 * (w - 1)).clamp(0, w - 1)
+    y = ((xy[..., 1] + 1) / 2 * (h - 1)).clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    tx, ty = x - x0, y - y0  # distances from the top-left corner
+    c0, r0 = x0.long(), y0.long()
+    c1, r1 = (c0 + 1).clamp(max=w - 1), (r0 + 1).clamp(max=h - 1)
+    taps = torch.stack([r0 * w + c0, r0 * w + c1, r1 * w + c0, r1 * w + c1], dim=-1)
+    sx, sy = 1 - tx, 1 - ty
+    weights = torch.stack([sy * sx, sy * tx, ty * sx, ty * tx], dim=-1)
+    return taps, weights
+
+
+# On CPU the feature maps are read through tables of this many bytes at most, one channel block at a time
+# (depthg.model.losses). The block's table is freed before the next is built, so the allocator hands the same memory
+# back instead of mapping fresh pages: page-faulting one fresh 38 MB ViT-S/8 table in cost ~37 ms on the shared test
+# machine, a copy into reused memory 3 ms; blocks over 32 MB would always be fresh (glibc's mmap threshold).
+CPU_TABLE_BYTES = 8 * 2**20
+
+
+def channel_blocks(t: Tensor) -> list[slice]:
+    """Channel ranges of [B,C,h,w] whose :func:`point_table` stays under ``CPU_TABLE_BYTES`` on CPU; one elsewhere."""
+    C = t.shape[1]
+    blocks = 1
+    if t.device.type == "cpu":
+        blocks = min(C, -(-t.numel() * t.element_size() // CPU_TABLE_BYTES))  # ceil
+    step = -(-C // blocks)
+    return [slice(c, min(c + step, C)) for c in range(0, C, step)]
+
+
+def point_table(t: Tensor) -> Tensor:
+    """Maps [B,C,h,w] as one row per location, [B*h*w, C], row b*h*w + r*w + c (one channels-last copy)."""
+    B, C, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(B * h * w, C)
+
+
+def gather_points(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
+    """Bilinear reads from a :func:`point_table`: rows/weights [..., n, 4] -> [..., n, C].
+
+    ``rows`` index the table (image * h*w + the tap of :func:`bilinear_taps`), so any image can be read at any
+    coordinates without copying its map; the same values as :func:`sample` (to float rounding), laid out per point.
+    One weighted row sum per point (embedding_bag), so the four corners are never materialised; the gradient
+    reaches the table.
+    """
+    assert rows.shape == weights.shape and rows.shape[-1] == 4, (
+        f"rows {tuple(rows.shape)} and weights {tuple(weights.shape)} must both be [..., n, 4]")
+    out = F.embedding_bag(rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4).to(table.dtype),
+                          mode="sum")
+    return out.view(*rows.shape[:-1], table.shape[1])
+
+
+def pool_depth(depth: Tensor, grid_hw: tuple[int, int]) -> Tensor:
     """Average depth [B,1,H,W] over each patch of the feature grid -> [B,1,h,w] (METHOD.md §4.1, DG :1003)."""
     return F.adaptive_avg_pool2d(depth, tuple(grid_hw))
 
 
-def normalize_depth(depth, eps=1e-8):
+def normalize_depth(depth: Tensor, eps: float = 1e-8) -> Tensor:
     """Per-image min-max normalisation of [B,1,H,W] depth to [0, 1]; a flat map becomes zeros."""
     lo = depth.amin(dim=(1, 2, 3), keepdim=True)
     hi = depth.amax(dim=(1, 2, 3), keepdim=True)
     return (depth - lo) / (hi - lo).clamp_min(eps)
 
 
-def depth_to_points(depth, *, fidelity="paper", fov_deg=PAPER_FOV_DEG, z_scale=PAPER_Z_SCALE):
+def depth_to_points(depth: Tensor, *, fidelity: str = "paper", fov_deg: float = PAPER_FOV_DEG,
+                    z_scale: float = PAPER_Z_SCALE) -> Tensor:
     """Lift patch depth [B,1,h,w] to one 3-D point per patch, [B,h*w,3] in raster order (index r*w + c).
 
     reference: X = F*d*(c - w/2)/w, Y = F*d*(r - h/2)/h, Z = -5*d with F = 2*tan(45) (radians, F = 3.2396) on the
@@ -101,7 +168,8 @@ def depth_to_points(depth, *, fidelity="paper", fov_deg=PAPER_FOV_DEG, z_scale=P
     return torch.stack([x, y, z], dim=-1).reshape(B, h * w, 3)  # [B,h,w,3] -> [B,N,3]
 
 
-def _start_indices(start, B, N, device, generator):
+def _start_indices(start: int | str | Tensor, B: int, N: int, device: torch.device,
+                   generator: torch.Generator | None) -> Tensor:
     if isinstance(start, str):
         if start != "random":
             raise ConfigError(f"FPS start={start!r}: use an index, a LongTensor[B] or 'random'.")
@@ -115,7 +183,27 @@ def _start_indices(start, B, N, device, generator):
     return torch.full((B,), int(start), device=device, dtype=torch.long)
 
 
-def farthest_point_sample(points, n, *, start=0, generator=None):
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run the block with one intra-op thread on CPU, restoring the count after (a no-op elsewhere).
+
+    FPS is ~7 dependent ops of a few 10^4 elements per pick: too small to split, so a second thread only adds a
+    fork/join per op, and on a loaded machine an oversubscribed join stalls. Measured on the 2 shared cores (B=32,
+    784 points, 121 picks, load ~5): 199 ms with 2 threads against 27 ms with this scope.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def farthest_point_sample(points: Tensor, n: int, *, start: int | str | Tensor = 0,
+                          generator: torch.Generator | None = None) -> Tensor:
     """Greedy farthest point sampling of ``n`` of the ``N`` points [B,N,3] -> indices [B,n] in selection order.
 
     Each pick is the point whose squared distance to the nearest chosen point is largest; ties go to the lowest
@@ -135,19 +223,20 @@ def farthest_point_sample(points, n, *, start=0, generator=None):
     best = torch.full((B, N), float("inf"), device=points.device)
     diff, dist = torch.empty_like(P), torch.empty_like(best)
     dx, dy, dz = diff.unbind(0)  # views made once: slicing inside the loop costs as much as arithmetic
-    for _ in range(n - 1):
-        best.scatter_(1, cur[:, None], -1.0)
-        torch.sub(P, P.gather(2, cur.view(1, B, 1).expand(3, B, 1)), out=diff)  # [3,B,N] - [3,B,1]
-        diff.mul_(diff)
-        # (dx^2 + dy^2) + dz^2 in float32, the release's order (not cdist, not |a|^2 - 2ab + |b|^2).
-        torch.add(dx, dy, out=dist).add_(dz)
-        torch.minimum(best, dist, out=best)
-        cur = best.argmax(dim=1)  # first maximum = lowest index on ties
-        picks.append(cur)
+    with _one_cpu_thread(points.device):
+        for _ in range(n - 1):
+            best.scatter_(1, cur[:, None], -1.0)
+            torch.sub(P, P.gather(2, cur.view(1, B, 1).expand(3, B, 1)), out=diff)  # [3,B,N] - [3,B,1]
+            diff.mul_(diff)
+            # (dx^2 + dy^2) + dz^2 in float32, the release's order (not cdist, not |a|^2 - 2ab + |b|^2).
+            torch.add(dx, dy, out=dist).add_(dz)
+            torch.minimum(best, dist, out=best)
+            cur = best.argmax(dim=1)  # first maximum = lowest index on ties
+            picks.append(cur)
     return torch.stack(picks, dim=1)
 
 
-def indices_to_coords(idx, grid_hw, side, *, fidelity="paper"):
+def indices_to_coords(idx: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str = "paper") -> Tensor:
     """FPS indices [B,n] on an h x w grid -> sample coordinates [B,side,side,2] for :func:`sample`.
 
     paper: (x, y) = (2c/(w-1)-1, 2r/(h-1)-1), exactly on the chosen patch, in selection order.
@@ -170,8 +259,9 @@ def indices_to_coords(idx, grid_hw, side, *, fidelity="paper"):
     return coords * 2 - 1 if fidelity == "reference" else coords
 
 
-def fps_coords(depth, grid_hw, side, *, fidelity="paper", lifting=None, start=0, generator=None,
-               fov_deg=PAPER_FOV_DEG, z_scale=PAPER_Z_SCALE):
+def fps_coords(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str = "paper",
+               lifting: str | None = None, start: int | str | Tensor = 0, generator: torch.Generator | None = None,
+               fov_deg: float = PAPER_FOV_DEG, z_scale: float = PAPER_Z_SCALE) -> Tensor:
     """FPS locations for one batch: depth [B,1,H,W] -> coordinates [B,side,side,2] on the h x w feature grid.
 
     ``fidelity`` sets the coordinate convention (config aspect ``fps_coords``), ``lifting`` the depth lifting
@@ -185,8 +275,9 @@ def fps_coords(depth, grid_hw, side, *, fidelity="paper", lifting=None, start=0,
     return indices_to_coords(idx, grid_hw, side, fidelity=fidelity)
 
 
-def choose_coords(mode, B, grid_hw, side, *, depth=None, device=None, fidelity="paper", lifting=None, start=0,
-                  generator=None):
+def choose_coords(mode: str, B: int, grid_hw: tuple[int, int], side: int, *, depth: Tensor | None = None,
+                  device: torch.device | str | None = None, fidelity: str = "paper", lifting: str | None = None,
+                  start: int | str | Tensor = 0, generator: torch.Generator | None = None) -> Tensor:
     """The sample coordinates of one training batch of ``B`` images -> [B,side,side,2].
 
     ``mode`` is the config's ``depth_sampling``: "fps" (needs ``depth`` [B,1,H,W]) or "random" (STEGO; also the

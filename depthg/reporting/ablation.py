@@ -100,6 +100,11 @@ def run_prefix(dataset: str, table: str) -> str:
     return f"{table}-{file_tag(dataset)}"
 
 
+def run_name(prefix: str, variant: Variant, seed: int) -> str:
+    """The run folder of one (variant, seed) under a table's prefix; the paper tables name their runs the same way."""
+    return f"{prefix}-{variant.key}-s{seed}"
+
+
 def _finished(run_dir: Path, cfg: Config) -> bool:
     cfg_file, metrics = run_dir / "config.json", run_dir / "metrics.json"
     return metrics.is_file() and cfg_file.is_file() and json.loads(cfg_file.read_text()) == cfg.to_dict()
@@ -128,7 +133,7 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
         for seed in seeds:
             cfg = v.config(base, seed)
             key = json.dumps(cfg.to_dict(), sort_keys=True)
-            name = made.get(key, f"{prefix}-{v.key}-s{seed}")
+            name = made.get(key, run_name(prefix, v, seed))
             run_dir = runs_dir(results_dir) / name
             if key not in made:
                 if reuse and _finished(run_dir, cfg):

@@ -210,3 +210,49 @@ def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray) ->
     for ax, title in zip(axes[0], ("image", "ground truth", "cluster probe (Hungarian)", "linear probe")):
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str], labels: dict[str, str] | None = None,
+               title: str = "") -> Path:
+    """One panel per metric, one line per table row: published numbers (diamonds), a released checkpoint evaluated
+    here (squares), and our retrains' seeds (dots) with their mean ± std (bar), the release-selected checkpoint's
+    seeds in another colour. ``points``: columns row, metric, value, kind ("published", "released", "seed",
+    "seed, release-selected")."""
+    labels = labels or {}
+    rows = list(dict.fromkeys(points["row"])) or ["(no numbers)"]
+    fig = _figure(2.8 * len(metrics) + 1.5, 0.35 * len(rows) + 1.4)
+    axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
+    style = {"published": dict(marker="D", color="tab:red", s=30),
+             "released": dict(marker="s", color="tab:purple", s=30),
+             "seed": dict(marker="o", color="tab:blue", s=14, alpha=0.6),
+             "seed, release-selected": dict(marker="o", color="tab:green", s=14, alpha=0.6)}
+    y = {r: i for i, r in enumerate(rows)}
+    for ax, m in zip(axes, metrics):
+        sub = points[points["metric"] == m]
+        for kind, kw in style.items():
+            pts = sub[sub["kind"] == kind]
+            offset = 0.15 if kind == "seed, release-selected" else 0.0
+            if len(pts):
+                ax.scatter(pts["value"], [y[r] + offset for r in pts["row"]], label=kind, **kw)
+            if kind.startswith("seed"):
+                for row, g in pts.groupby("row", sort=False):
+                    std = g["value"].std(ddof=1) if len(g) > 1 else 0.0
+                    ax.errorbar(g["value"].mean(), y[row] + offset, xerr=std, fmt="|", ms=10, color="black",
+                                capsize=3, lw=1)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize=7)
+        ax.set_title(f"{labels.get(m, m)} (%)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()  # the table's order, top to bottom (the panels share the y axis)
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    if handles:
+        axes[-1].legend(handles, names, fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

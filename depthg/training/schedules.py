@@ -18,6 +18,8 @@ legacy Lightning global step, which advances by 3 per iteration (three optimiser
 (decay_every, fps_every) and max_steps are in that unit.
 """
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass, field
 
@@ -26,14 +28,14 @@ from depthg.errors import ConfigError, TrainingError
 STEP_UNITS = {"paper": 1, "reference": 3}
 
 
-def steps_per_iteration(step_unit):
+def steps_per_iteration(step_unit: str) -> int:
     """Global steps per training iteration: 1 (paper, iterations) or 3 (reference, PL 2.0.1 global steps)."""
     if step_unit not in STEP_UNITS:
         raise ConfigError(f"step_unit={step_unit!r} is not one of {tuple(STEP_UNITS)}.")
     return STEP_UNITS[step_unit]
 
 
-def num_iterations(max_steps, *, step_unit):
+def num_iterations(max_steps: int, *, step_unit: str) -> int:
     """Iterations a run of ``max_steps`` lasts: the release's 7000 legacy steps are ceil(7000/3) = 2334."""
     return math.ceil(max_steps / steps_per_iteration(step_unit))
 
@@ -55,7 +57,7 @@ class Schedule:
     fps_sample_decay_factor: float = 0.9
     fps_min_samples: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         steps_per_iteration(self.step_unit)
         for name in ("decay_every_steps", "fps_sample_decay_every_steps"):
             if getattr(self, name) <= 0:
@@ -63,26 +65,26 @@ class Schedule:
         if self.samples < 1:
             raise ConfigError(f"loss.feature_samples={self.samples} must be >= 1.")
 
-    def start(self):
+    def start(self) -> ScheduleState:
         """The state before iteration 0."""
         return ScheduleState(self)
 
-    def dfc_fires(self, iteration):
+    def dfc_fires(self, iteration: int) -> bool:
         """Whether the DFC decay fires after ``iteration``'s loss."""
         gs = iteration * steps_per_iteration(self.step_unit)
         return self.depth_loss_decay and gs > 0 and gs % self.decay_every_steps == 0
 
-    def fps_fires(self, iteration):
+    def fps_fires(self, iteration: int) -> bool:
         """Whether the sample-count decay fires after ``iteration``'s loss (reference: at gs = 0 too)."""
         gs = iteration * steps_per_iteration(self.step_unit)
         at_zero_ok = self.step_unit == "reference"
         return self.fps_sample_decay and (gs > 0 or at_zero_ok) and gs % self.fps_sample_decay_every_steps == 0
 
-    def shrink(self, samples):
+    def shrink(self, samples: int) -> int:
         """One sample-count decay step; int() truncates like the release, float error included (10*0.9 -> 9)."""
         return max(int(samples * self.fps_sample_decay_factor), self.fps_min_samples)
 
-    def _fired_before(self, iteration, every, include_zero):
+    def _fired_before(self, iteration: int, every: int, include_zero: bool) -> int:
         """How many decays of period ``every`` (steps) fired after iterations 0..iteration-1."""
         if iteration <= 0:
             return 0
@@ -90,7 +92,7 @@ class Schedule:
         period = every // math.gcd(every, steps_per_iteration(self.step_unit))
         return (iteration - 1) // period + (1 if include_zero else 0)
 
-    def at(self, iteration):
+    def at(self, iteration: int) -> tuple[float, float, int]:
         """Closed form: (dfc_weight, dfc_shift, samples) used by the loss of ``iteration`` (METHOD.md §3.5)."""
         n_dfc = self._fired_before(iteration, self.decay_every_steps, False) if self.depth_loss_decay else 0
         gamma = self.depth_loss_decay_factor ** n_dfc
@@ -109,16 +111,16 @@ class ScheduleState:
 
     schedule: Schedule
     iteration: int = 0
-    dfc_weight: float = field(default=None)
-    dfc_shift: float = field(default=None)
-    samples: int = field(default=None)
+    dfc_weight: float | None = field(default=None)
+    dfc_shift: float | None = field(default=None)
+    samples: int | None = field(default=None)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.dfc_weight is None:
             self.dfc_weight, self.dfc_shift, self.samples = (self.schedule.dfc_weight, self.schedule.dfc_shift,
                                                              self.schedule.samples)
 
-    def advance(self):
+    def advance(self) -> ScheduleState:
         """Apply the decays due after the current iteration's loss and move to the next iteration."""
         s = self.schedule
         if s.dfc_fires(self.iteration):
@@ -130,12 +132,12 @@ class ScheduleState:
         self.iteration += 1
         return self
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, float | int]:
         """Plain values for a checkpoint."""
         return {"iteration": self.iteration, "dfc_weight": self.dfc_weight, "dfc_shift": self.dfc_shift,
                 "samples": self.samples}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (resume)."""
         missing = {"iteration", "dfc_weight", "dfc_shift", "samples"} - set(state)
         if missing:

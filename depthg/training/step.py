@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from depthg.config import Config
 from depthg.model import lhp as lhp_mod
-from depthg.model.losses import correlation_loss
+from depthg.model.losses import CorrelationTerms, correlation_loss
 from depthg.model.sampling import choose_coords
 
 
@@ -29,13 +29,8 @@ from depthg.model.sampling import choose_coords
 class StepSettings:
     """The scalars one iteration needs, unpacked from the config once (DESIGN.md §10.3)."""
 
-    weights: dict
-    neg_samples: int
-    pointwise: bool
-    zero_clamp: bool
-    stabilize: bool
+    terms: CorrelationTerms  # weights, shifts and flags; the DFC weight and shift come per iteration
     dfc: bool
-    dfc_target: str
     depth_sampling: str
     fps_coords: str
     depth_lifting: str
@@ -53,11 +48,12 @@ class StepSettings:
     def from_config(cls, cfg: Config) -> "StepSettings":
         lo, fi = cfg.loss, cfg.fidelity
         return cls(
-            weights=dict(pos_intra_weight=lo.pos_intra_weight, pos_intra_shift=lo.pos_intra_shift,
-                         pos_inter_weight=lo.pos_inter_weight, pos_inter_shift=lo.pos_inter_shift,
-                         neg_inter_weight=lo.neg_inter_weight, neg_inter_shift=lo.neg_inter_shift),
-            neg_samples=lo.neg_samples, pointwise=lo.pointwise, zero_clamp=lo.zero_clamp, stabilize=lo.stabilize,
-            dfc=lo.dfc, dfc_target=fi.dfc_target, depth_sampling=lo.depth_sampling, fps_coords=fi.fps_coords,
+            terms=CorrelationTerms(
+                pos_intra_weight=lo.pos_intra_weight, pos_intra_shift=lo.pos_intra_shift,
+                pos_inter_weight=lo.pos_inter_weight, pos_inter_shift=lo.pos_inter_shift,
+                neg_inter_weight=lo.neg_inter_weight, neg_inter_shift=lo.neg_inter_shift, neg_samples=lo.neg_samples,
+                dfc_target=fi.dfc_target, pointwise=lo.pointwise, zero_clamp=lo.zero_clamp, stabilize=lo.stabilize),
+            dfc=lo.dfc, depth_sampling=lo.depth_sampling, fps_coords=fi.fps_coords,
             depth_lifting=fi.depth_lifting, fps_random_start=fi.fps_start == "paper",
             correspondence_weight=lo.correspondence_weight,
             lhp=lo.lhp, lhp_weight=lo.lhp_weight, lhp_depth_weight=lo.lhp_depth_weight,
@@ -113,7 +109,5 @@ class TrainStep(nn.Module):
 
     def _correlation(self, f1, f2, z1, z2, d1, d2, coords, dfc_weight, dfc_shift, generator):
         s = self.settings
-        return correlation_loss(
-            f1, f2, z1, z2, d1, d2, coords[0], coords[1], **s.weights, neg_samples=s.neg_samples,
-            dfc_weight=dfc_weight if s.dfc else 0.0, dfc_shift=dfc_shift, dfc_target=s.dfc_target,
-            pointwise=s.pointwise, zero_clamp=s.zero_clamp, stabilize=s.stabilize, generator=generator)
+        terms = s.terms.with_dfc(dfc_weight if s.dfc else 0.0, dfc_shift)
+        return correlation_loss(f1, f2, z1, z2, d1, d2, coords[0], coords[1], terms, generator=generator)

@@ -188,10 +188,28 @@ def save_checkpoint(run: Run, iteration: int) -> None:
 
 
 def truncate_log(path: Path, start: int) -> None:
-    """Drop log lines a killed run wrote after its last checkpoint, so the resumed log has each iteration once."""
+    """Drop log lines a killed run wrote after its last checkpoint, so the resumed log has each iteration once.
+
+    A run killed in the middle of a write leaves a torn last line (no newline, half a record): it is dropped with
+    the rest of what came after the checkpoint. A line that does not parse anywhere else is damage, not a kill.
+    """
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] < start]
+    text = path.read_text()
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines.pop()  # torn: every record is written with its newline, so a line without one was cut off
+    keep = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise TrainingError(f"--resume: {path} line {number} is not a JSON record ({line[:60]!r}); delete that "
+                                f"line or start without --resume.") from None
+        if record["iteration"] < start:
+            keep.append(line)
     path.write_text("".join(ln + "\n" for ln in keep))
 
 

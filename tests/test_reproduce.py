@@ -1,0 +1,64 @@
+"""`make reproduce`'s kernel: the project's `depthg`, starting this environment's Python, over IPC sockets."""
+
+import json
+import sys
+
+import nbformat
+import pytest
+
+from depthg import reproduce
+from depthg.errors import DepthGError
+from depthg.reproduce import KERNEL, check_kernel, execute
+
+
+def test_the_registered_kernel_is_this_environments():
+    check_kernel()  # `make venv` registered it with this environment's python
+
+
+def test_a_kernel_of_another_environment_is_refused(tmp_path, monkeypatch):
+    spec = tmp_path / "kernels" / KERNEL / "kernel.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(
+        json.dumps(
+            {
+                "argv": ["/elsewhere/.venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "depthg (other)",
+                "language": "python",
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # searched before the user's and the environment's kernels
+    with pytest.raises(DepthGError, match=r"starts /elsewhere/\.venv/bin/python, not this environment's"):
+        check_kernel()
+
+
+def test_a_missing_kernel_names_the_fix(monkeypatch):
+    monkeypatch.setattr(reproduce, "KERNEL", "depthg-not-registered-anywhere")
+    with pytest.raises(DepthGError, match=r"not registered: run `make venv`, or `python -m ipykernel install"):
+        check_kernel()
+
+
+@pytest.mark.slow  # a kernel start: about 5 s
+def test_notebooks_run_in_the_project_kernel_without_a_transport_warning(tmp_path, monkeypatch, capfd):
+    # a `depthg` kernel that marks its environment, found first (JUPYTER_PATH): the output says which kernel ran
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL / "kernel.json"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "depthg (test)",
+                "language": "python",
+                "env": {"DEPTHG_TEST_KERNEL": "depthg"},
+            }
+        )
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    code = "import os; print(os.environ.get('DEPTHG_TEST_KERNEL', 'another kernel'))"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    execute(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[0].outputs[0].text.strip() == "depthg"  # chosen explicitly, whatever the notebook stores
+    assert "over TCP" not in capfd.readouterr().err  # ipykernel's per-kernel warning about unencrypted TCP
