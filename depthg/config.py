@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,7 @@ from depthg.errors import ConfigError
 
 Fidelity = Literal["paper", "reference"]
 FIDELITY_VALUES = ("paper", "reference")
+SELECT_METRICS = ("cluster/mIoU", "cluster/accuracy", "linear/mIoU", "linear/accuracy")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class FidelityConfig:
     depth_loading: Fidelity = "paper"  # float depth, missing file is an error vs 8-bit, Potsdam truncation (§1.6)
     knn_features: Fidelity = "paper"  # eval-mode features vs dropout active (§1.5)
     image_interpolation: Fidelity = "paper"  # bilinear image resize vs NEAREST (§1.6, §9 #13)
+    crop_format: Fidelity = "paper"  # five-crop images as lossless PNG vs JPEG quality 75 (§1.4)
+    partial_batch: Fidelity = "paper"  # drop each epoch's last partial batch vs keep it (drop_last=False, §1.7)
+    lhp_wiring: Fidelity = "paper"  # trained LHP projection, shared coords, always added vs projection in no
+    #   optimiser (stays at its initialisation), its own sampling coordinates, added only with DFC on (§5.2)
 
     @classmethod
     def all(cls, value: str) -> "FidelityConfig":
@@ -63,6 +69,10 @@ class DataConfig:
     crop_ratio: float = 0.5
     num_neighbors: int = 7  # kNN partner rank drawn from 1..num_neighbors (§1.7)
     knn_res: int = 224  # one value for the kNN file name and its computation (§9 #8)
+    # the depth model training requires the maps to come from ("" = any); the depth sidecars / the release's
+    # _zoedepth.png files say which model made each map (depthg.data.datasets.depth_model_of)
+    depth_model: str = ""
+    allow_other_depth_model: bool = False  # true: train on depth made by another model than depth_model (warns)
     batch_size: int = 32
     num_workers: int = 4
 
@@ -123,10 +133,17 @@ class TrainConfig:
     probe_lr: float = 5e-3
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    bf16: bool = True  # bf16 autocast for the frozen backbone, CUDA only
+    bf16: bool = True  # bf16 autocast of the frozen backbone on CUDA (training, kNN features, evaluation)
+    tf32: bool = False  # TF32 CUDA matmuls/convolutions; off = true fp32, as the release (Lightning's default)
     checkpoint_every: int = 500
     log_every: int = 10
     val_every: int = 0  # >0: also validate every N iterations (no CRF) and report the best beside the last step
+    # "last": the last step is the result; "release": also keep the top-2 checkpoints by select_metric on the
+    # validation passes (the evaluation split, as the release's ModelCheckpoint, METHOD §2.4) and evaluate the best
+    # with CRF beside the last step (metrics.json "release_selected")
+    select: str = "last"
+    select_metric: str = "cluster/mIoU"  # "<cluster|linear>/<mIoU|accuracy>"; the release's Potsdam: accuracy
+    select_top_k: int = 2
     tensorboard: bool = False
     threads: int = 0  # torch.set_num_threads; 0 leaves the default
 
@@ -139,6 +156,7 @@ class EvalConfig:
     crf: bool = True
     crf_workers: int = 2
     max_images: int = 0  # 0: the whole split
+    crf_timeout: float = 120.0  # seconds per image before a CRF worker counts as stuck (depthg.evaluation.crf)
 
 
 @dataclass(frozen=True)
@@ -156,20 +174,14 @@ class Config:
         _check_choice("loss.depth_sampling", self.loss.depth_sampling, ("fps", "random"))
         _check_choice("loss.lhp_neighbourhood", self.loss.lhp_neighbourhood, ("knn3d", "window3"))
         _check_choice("data.crop_type", self.data.crop_type, ("five", "none"))
+        _check_choice("train.select", self.train.select, ("last", "release"))
+        _check_choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
+        if self.train.select == "release" and self.train.val_every < 1:
+            raise ConfigError("train.select=release selects among validation passes: set train.val_every >= 1 "
+                              "(the release validates every 100 training batches).")
         for f in fields(FidelityConfig):
             _check_choice(f"fidelity.{f.name}", getattr(self.fidelity, f.name), FIDELITY_VALUES)
-        for key, value, low in (
-            ("loss.feature_samples", self.loss.feature_samples, 1),
-            ("loss.neg_samples", self.loss.neg_samples, 0),
-            ("data.batch_size", self.data.batch_size, 1),
-            ("data.res", self.data.res, 8),
-            ("model.dim", self.model.dim, 1),
-            ("model.n_classes", self.model.n_classes, 2),
-            ("model.extra_clusters", self.model.extra_clusters, 0),
-            ("train.iterations", self.train.iterations, 0),
-        ):
-            if value < low:
-                raise ConfigError(f"{key}={value} is invalid: it must be >= {low}.")
+        validate(self)
 
     # ---- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -307,3 +319,68 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str] | None) -
 
 def _sections() -> list[str]:
     return [f.name for f in fields(Config) if dataclasses.is_dataclass(_section_types(Config)[f.name])]
+
+
+# ---- validation: every numeric field's valid range, checked whenever a Config is built --------------------------
+
+@dataclass(frozen=True)
+class Range:
+    """A closed or half-open interval; ``None`` is unbounded. Float fields must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded (e.g. a learning rate > 0)
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def text(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is None:
+            return low or "any value"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]" if low else f"<= {self.high:g}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(1)
+# Why the less obvious bounds: a patch grid needs >= 8 px (the smallest patch size); the S x S sample grid costs
+# S^4 correlation entries per image pair (S = 64: 1.7e7, S = 1000: 1e12 and an allocation of terabytes).
+RANGES: dict[str, Range] = {
+    "data.res": Range(8), "data.crop_ratio": Range(0, 1, low_open=True), "data.num_neighbors": AT_LEAST_ONE,
+    "data.knn_res": Range(8), "data.batch_size": AT_LEAST_ONE, "data.num_workers": NON_NEGATIVE,
+    "model.dim": AT_LEAST_ONE, "model.n_classes": Range(2), "model.extra_clusters": NON_NEGATIVE,
+    "loss.feature_samples": Range(1, 64), "loss.neg_samples": NON_NEGATIVE, "loss.lhp_k": AT_LEAST_ONE,
+    "loss.lhp_weight": NON_NEGATIVE, "loss.lhp_depth_weight": NON_NEGATIVE,
+    "schedule.decay_every_steps": AT_LEAST_ONE, "schedule.depth_loss_decay_factor": POSITIVE,
+    "schedule.fps_sample_decay_every_steps": AT_LEAST_ONE, "schedule.fps_sample_decay_factor": Range(0, 1, True),
+    "schedule.fps_min_samples": NON_NEGATIVE,
+    "train.iterations": NON_NEGATIVE, "train.lr": POSITIVE, "train.probe_lr": POSITIVE, "train.seed": NON_NEGATIVE,
+    "train.checkpoint_every": AT_LEAST_ONE, "train.log_every": AT_LEAST_ONE, "train.val_every": NON_NEGATIVE,
+    "train.threads": NON_NEGATIVE,
+    "eval.res": Range(8), "eval.batch_size": AT_LEAST_ONE, "eval.crf_workers": NON_NEGATIVE,
+    "eval.max_images": NON_NEGATIVE, "eval.crf_timeout": POSITIVE,
+}
+
+
+def numeric_fields(cfg: Config) -> dict[str, Any]:
+    """Every int/float field of ``cfg`` by dotted key (bools excluded)."""
+    out = {}
+    for section in fields(cfg):
+        value = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in fields(value):
+                v = getattr(value, f.name)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{section.name}.{f.name}"] = v
+    return out
+
+
+def validate(cfg: Config) -> None:
+    """Refuse a value outside its field's range with one message: the key, the value and the valid range."""
+    for key, value in numeric_fields(cfg).items():
+        rule = RANGES.get(key, Range())
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        if (isinstance(value, float) and not math.isfinite(value)) or not rule.holds(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {kind} {rule.text()}."
+                              .replace(" any value", ""))

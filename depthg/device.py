@@ -6,6 +6,7 @@ One owner for device resolution (training, evaluation, the depth and kNN stages 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -43,3 +44,13 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
         if info is not None and info.enabled and device.index is None:
             return torch.device("cuda", info.local_rank)
     return device
+
+
+def loader_workers(requested: int) -> int:
+    """``data.num_workers`` capped at the CPUs this process may use: more workers than CPUs only add start-up time,
+    and torch's DataLoader warns about them once per loader (so once per run of an ablation)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows have no affinity call
+        available = os.cpu_count() or 1
+    return max(0, min(int(requested), available))

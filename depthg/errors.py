@@ -24,3 +24,11 @@ class WeightsError(DepthGError):
 
 class TrainingError(DepthGError):
     """A training run that cannot go on (non-finite loss, incompatible resume checkpoint)."""
+
+
+class BusyError(DepthGError):
+    """A run folder or stage output that another process holds (its lock file names the holder)."""
+
+
+class OutputError(DepthGError):
+    """A result or record that cannot be written (read-only folder, full disk)."""

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from depthg.config import Config
-from depthg.data.datasets import effective_crop, five_crop_dataset, source_dataset, train_source
-from depthg.data.depth_estimation import DEFAULT_MODEL, run_depth
+from depthg.data.datasets import effective_crop, train_source
+from depthg.data.depth_estimation import DEFAULT_MODEL, PAPER_MODEL, run_depth
 from depthg.data.fivecrop import run_fivecrop
 from depthg.data.knn import run_knn
 from depthg.data.labels import dataset_info
-from depthg.data.pairs import build_eval_set, build_train_set, train_knn_paths
+from depthg.data.pairs import build_eval_set, build_train_set
+from depthg.data.readiness import check_command, knn_file, knn_k, missing_steps
 from depthg.data.synthetic import write_synthetic
 from depthg.errors import ConfigError, DataError
 from depthg.paths import data_root, dataset_base, repo_root
@@ -32,7 +33,6 @@ from depthg.training.checkpoints import load_trained_model
 from depthg.training.train import run_directory, train
 
 SYNTHETIC_DEFAULT_SIZE = (200, 50)  # train, val images (as `python -m depthg prep synthetic`)
-KNN_K = 30  # neighbours stored per image, as the release (METHOD.md §1.5)
 
 
 def as_list(value: Any, kind: type = str) -> list:
@@ -126,13 +126,15 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
     actions = _run_stages(cfg, data_dir, depth_model, device, progress) if run_stages else []
     missing = missing_steps(cfg, data_dir)
     if missing:
-        lines = "\n".join(f"  {i}. {what}: {cmd}" for i, (_, what, cmd) in enumerate(missing, 1))
+        lines = "\n".join(f"  {i}. {s.what}: {s.command}" for i, s in enumerate(missing, 1))
+        where = f" -p data_dir {data_dir}" if data_dir else ""
+        preset = None if DEFAULT_PRESETS.get(dataset_base(dataset)) == cfg.name else cfg.name
         raise DataError(f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
-                        f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}; "
-                        f"`python -m depthg prep check --dataset {dataset}` shows what exists).")
+                        f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}{where}; "
+                        f"`{check_command(cfg, data_dir, preset)}` shows what exists).")
 
     train, val = build_train_set(cfg), build_eval_set(cfg)  # any remaining inconsistency raises here
-    return Prepared(dataset, data_root(data_dir), len(train), len(val), _knn_file(cfg, data_dir), actions)
+    return Prepared(dataset, data_root(data_dir), len(train), len(val), knn_file(cfg, data_dir), actions)
 
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
@@ -157,12 +159,12 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
         run_fivecrop("synthetic", data_dir, ["train"], ratio=cfg.data.crop_ratio, overwrite=changed,
                      progress=progress)
         actions.append("five-crop")
-    knn = _knn_file(cfg, data_dir)
+    knn = knn_file(cfg, data_dir)
     if changed or not knn.is_file():
         # training reads whichever kNN file exists for its backbone and resolution; make it only when missing or
         # when the world it indexes was regenerated
         run_knn("synthetic", data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
-                res=cfg.data.knn_res, crop=cfg.data.crop_type, ratio=cfg.data.crop_ratio, k=min(KNN_K, n_train),
+                res=cfg.data.knn_res, crop=cfg.data.crop_type, ratio=cfg.data.crop_ratio, k=knn_k(n_train, cfg.data.num_neighbors, where="synthetic/train"),
                 device=device, fidelity=cfg.fidelity.knn_features, seed=0, overwrite=True, progress=progress)
         actions.append("computed the kNN file")
     return Prepared("synthetic", data_root(data_dir), n_train, n_val, knn, actions)
@@ -170,77 +172,33 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
 
 # ---- real datasets -----------------------------------------------------------------------------------------------
 
-def _knn_file(cfg: Config, data_dir) -> Path:
-    """The kNN file training will read (depthg.data.pairs.train_knn_paths: ours first, then the release's)."""
-
-    ours, legacy = train_knn_paths(cfg, data_dir)
-    return legacy if legacy.is_file() and not ours.is_file() else ours
-
-
-def _command(stage: str, cfg: Config, data_dir, extra: str) -> str:
-    where = f" --data-dir {data_dir}" if data_dir else ""
-    return f"python -m depthg prep {stage} --dataset {cfg.data.dataset}{where} --splits train{extra}"
-
-
-def missing_steps(cfg: Config, data_dir=None) -> list[tuple[str, str, str]]:
-    """(stage, what is missing, the command that makes it) for training and evaluating ``cfg``, in the order to
-    run; stage is "source", "depth", "fivecrop" or "knn"."""
-
-    d, name = cfg.data, cfg.data.dataset
-    out = []
-    for split in ("train", "val"):
-        try:
-            source_dataset(name, data_dir, split, with_depth=False, n_classes=cfg.model.n_classes)
-        except DataError as e:
-            out.append(("source", f"the {split} split", f"get the dataset ({e})"))
-            if split == "train":
-                return out  # nothing else can be checked (and val is missing for the same reason)
-    src = source_dataset(name, data_dir, "train", with_depth=True, n_classes=cfg.model.n_classes)
-    no_depth = sum(not any(p.is_file() for p in src.depth_paths(i)) for i in range(len(src)))
-    if no_depth:
-        out.append(("depth", f"depth maps for {no_depth}/{len(src)} training images",
-                    _command("depth", cfg, data_dir, "")))
-    crop = effective_crop(name, d.crop_type)
-    if crop == "five":
-        try:
-            five_crop_dataset(name, data_dir, "train", ratio=d.crop_ratio, with_depth=True,
-                              n_classes=cfg.model.n_classes)
-        except DataError:
-            out.append(("fivecrop", "the five-crop training set",
-                        _command("fivecrop", cfg, data_dir, f" --ratio {d.crop_ratio:g}")))
-    if not _knn_file(cfg, data_dir).is_file():
-        weights = "" if cfg.model.weights == "hub" else f" --weights {cfg.model.weights}"
-        out.append(("knn", f"the kNN file ({cfg.model.backbone}, {d.knn_res} px)", _command(
-            "knn", cfg, data_dir, f" --backbone {cfg.model.backbone}{weights} --res {d.knn_res} --crop {crop}"
-                                  f"{f' --ratio {d.crop_ratio:g}' if crop == 'five' else ''} "
-                                  f"--fidelity {cfg.fidelity.knn_features}")))
-    return out
-
-
 def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[str]:
     """depth -> fivecrop -> knn on the training split, each only when :func:`missing_steps` still lists it."""
 
     d = cfg.data
-    todo = lambda: {stage for stage, _, _ in missing_steps(cfg, data_dir)}
+    todo = lambda: {step.stage for step in missing_steps(cfg, data_dir)}
     actions = []
     if "source" in todo():
         return actions  # nothing to prepare from; the check reports what to download
     if "depth" in todo():
 
-        run_depth(d.dataset, data_dir, ["train"], model=depth_model or DEFAULT_MODEL, device=device,
-                  progress=progress)
+        # a reference preset asks for the release's model (data.depth_model) and its 8-bit encoding
+        model = depth_model or d.depth_model or DEFAULT_MODEL
+        run_depth(d.dataset, data_dir, ["train"], model=model, device=device, progress=progress,
+                  encoding="release8" if model == PAPER_MODEL else "float16")
         actions.append("depth maps")
     if "fivecrop" in todo():
 
-        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, progress=progress)
+        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, fidelity=cfg.fidelity.crop_format,
+                     depth_model=d.depth_model, progress=progress)
         actions.append("five-crop")
     if "knn" in todo():
 
         crop = effective_crop(d.dataset, d.crop_type)
         n = len(train_source(d.dataset, data_dir, "train", crop=crop, ratio=d.crop_ratio, with_depth=False))
         run_knn(d.dataset, data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
-                res=d.knn_res, crop=crop, ratio=d.crop_ratio, k=min(KNN_K, n), device=device,
-                fidelity=cfg.fidelity.knn_features, progress=progress)
+                res=d.knn_res, crop=crop, ratio=d.crop_ratio, k=knn_k(n, d.num_neighbors, where=f"{d.dataset}/train"), device=device,
+                fidelity=cfg.fidelity.knn_features, bf16=cfg.train.bf16, progress=progress)
         actions.append("kNN file")
     return actions
 
@@ -249,17 +207,17 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None, *, fallback
                   results_dir: str | None = None, progress: bool = False):
     """(model in eval mode, its config, checkpoint path, whether it was trained now) for the figures.
 
-    ``checkpoint`` None: the run 02_train makes for ``cfg`` (results/runs/<preset>-seed<seed>/), and if that does
-    not exist a short run of ``fallback_iterations`` is trained (without evaluation) under
-    ``figures-<preset>-seed<seed>``. The returned config is the checkpoint's, with this ``cfg``'s data location
-    and evaluation settings.
+    ``checkpoint`` None: the run 02_train makes for ``cfg`` (results/runs/<run name>/, :func:`depthg.paths.run_name`),
+    and if that does not exist a short run of ``fallback_iterations`` is trained (without evaluation) under
+    ``figures-<run name>``. The returned config is the checkpoint's, with this ``cfg``'s data location and
+    evaluation settings.
     """
     path = Path(checkpoint) if checkpoint else run_directory(cfg, None, results_dir) / "checkpoints" / "last.pt"
     trained = False
     if checkpoint is None and not path.is_file():
         short = cfg.with_overrides({"train.iterations": fallback_iterations})
-        path = train(short, run_name=f"figures-{cfg.name}-seed{cfg.train.seed}", results_dir=results_dir,
-                     progress=progress).checkpoint
+        path = train(short, run_name=run_directory(cfg, None, results_dir, kind="figures").name,
+                     results_dir=results_dir, progress=progress).checkpoint
         trained = True
     model, ckpt_cfg, _ = load_trained_model(path)
     if ckpt_cfg.data.dataset != cfg.data.dataset:

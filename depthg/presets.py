@@ -24,14 +24,26 @@ from depthg.errors import ConfigError
 _REFERENCE = FidelityConfig.all("reference")
 
 
-def _paper_run(name: str, *, data: dict, model: dict, loss: dict, schedule: dict) -> Config:
-    """A paper-table run: local_config.yml defaults + paper_reproduction.sh overrides, reference fidelity."""
+# The release's depth maps: ZoeDepth ZoeD_M12_N (NYU), whose transformers twin this is (METHOD.md §1.3).
+RELEASE_DEPTH_MODEL = "Intel/zoedepth-nyu"
+
+
+def _paper_run(name: str, *, data: dict, model: dict, loss: dict, schedule: dict, val_every: int = 100,
+               select_metric: str = "cluster/mIoU") -> Config:
+    """A paper-table run: local_config.yml defaults + paper_reproduction.sh overrides, reference fidelity.
+
+    As the release also: fp32 backbone with TF32 off (Lightning's default precision), validation every ``val_every``
+    training batches (val_freq; Lightning counts batches, not its 3x global steps, METHOD §2.4) keeping the top-2
+    checkpoints by ``select_metric`` (ModelCheckpoint, DG src/train_segmentation.py:693-711), and depth from
+    ZoeD_M12_N."""
     return Config(
         name=name,
-        data=replace(DataConfig(), **data),
+        data=replace(DataConfig(depth_model=RELEASE_DEPTH_MODEL), **data),
         model=replace(ModelConfig(), **model),
         loss=replace(LossConfig(), **loss),
         schedule=replace(ScheduleConfig(), **schedule),
+        train=TrainConfig(bf16=False, tf32=False, select="release", val_every=val_every,
+                          select_metric=select_metric),
         fidelity=_REFERENCE,
     )
 
@@ -62,6 +74,7 @@ def _presets() -> dict[str, Config]:
                   depth_sampling="fps"),
         schedule=dict(depth_loss_decay=True, decay_every_steps=300, depth_loss_decay_factor=0.64,
                       fps_sample_decay=True, fps_sample_decay_every_steps=1000, fps_sample_decay_factor=1.0),
+        val_every=50,  # val_freq 50 for COCO ViT-B (METHOD §7.2)
     )
     # paper_reproduction.sh l.11: no FPS ("none" = random sampling), pointwise off
     p["cityscapes_vitb8"] = _paper_run(
@@ -83,6 +96,7 @@ def _presets() -> dict[str, Config]:
                   neg_inter_weight=0.72, neg_inter_shift=0.63,
                   depth_feat_weight=0.13, depth_feat_shift=0.14, depth_sampling="fps"),
         schedule=dict(depth_loss_decay=True, decay_every_steps=200, depth_loss_decay_factor=1.0),
+        select_metric="cluster/accuracy",  # the release monitors test/cluster/Accuracy for Potsdam
     )
     # The embedded default: the synthetic RGB-D world on CPU in minutes, paper fidelity. A small ViT self-supervised
     # on this world's training images (weights "bundled", depthg/assets; "random" by name) at 112 px (14 x 14

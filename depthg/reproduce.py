@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,15 +56,51 @@ def check_kernel() -> None:
                           f"{REGISTER_KERNEL.removeprefix('python ')}`.")
 
 
-def execute(src: Path, dst: Path, parameters: dict | None = None, cwd: Path | None = None) -> None:
+def execute(src: Path, dst: Path, parameters: dict | None = None, cwd: Path | None = None, stdout=None) -> None:
     """Run one notebook with papermill in the project's kernel. The kernel talks over IPC sockets: over TCP,
-    ipykernel warns once per notebook that the (local) traffic is unencrypted."""
+    ipykernel warns once per notebook that the (local) traffic is unencrypted. ``stdout``: a file object that
+    receives what the cells print, as they print it."""
     import papermill
     from traitlets.config import Config
 
     papermill.execute_notebook(str(src), str(dst), parameters=parameters or {}, cwd=str(cwd or src.parent),
-                               kernel_name=KERNEL, progress_bar=False,
+                               kernel_name=KERNEL, progress_bar=False, stdout_file=stdout,
                                config=Config({"KernelManager": {"transport": "ipc"}}))
+
+
+class _Echo:
+    """The cells' printed lines on the terminal as ``  <notebook> | <line>``, and a line after each
+    ``quiet_s`` seconds without output, so the job is never silent for minutes (training cells print at the end)."""
+
+    def __init__(self, name: str, quiet_s: float = 60.0):
+        self.name, self.quiet_s, self.t0 = name, quiet_s, time.time()
+        self.last, self.buffer, self.done = time.time(), "", threading.Event()
+        self.thread = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def write(self, text: str) -> None:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in filter(str.strip, lines):
+            print(f"  {self.name} | {line}", flush=True)
+            self.last = time.time()
+
+    def flush(self) -> None:
+        pass
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(min(5.0, self.quiet_s)):
+            if time.time() - self.last >= self.quiet_s:
+                print(f"  {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
+                self.last = time.time()
+
+    def __enter__(self) -> "_Echo":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.write("\n")
 
 
 def store_executed(executed: list[Path]) -> None:
@@ -111,11 +148,15 @@ def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
         if not src.is_file():
             raise DepthGError(f"notebook {src} is missing; restore it from git.")
         dst = out_dir / f"{name}.ipynb"
+        # the main job regenerates the committed results: the notebooks that train are told to replace them
+        import papermill  # only when notebooks run
+
+        mine = {**params, **({"overwrite": True} if "overwrite" in papermill.inspect_notebook(str(src)) else {})}
         t0 = time.time()
-        print(f"{name:<14}", end="", flush=True)  # one line per notebook: its name now, its time when done
-        execute(src, dst, params)
+        with _Echo(name) as echo:  # the cells' lines (one per ablation run) and a heartbeat while they are quiet
+            execute(src, dst, mine, stdout=echo)
         shown = dst.relative_to(repo_root()) if dst.is_relative_to(repo_root()) else dst
-        print(f"{time.time() - t0:6.0f} s  {shown}", flush=True)
+        print(f"{name:<14}{time.time() - t0:6.0f} s  {shown}", flush=True)  # one line per notebook, with its time
         written.append(dst)
     if store:
         store_executed(written)

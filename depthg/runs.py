@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from depthg.files import write_json
+from depthg.files import file_lock, write_json
 from depthg.lockfile import lock_state
 from depthg.paths import repo_root
 
@@ -76,15 +76,24 @@ def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: floa
     }
 
 
+def run_lock(run_dir: Path):
+    """Hold the run folder for this process (train, resume, eval writers): a second one gets a BusyError naming
+    the holder, instead of two runs interleaving one log and checkpoint. Re-entrant; freed when the process dies."""
+    return file_lock(Path(run_dir) / ".lock", wait=False,
+                     what=f"run folder {run_dir}")
+
+
 def write_run(run_dir: Path, *, config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
               provenance: dict[str, Any] | None = None) -> Path:
+    """Write the run's records, holding its folder (so a record never lands in a folder another run holds)."""
     run_dir = Path(run_dir)
-    if config is not None:
-        write_json(run_dir / "config.json", config)
-    if metrics is not None:
-        write_json(run_dir / "metrics.json", metrics)
-    if provenance is not None:
-        write_json(run_dir / "provenance.json", provenance)
+    with run_lock(run_dir):
+        if config is not None:
+            write_json(run_dir / "config.json", config)
+        if metrics is not None:
+            write_json(run_dir / "metrics.json", metrics)
+        if provenance is not None:
+            write_json(run_dir / "provenance.json", provenance)
     return run_dir
 
 
@@ -104,6 +113,8 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     """One line per probe: accuracy and mIoU, e.g. ``cluster (crf): acc 61.2  mIoU 30.4``."""
     lines = []
     metrics = metrics.get("last_step", metrics)
+    if "unlabelled" in metrics:
+        return metrics["unlabelled"]
     for key, m in metrics.items():
         if isinstance(m, dict) and "accuracy" in m and "mIoU" in m:
             lines.append(f"{key:<22} acc {m['accuracy']:6.2f}  mIoU {m['mIoU']:6.2f}")

@@ -19,8 +19,11 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from depthg.data.datasets import train_source
 from depthg.data.depth_io import write_depth
+from depthg.data.item_order import ORDER_SUFFIX, write_order_file
 from depthg.data.knn_file import knn_path, legacy_knn_path, save_knn
+from depthg.errors import DataError
 from depthg.paths import derived_dir
 
 SPLITS = ("train", "val")
@@ -211,10 +214,11 @@ def make_synthetic(data_dir, *, n=(4, 2), size=(16, 16), seed=0) -> FakeTree:
 
 
 def make_five_crop(data_dir, dataset="cocostuff27", *, n=(10, 5), size=(12, 16), n_classes=27, legacy=False,
-                   ratio=0.5, seed=0) -> FakeTree:
+                   ratio=0.5, seed=0, order: bool | None = None) -> FakeTree:
     """A five-crop set with ``n`` crops per split: ours under <dataset>/derived/five_crop_<ratio>/ (PNG images,
     label+1 PNG, 16-bit depth), or with ``legacy`` the release's cropped/<dataset>_five_crop_<ratio>/ (JPEG images,
-    label+1 PNG, 8-bit <n>_zoedepth.png). Stored labels are label+1 (0 = ignore)."""
+    label+1 PNG, 8-bit <n>_zoedepth.png). Stored labels are label+1 (0 = ignore). ``order`` (default: ours, when n
+    is a multiple of 5) writes order_<split>.txt, the source keys src0000.. in crop order."""
     data_dir, rng = Path(data_dir), np.random.default_rng(seed)
     tree = FakeTree(data_dir, dataset)
     root = (Path(data_dir) / "cropped" / f"{dataset}_five_crop_{ratio:g}" if legacy
@@ -230,13 +234,17 @@ def make_five_crop(data_dir, dataset="cocostuff27", *, n=(10, 5), size=(12, 16),
             else:
                 write_depth16(root / "depth" / split / f"{i}.png", d)
             tree.add(split, str(i), image=img, label=stored, depth=d)
+        if order or (order is None and not legacy and count % 5 == 0):
+            assert count % 5 == 0, "an order file needs whole source items (5 crops each)"
+            write_order_file(root / f"order_{split}.txt", [f"src{j:04d}" for j in range(count // 5)])
     return tree
 
 
 def make_knn(data_dir, dataset, split, n_items, *, backbone="vit_small_patch8", res=224, crop="five", k=30,
-             legacy=False, knn_features="paper", seed=0) -> Path:
+             legacy=False, knn_features="paper", seed=0, order_keys=None) -> Path:
     """A kNN file for ``n_items`` items: row i = [i, k-1 random other items] (repeats allowed when n_items < k).
-    Ours (with metadata) at knn_path(...), or with ``legacy`` the release's metadata-free file under <data>/nns/."""
+    Ours (with metadata) at knn_path(...), recording the item order of the dataset's training items when they exist,
+    or with ``legacy`` the release's metadata-free file under <data>/nns/ (with ``order_keys``, its order file)."""
     assert n_items >= 2, "a kNN table needs at least two items"
     rng = np.random.default_rng(seed)
     others = rng.integers(1, n_items, (n_items, k - 1))  # offsets 1..n-1 so no neighbour is the item itself
@@ -246,6 +254,14 @@ def make_knn(data_dir, dataset, split, n_items, *, backbone="vit_small_patch8", 
         path = legacy_knn_path(name, split, backbone, crop, res, data_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, nns=nns)
+        if order_keys is not None:
+            write_order_file(path.with_suffix(ORDER_SUFFIX), order_keys)
         return path
+    try:
+        items = train_source(dataset, data_dir, split, crop=crop, with_depth=False)
+        order, order_source = items.order_identity(), items.order_source
+    except DataError:  # no dataset yet: a file without an order, which training refuses
+        order = order_source = None
     return save_knn(knn_path(name, split, backbone, crop, res, data_dir), nns, dataset=dataset, split=split,
-                    backbone=backbone, weights="random", res=res, crop=crop, knn_features=knn_features)
+                    backbone=backbone, weights="random", res=res, crop=crop, knn_features=knn_features,
+                    order=order, order_source=order_source)

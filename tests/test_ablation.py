@@ -131,7 +131,7 @@ def test_run_record_reads_the_crf_metrics_when_the_run_used_crf(tmp_path):
 def test_run_variants_shares_identical_configs_and_reuses_finished_runs(tmp_path, monkeypatch):
     calls = []
 
-    def fake_train(cfg, *, run_name, results_dir, resume, evaluate_at_end, progress):
+    def fake_train(cfg, *, run_name, results_dir, resume, evaluate_at_end, progress, overwrite=False):
         calls.append(run_name)
         _fake_run(tmp_path, run_name, cfg, cluster=(50 + cfg.train.seed, 20), linear=(70, 30))
 

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from depthg.errors import ConfigError, WeightsError
-from depthg.model.backbone import BACKBONES, DinoBackbone, block_attention, interpolate_pos_embed
+from depthg.model.backbone import BACKBONES, DinoBackbone, block_attention, hub_weights_file, interpolate_pos_embed
 from depthg.model.segmenter import DepthGModel
 
 
@@ -35,11 +35,60 @@ def test_dino8_shapes_and_attention(dino8, res):
     assert torch.isfinite(feats).all()
 
 
-def test_every_name_maps_to_a_timm_model():
+# The checkpoint each backbone name must load (issue 8 item 1): DG src/modules.py:41-50 and ST src/modules.py:38 for
+# DINO (ViT-S/8 is the 300-epoch file, not timm's vit_small_patch8_224.dino = dino_deitsmall8_pretrain); DINOv2 README.
+EXPECTED_CHECKPOINTS = {
+    "vit_small_patch8": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/"
+                        "dino_deitsmall8_300ep_pretrain.pth",
+    "vit_base_patch8": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+    "vit_small_patch16": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+    "vit_base_patch16": "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dinov2_vits14": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+    "dinov2_vitb14": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+    "vit_tiny_patch8": None,
+}
+
+
+def test_every_name_maps_to_a_timm_model_and_its_exact_checkpoint():
+    assert set(BACKBONES) == set(EXPECTED_CHECKPOINTS)
     for name, spec in BACKBONES.items():
         assert timm.is_model(spec.timm_arch), name
-        if spec.hub_tag is not None:
-            assert spec.hub_id.removeprefix("timm/") in timm.list_pretrained(spec.timm_arch), name
+        assert spec.url == EXPECTED_CHECKPOINTS[name], name
+    assert BACKBONES["vit_small_patch8"].checkpoint_name == "dino_deitsmall8_300ep_pretrain"
+
+
+@pytest.mark.parametrize("name", [n for n, url in EXPECTED_CHECKPOINTS.items() if url])
+def test_hub_weights_fetch_the_exact_file_into_the_torch_hub_cache(name, monkeypatch, tmp_path):
+    """No download: the downloader is replaced; it must be asked for the release's URL, into <hub>/checkpoints/."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    asked = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: (asked.append((url, dst)), open(dst, "wb").close()))
+    url = EXPECTED_CHECKPOINTS[name]
+    path = hub_weights_file(name)
+    assert asked == [(url, str(tmp_path / "checkpoints" / url.rsplit("/", 1)[-1]))] and path.is_file()
+    assert hub_weights_file(name) == path and len(asked) == 1, "a cached file is used without a download"
+
+
+def test_hub_weights_load_from_the_cache_and_record_name_and_sha256(tiny, monkeypatch, tmp_path):
+    """The whole "hub" path on the tiny architecture, given a (test-only) checkpoint URL: cache file -> weights."""
+    import dataclasses
+    import hashlib
+
+    from depthg.model import backbone as bb
+
+    spec = dataclasses.replace(BACKBONES["vit_tiny_patch8"], url="https://example.invalid/x/dino_tiny_test.pth")
+    monkeypatch.setitem(bb.BACKBONES, "vit_tiny_patch8", spec)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    cached = tmp_path / "checkpoints" / "dino_tiny_test.pth"
+    torch.save(tiny.vit.state_dict(), cached)
+    loaded = DinoBackbone("vit_tiny_patch8", "hub")
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x)[0], tiny(x)[0], rtol=0, atol=0)
+    assert loaded.weights_record == {"name": "dino_tiny_test",
+                                     "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    assert loaded.weights_source.startswith("dino_tiny_test (")
 
 
 @pytest.mark.parametrize("name", ["vit_small_patch16", "dinov2_vits14"])
@@ -117,20 +166,38 @@ def test_unknown_name_lists_valid_names():
         assert name in str(err.value)
 
 
-def test_hub_offline_error_names_the_model(monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
+def test_hub_offline_error_names_the_exact_file_url_and_options(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
 
-    # huggingface_hub reads these at import; set both the env and the module constants, with an empty cache
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    def offline(url, dst, progress=True):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError) as err:
         DinoBackbone("vit_small_patch8", "hub")
     message = str(err.value)
-    assert "timm/vit_small_patch8_224.dino" in message
-    assert "model.weights" in message and ".ckpt" in message and "HF_HOME" in message
+    assert "dino_deitsmall8_300ep_pretrain.pth" in message and EXPECTED_CHECKPOINTS["vit_small_patch8"] in message
+    assert "model.weights=<file>" in message and "--weights" in message and "-p weights" in message
+    assert ".ckpt" in message and str(tmp_path / "checkpoints") in message
     with pytest.raises(WeightsError, match="random"):
         DinoBackbone("vit_tiny_patch8", "hub")  # no released weights for the synthetic architecture
+
+
+def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="hf download"):
+        DinoBackbone("vit_small_patch8", "hub")
+    assert time.perf_counter() - t0 < 20, "no network must not mean minutes of retries"
+    assert hf_constants.HF_HUB_OFFLINE is False  # the offline switch is undone after the call
 
 
 def test_missing_weights_file_names_the_path(tmp_path):

@@ -20,8 +20,14 @@ from depthg.model.weights import read_checkpoint
 C = 384  # ViT-S
 
 
+# the real modules of the classes a released checkpoint pickles (omegaconf, pytorch-lightning): the reader allows
+# exactly these names, and maps them to inert placeholders
+_REAL_MODULES = {"DictConfig": "omegaconf.dictconfig", "AnyNode": "omegaconf.nodes",
+                 "AttributeDict": "pytorch_lightning.utilities.parsing", "Boom": "fake_omegaconf"}
+
+
 def _fake_config_module():
-    """Classes shaped like omegaconf's DictConfig/AnyNode and Lightning's AttributeDict, in a throwaway module."""
+    """Classes shaped like omegaconf's DictConfig/AnyNode and Lightning's AttributeDict, under their real names."""
     mod = types.ModuleType("fake_omegaconf")
 
     class AnyNode:
@@ -47,9 +53,16 @@ def _fake_config_module():
             return (type(self.path).touch, (self.path,))
 
     for cls in (AnyNode, DictConfig, AttributeDict, Boom):
-        cls.__module__, cls.__qualname__ = "fake_omegaconf", cls.__name__
+        cls.__module__, cls.__qualname__ = _REAL_MODULES[cls.__name__], cls.__name__
         setattr(mod, cls.__name__, cls)
     return mod
+
+
+def _install(monkeypatch, mod):
+    """Make the fake classes importable under their real module names (what the pickler looks up)."""
+    for name in set(_REAL_MODULES.values()):
+        for i in range(1, name.count(".") + 2):
+            monkeypatch.setitem(sys.modules, ".".join(name.split(".")[:i]), mod)
 
 
 def _released_state(dim: int, n_classes: int, extra: int = 0, seed: int = 0) -> dict:
@@ -78,12 +91,12 @@ def _released_state(dim: int, n_classes: int, extra: int = 0, seed: int = 0) -> 
 
 def _write_ckpt(path, state, hparams, monkeypatch, extra_objects=()):
     mod = _fake_config_module()
-    monkeypatch.setitem(sys.modules, "fake_omegaconf", mod)
-    cfg = mod.DictConfig(hparams)
-    ckpt = {"state_dict": state, "hyper_parameters": mod.AttributeDict(n_classes=hparams["n_classes"], cfg=cfg),
-            "epoch": 0, "global_step": 21000, "pytorch-lightning_version": "2.0.1", "extra": list(extra_objects)}
-    torch.save(ckpt, path)
-    monkeypatch.delitem(sys.modules, "fake_omegaconf")  # gone, as omegaconf would be here
+    with pytest.MonkeyPatch.context() as mp:  # gone after saving, as omegaconf would be here
+        _install(mp, mod)
+        cfg = mod.DictConfig(hparams)
+        ckpt = {"state_dict": state, "hyper_parameters": mod.AttributeDict(n_classes=hparams["n_classes"], cfg=cfg),
+                "epoch": 0, "global_step": 21000, "pytorch-lightning_version": "2.0.1", "extra": list(extra_objects)}
+        torch.save(ckpt, path)
     return mod
 
 
@@ -143,18 +156,20 @@ def test_potsdam_like_checkpoint_with_extra_clusters(tmp_path, monkeypatch):
 
 
 def test_pickled_classes_are_never_executed(tmp_path, monkeypatch):
+    from depthg.model.weights import plain_container
+
     marker = tmp_path / "pwned"
     mod = _fake_config_module()
     state = {"w": torch.ones(2)}
-    monkeypatch.setitem(sys.modules, "fake_omegaconf", mod)
+    _install(monkeypatch, mod)  # importable at load time too: still not used
     torch.save({"state_dict": state, "payload": mod.Boom(marker),
                 "cfg": mod.DictConfig({"a": 1, "b": {"c": "x"}})}, tmp_path / "evil.pth")
-    monkeypatch.setitem(sys.modules, "fake_omegaconf", mod)  # importable at load time too: still not used
-    obj = read_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="evil.pth.*pickles getattr, which is not allowed"):
+        read_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
+    torch.save({"state_dict": state, "cfg": mod.DictConfig({"a": 1, "b": {"c": "x"}})}, tmp_path / "cfg.pth")
+    obj = read_checkpoint(tmp_path / "cfg.pth")  # DictConfig.__setstate__ would raise if it ran
     assert torch.equal(obj["state_dict"]["w"], torch.ones(2))
-    from depthg.model.weights import plain_container
-
     assert plain_container(obj["cfg"]) == {"a": 1, "b": {"c": "x"}}
 
 

@@ -81,9 +81,9 @@ def test_pool_equals_in_process_and_is_reused(noise_batch):
     np.testing.assert_array_equal(batched_crf(images, logits, workers=0), expected)
     with CRFPool(workers=2, timeout=30) as pool:
         np.testing.assert_array_equal(pool(torch.from_numpy(images), torch.from_numpy(logits)), expected)
-        executor = pool._executor
+        pids = pool.pids
         np.testing.assert_array_equal(batched_crf(images[:2], logits[:2], pool=pool), expected[:2])
-        assert pool._executor is executor  # the second batch reused the running workers
+        assert pool.pids == pids and len(pids) == 2  # the second batch reused the running workers
 
 
 def test_image_to_uint8_truncates_like_to_pil_image():

@@ -204,16 +204,51 @@ def test_build_sets_from_config(data_dir):
 
 
 def test_build_train_five_crop_and_legacy_knn(data_dir):
-    with pytest.raises(DataError, match="prep fivecrop --dataset cocostuff27"):
+    with pytest.raises(DataError, match="cocostuff does not exist"):  # no dataset: that, not its crops, is named
         build_train_set(_cfg(data_dir, "cocostuff27", **{"data.crop_type": "five"}))
-    fake_data.make_five_crop(data_dir, "cocostuff27", n=(10, 5), legacy=True)
+    fake_data.make_cocostuff(data_dir)
+    with pytest.raises(DataError, match="prep fivecrop --dataset cocostuff27"):  # the source, but no crops yet
+        build_train_set(_cfg(data_dir, "cocostuff27", **{"data.crop_type": "five"}))
+    fake_data.make_five_crop(data_dir, "cocostuff27", n=(10, 5), legacy=True, order=True)
     cfg = _cfg(data_dir, "cocostuff27", **{"data.crop_type": "five", "model.backbone": "vit_small_patch8",
                                            "fidelity": "reference"})
     with pytest.raises(DataError, match="prep knn --dataset cocostuff27"):
         build_train_set(cfg)
-    fake_data.make_knn(data_dir, "cocostuff27", "train", 10, res=16, crop="five", legacy=True)
+    # the release's kNN file is accepted only with the item order it was built on (issue 8 item 5)
+    path = fake_data.make_knn(data_dir, "cocostuff27", "train", 10, res=16, crop="five", legacy=True)
+    with pytest.raises(DataError, match=r"without the item order.*order\.txt.*os\.listdir"):
+        build_train_set(cfg)
+    order_file = path.with_suffix(".order.txt")
+    order_file.write_text("src0001\nsrc0000\n")  # built on another order of the same two source images
+    with pytest.raises(DataError, match="another item order"):
+        build_train_set(cfg)
+    order_file.write_text("src0000\nsrc0001\n")
     item = build_train_set(cfg)[0]
     assert item["depth"].max() > 1 and torch.equal(item["depth"], item["depth"].floor())  # reference: 0..255
+
+
+def test_shuffled_knn_file_is_refused_naming_both_files_and_the_rebuild(data_dir):
+    """A kNN file of the right length built on another order of the same crops pairs images with wrong partners."""
+    from depthg.data.item_order import five_crop_ids, order_identity
+
+    fake_data.make_five_crop(data_dir, "cocostuff27", n=(10, 5))
+    cfg = _cfg(data_dir, "cocostuff27", **{"data.crop_type": "five", "model.backbone": "vit_small_patch8"})
+    path = fake_data.make_knn(data_dir, "cocostuff27", "train", 10, res=16, crop="five")
+    assert len(build_train_set(cfg)) == 10  # the file of these crops is accepted
+    nns, meta = load_knn(path)
+    shuffled = order_identity(five_crop_ids(["src0001", "src0000"]))
+    save_knn(path, nns, dataset="cocostuff27", split="train", backbone="vit_small_patch8", weights="random", res=16,
+             crop="five", knn_features="paper", order=shuffled, order_source="/elsewhere/order_train.txt")
+    with pytest.raises(DataError) as err:
+        build_train_set(cfg)
+    message = str(err.value)
+    assert "another item order" in message and str(path) in message and "/elsewhere/order_train.txt" in message
+    assert "order_train.txt" in message.replace("/elsewhere/order_train.txt", "")  # the crops' own order file
+    assert "prep knn --dataset cocostuff27" in message and "--overwrite" in message
+    save_knn(path, nns, dataset="cocostuff27", split="train", backbone="vit_small_patch8", weights="random", res=16,
+             crop="five", knn_features="paper")
+    with pytest.raises(DataError, match="records no item order"):
+        build_train_set(cfg)
 
 
 def test_build_potsdam_is_never_cropped(potsdam_tree, data_dir):

@@ -167,7 +167,21 @@ def test_offline_without_weights_names_the_model_and_the_remedy(monkeypatch, tmp
     with pytest.raises(WeightsError) as err:
         DepthEstimator(DEFAULT_MODEL, device="cpu")
     msg = str(err.value)
-    assert DEFAULT_MODEL in msg and "--model /path/to/model_dir" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert DEFAULT_MODEL in msg and "--model <dir>" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert f"hf download {DEFAULT_MODEL}" in msg and "-p depth_model <dir>" in msg and "huggingface-cli" not in msg
+
+
+def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the hub is unreachable
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="hf download"):
+        DepthEstimator(DEFAULT_MODEL, device="cpu")
+    assert time.perf_counter() - t0 < 20, "no network must not mean minutes of retries"
 
 
 def test_cli_offline_error_is_one_line(monkeypatch, tmp_path, coco_tree, capsys):
@@ -183,3 +197,71 @@ def test_cli_offline_error_is_one_line(monkeypatch, tmp_path, coco_tree, capsys)
 def test_missing_model_directory(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
         DepthEstimator(str(tmp_path / "no_such_model"), device="cpu")
+
+
+# ---- the paper's depth model, its 8-bit encoding and the model record (issue 8 item 4) -------------------------
+
+def test_the_papers_model_is_zoed_m12_n_nyu_and_reference_presets_ask_for_it():
+    from depthg.presets import load_preset
+
+    assert de.PAPER_MODEL == "Intel/zoedepth-nyu"  # ZoeD_M12_N; Intel/zoedepth-nyu-kitti is ZoeD_NK
+    assert load_preset("cocostuff27_vits8").data.depth_model == "Intel/zoedepth-nyu"
+    assert load_preset("synthetic").data.depth_model == ""  # paper fidelity accepts any estimator
+
+
+def test_release8_encoding_stores_the_releases_8bit_maps_with_the_model(tmp_path, coco_tree):
+    zoe = _save_zoedepth(tmp_path / "zoe")
+    data = coco_tree.data_dir
+    run_depth("cocostuff27", data, ["val"], model=zoe, device="cpu", encoding="release8", progress=False)
+    est = DepthEstimator(zoe, device="cpu")
+    src = source_dataset("cocostuff27", data, "val", with_depth=False)
+    preds = est.predict([src[i]["image"] for i in range(len(src))])  # one batch, as the stage ran them
+    for key, pred in zip(src.keys(), preds):
+        png = depth_dir("cocostuff27", data) / "val" / f"{key}.png"
+        norm = (pred - pred.min()) / (pred.max() - pred.min())  # DG generate_depth.py:232-240
+        expected = np.floor(norm.astype(np.float32) * np.float32(255)).astype(np.uint8)
+        with Image.open(png) as im:
+            assert im.mode == "L"
+            np.testing.assert_array_equal(np.asarray(im), expected)
+        depth, meta = read_depth(png, with_meta=True)
+        assert meta["bits"] == 8 and meta["model"] == zoe and meta["encoding"] == "release8"
+    manifest = json.loads((depth_dir("cocostuff27", data) / "manifest.json").read_text())
+    assert "release8" in json.dumps(manifest) and zoe in json.dumps(manifest)
+
+
+def _train_cfg(data_dir, depth_model, allow=False):
+    from depthg.presets import load_preset
+
+    return load_preset("synthetic", {"data.dataset": "potsdam", "data.data_dir": str(data_dir), "data.res": 16,
+                                     "data.knn_res": 16, "data.crop_type": "none", "model.n_classes": 3,
+                                     "data.depth_model": depth_model, "data.allow_other_depth_model": allow})
+
+
+def test_training_refuses_depth_of_another_model_and_prefers_the_released_maps(tiny_da, potsdam_tree):
+    import fake_data
+
+    from depthg.data.pairs import build_train_set
+
+    data = potsdam_tree.data_dir
+    fake_data.make_knn(data, "potsdam", "train", 3, backbone="vit_tiny_patch8", res=16, crop="none")
+    # only the authors' released maps (8-bit, ZoeD_M12_N): fine for the release's model, refused for another
+    assert build_train_set(_train_cfg(data, "Intel/zoedepth-nyu")).source[0]["depth_model"] == "Intel/zoedepth-nyu"
+    with pytest.raises(DataError, match=r"made by 'Intel/zoedepth-nyu'.*data.depth_model=.*allow_other_depth_model"):
+        build_train_set(_train_cfg(data, tiny_da))
+    with pytest.warns(UserWarning, match="allowed"):
+        build_train_set(_train_cfg(data, tiny_da, allow=True))
+    # ours, made by another model, beside the released ones: the release's model still reads the released maps
+    run_depth("potsdam", data, ["train"], model=tiny_da, device="cpu", progress=False)
+    assert build_train_set(_train_cfg(data, tiny_da)).source[0]["depth_model"] == tiny_da
+    assert build_train_set(_train_cfg(data, "Intel/zoedepth-nyu")).source[0]["depth_model"] == "Intel/zoedepth-nyu"
+    assert build_train_set(_train_cfg(data, "")).source[0]["depth_model"] == tiny_da  # ours first by default
+
+
+def test_five_crops_carry_their_source_maps_model(tiny_da, coco_tree):
+    from depthg.data.datasets import five_crop_dataset
+    from depthg.data.fivecrop import run_fivecrop
+
+    data = coco_tree.data_dir
+    run_depth("cocostuff27", data, ["train"], model=tiny_da, device="cpu", progress=False)
+    run_fivecrop("cocostuff27", data, ["train"], progress=False)
+    assert five_crop_dataset("cocostuff27", data, "train")[0]["depth_model"] == tiny_da

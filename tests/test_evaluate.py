@@ -80,3 +80,19 @@ def test_git_dirty_flag_ignores_results_outputs(tmp_path):
     assert git_state(tmp_path)["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_state(tmp_path)["dirty"] is True
+
+
+def test_unlabelled_evaluation_says_so_instead_of_nan(released_synthetic, data_dir, tmp_path, capsys):
+    import fake_data
+
+    fake_data.make_directory(data_dir, "photos", labels=False)
+    rc = main(["eval", str(released_synthetic), "--preset", "synthetic", "data.dataset=directory:photos",
+               f"data.data_dir={data_dir}", "eval.res=32", "eval.batch_size=2", "--no-crf", "--results-dir",
+               str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "no labelled pixels in directory:photos/val" in out and "labels/val/<image stem>.png" in out
+    assert "nan" not in out.lower()
+    run = tmp_path / "runs" / "eval-directory-photos-synthetic_vits"  # the dataset is in the default name
+    metrics = json.loads((run / "metrics.json").read_text())["last_step"]
+    assert "unlabelled" in metrics and "cluster" not in metrics and metrics["eval"]["images"] == 2

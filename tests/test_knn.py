@@ -65,7 +65,8 @@ def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, caps
     data = str(synthetic_tree.data_dir)
     assert main(["fivecrop", "--dataset", "synthetic", "--data-dir", data, "--no-progress"]) == 0
     assert main(["knn", "--dataset", "synthetic", "--data-dir", data, "--backbone", "vit_tiny_patch8",
-                 "--weights", "random", "--res", "16", "--k", "6", "--device", "cpu", "--no-progress"]) == 0
+                 "--weights", "random", "--res", "16", "--k", "6", "--num-neighbors", "5", "--device", "cpu",
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     path = knn_path("synthetic", "train", "vit_tiny_patch8", "five", 16, data)
     assert str(path) in out and path.name == "nns_vit_tiny_patch8_train_five_16.npz"
@@ -73,6 +74,13 @@ def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, caps
     assert nns.shape == (20, 6) and (nns[:, 0] == np.arange(20)).mean() > 0.9
     assert meta["backbone"] == "vit_tiny_patch8" and meta["weights"].startswith("random") and meta["knn_features"] == "paper"
     assert not (path.parent / "shards").exists()  # merged shards are removed
+    # the file records which items, in which order, its rows index: the crops of the sorted source keys
+    from depthg.data.item_order import five_crop_ids, order_identity
+
+    order_file = path.parents[1] / "five_crop_0.5" / "order_train.txt"
+    assert order_file.read_text().split() == synthetic_tree.keys["train"]
+    assert meta["order"] == order_identity(five_crop_ids(synthetic_tree.keys["train"]))
+    assert meta["order_source"] == str(order_file)
 
     def no_backbone(*a, **k):
         raise AssertionError("a finished kNN file must not be recomputed")

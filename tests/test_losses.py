@@ -80,25 +80,78 @@ def test_reference_dfc_ignores_depth_values():
     zero_corner = d1.clone()
     zero_corner[:, :, :4, :4] = 0
     _, _, D = _dfc(z, zero_corner, "reference")
-    # the resized map is transposed to our sample() layout; the corner (0, 0) is 0 either way
+    # the corner (0, 0) is 0
     assert torch.all(D[:, 0, 0] == 0) and torch.all(D[:, 2, 2, 2, 2] == 1)
 
 
-def test_reference_dfc_pairs_codes_with_release_depth():
-    """Our sample() is the release's transposed; the reference DFC pairs each code with the same depth value."""
-    z = torch.randn(2, 6, 8, 8, generator=_gen(8))
+def _bilinear_align_corners(x, out_h, out_w):
+    """Hand-written bilinear resize with align_corners=True of a 2-D float64 array (no torch interpolate)."""
+    H, W = x.shape
+    out = torch.empty(out_h, out_w, dtype=torch.float64)
+    for o in range(out_h):
+        y = o * (H - 1) / (out_h - 1) if out_h > 1 else 0.0
+        y0 = int(y)
+        y1, fy = min(y0 + 1, H - 1), y - y0
+        for q in range(out_w):
+            xx = q * (W - 1) / (out_w - 1) if out_w > 1 else 0.0
+            x0 = int(xx)
+            x1, fx = min(x0 + 1, W - 1), xx - x0
+            top = (1 - fx) * x[y0, x0] + fx * x[y0, x1]
+            bottom = (1 - fx) * x[y1, x0] + fx * x[y1, x1]
+            out[o, q] = (1 - fy) * top + fy * bottom
+    return out
+
+
+def _release_dfc(c1, c2, d1, d2, shift):
+    """The release's depth_feature_correlation (METHOD.md §3.4), written out in float64 from the formula:
+    d^ = bilinear(align_corners) resize of the 1-channel depth to S x S; n(x) = x / max(|x|, 1e-10) over the single
+    channel; D[b,h,w,i,j] = n(d^1)[b,h,w] n(d^2)[b,i,j]; Zc = cosine of code vectors; loss = -max(Zc, 0) (D - shift)."""
+    B, K, S, _ = c1.shape
+    loss = torch.empty(B, S, S, S, S, dtype=torch.float64)
+    for b in range(B):
+        n1 = _bilinear_align_corners(d1[b, 0].double(), S, S)
+        n2 = _bilinear_align_corners(d2[b, 0].double(), S, S)
+        n1, n2 = n1 / n1.abs().clamp_min(1e-10), n2 / n2.abs().clamp_min(1e-10)
+        u1 = c1[b].double() / c1[b].double().norm(dim=0, keepdim=True).clamp_min(1e-10)  # [K,S,S]
+        u2 = c2[b].double() / c2[b].double().norm(dim=0, keepdim=True).clamp_min(1e-10)
+        zc = (u1[:, :, :, None, None] * u2[:, None, None, :, :]).sum(0)  # [S,S,S,S]
+        D = n1[:, :, None, None] * n2[None, None, :, :]
+        loss[b] = -zc.clamp_min(0) * (D - shift)
+    return loss
+
+
+def test_reference_dfc_called_directly_is_the_release_formula_on_signed_non_square_depth():
+    """depth_feature_term(target="reference") on codes [B,K,S,S] and depth [B,1,H,W] = the release's numbers for any
+    depth: signed values and non-square content (issue 8 item 8)."""
+    g = _gen(21)
+    c1, c2 = torch.randn(2, 6, 5, 5, generator=g), torch.randn(2, 6, 5, 5, generator=g)
+    d1, d2 = torch.randn(2, 1, 13, 29, generator=g), torch.randn(2, 1, 13, 29, generator=g)
+    d1[0, 0, :, :10] = -3.0  # a negative left part: the layout (rows vs columns) decides which pairs flip sign
+    loss, D = losses.depth_feature_term(c1, c2, d1, d2, 0.07, target="reference")
+    expected = _release_dfc(c1, c2, d1, d2, 0.07)
+    assert (D < 0).any() and (D > 0).any(), "signed depth must give both signs of D"
+    torch.testing.assert_close(loss.double(), expected, atol=1e-5, rtol=1e-5)
+    transposed = _release_dfc(c1, c2, d1.transpose(2, 3), d2.transpose(2, 3), 0.07)
+    assert not torch.allclose(expected, transposed, atol=1e-3), "test must discriminate the layout"
+
+
+def test_reference_dfc_in_assembly_pairs_codes_with_release_depth():
+    """correlation_loss samples codes in our layout (the release's transposed); it hands the DFC term the depth in
+    that layout, so each code pair meets the depth pair it meets in the release."""
+    g = _gen(8)
+    f = torch.randn(2, 5, 8, 8, generator=g)
+    z = torch.randn(2, 6, 8, 8, generator=g)
     coords = sampling.random_coords(2, 4, generator=_gen(9))
-    depth = torch.rand(2, 1, 32, 32, generator=_gen(10)) * 255
+    depth = torch.rand(2, 1, 32, 48, generator=_gen(10)) * 255
     depth[:, :, 10:, :5] = 0  # zeros on one side only, so the pairing matters
-    ours, _ = losses.depth_feature_term(sampling.sample(z, coords), sampling.sample(z, coords), depth, depth, 0.1,
-                                        target="reference")
+    out = losses.correlation_loss(f, f, z, z, depth, depth, coords, coords, **WEIGHTS, neg_samples=0,
+                                  dfc_weight=1.0, dfc_shift=0.1, dfc_target="reference")
     z_rel = sampling.sample(z, coords).transpose(2, 3)  # the release's layout
-    d_rel = torch.nn.functional.interpolate(depth, size=(4, 4), mode="bilinear", align_corners=True)
-    release = -losses.correlation(z_rel, z_rel).clamp(0) * (losses.correlation(d_rel, d_rel) - 0.1)
-    assert ours.mean().item() == pytest.approx(release.mean().item(), rel=1e-6)
+    release = _release_dfc(z_rel, z_rel, depth, depth, 0.1).mean()
+    assert out["dfc"].item() == pytest.approx(release.item(), rel=1e-5)
     z_ours = sampling.sample(z, coords)
-    unpaired = -losses.correlation(z_ours, z_ours).clamp(0) * (losses.correlation(d_rel, d_rel) - 0.1)
-    assert unpaired.mean().item() != pytest.approx(release.mean().item(), rel=1e-3), "test must discriminate"
+    unpaired = _release_dfc(z_ours, z_ours, depth, depth, 0.1).mean()
+    assert unpaired.item() != pytest.approx(release.item(), rel=1e-3), "test must discriminate"
 
 
 def test_super_perm_no_fixed_points_and_seeded():

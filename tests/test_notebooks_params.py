@@ -84,6 +84,8 @@ def test_prepare_names_the_missing_prep_commands(data_dir):
     msg = str(err.value)
     assert "not prepared" in msg and "python -m depthg prep knn --dataset potsdam" in msg
     assert "--backbone vit_small_patch8 --weights random --res 32 --crop none" in msg
+    assert f"prep check --dataset potsdam --data-dir {data_dir}" in msg and f"-p data_dir {data_dir}" in msg
+    assert "five-crop" not in msg and "<model." not in msg  # Potsdam is never cropped; no placeholders
     fake_data.make_knn(data_dir, "potsdam", "train", 3, res=32, crop="none")
     done = prepare("potsdam", str(data_dir), cfg=cfg)
     assert (done.n_train, done.n_val) == (3, 2) and done.knn_file.is_file()
@@ -138,7 +140,8 @@ def test_ablation_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path):
     pub = comp.set_index("key")["published_cluster"]
     assert pub["stego"] == "STEGO: 77.0 / 62.6" and pub["dfc_fps"] == "DepthG: not retrieved (X)"
     fid = pd.read_csv(results / "fidelity_potsdam.csv")
-    assert list(fid["key"])[0] == "fid_paper" and list(fid["key"])[-1] == "fid_reference" and len(fid) == 10
+    # all paper, the 10 aspects a training run shows (knn_features and crop_format act in prep stages), all reference
+    assert list(fid["key"])[0] == "fid_paper" and list(fid["key"])[-1] == "fid_reference" and len(fid) == 12
     runs = pd.read_csv(results / "ablation_potsdam_runs.csv")
     assert len(runs) == 12 and all((results / "runs" / r / "provenance.json").is_file() for r in runs["run"])
     md = (results / "ablation_potsdam.md").read_text()

@@ -1,5 +1,7 @@
 """Figures: every plot writes a readable PNG; patch maps pick the right row; predictions use Hungarian mapping."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,12 +13,18 @@ from depthg.evaluation.examples import prediction_examples
 from depthg.model.sampling import fps_coords, random_coords
 from depthg.reporting import plots
 
+DEPTH_WORD = "depth"
+
 
 def _png(path):
     assert path.is_file() and path.suffix == ".png"
     with Image.open(path) as im:
         w, h = im.size
+        dpi = im.info.get("dpi", (0, 0))[0]
     assert 100 < w < 1500 and 100 < h < 2000, (w, h)  # modest: notebooks embed them
+    assert round(dpi) >= 150, f"{path.name} at {dpi} dpi: print quality needs >= 150"
+    pdf = path.with_suffix(".pdf")  # the vector copy for papers
+    assert pdf.is_file() and pdf.read_bytes().startswith(b"%PDF"), f"no vector copy {pdf.name}"
     return w, h
 
 
@@ -37,11 +45,34 @@ def test_sample_grid_and_loss_curves_and_bars(tmp_path):
     log = [{"iteration": i, "loss": 1 / (i + 1), "inter": -i * 0.01, "dfc": 0.1, "images_per_s": 9.0,
             "dfc_weight": 0.1 * 0.8 ** (i // 5), "feature_samples": 7} for i in range(0, 30, 3)]
     _png(plots.loss_curves(log, tmp_path / "sub" / "loss.png", title="run"))
+    named = [dict(zip(("image", "depth", "label"), _scene(i))) for i in range(2)]
+    _png(plots.sample_grid(named, tmp_path / "named.png", colors=plots.class_colors(4), names=list("abcd")))
 
     agg = pd.DataFrame({"variant": ["STEGO baseline", "+DFC"], "cluster_miou_mean": [20.0, 22.0],
                         "cluster_miou_std": [1.0, np.nan], "linear_miou_mean": [30.0, 31.0],
                         "linear_miou_std": [0.5, 0.4]})
     _png(plots.ablation_bars(agg, tmp_path / "bars.png", title="ablation"))
+
+
+def test_figures_carry_legends_colour_bars_and_axis_labels(tmp_path, monkeypatch):
+    """Inspect what was drawn: the Figure each function would save (not written: the files are tested above)."""
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: saved.setdefault(Path(path).stem, fig) and path)
+    log = [{"iteration": i, "intra": 0.1 * i, "total": -0.5 * i, "correlation": -0.5 * i, "loss": 1 / (i + 1),
+            "dfc_weight": 0.1, "images_per_s": 9.0} for i in range(0, 30, 3)]
+    plots.loss_curves(log, tmp_path / "loss.png")
+    axes = [ax for ax in saved["loss"].axes if ax.get_visible() and ax.has_data()]
+    titles = [ax.get_title() for ax in axes]
+    assert "total = correlation" in titles and "correlation" not in titles  # no identical second panel
+    assert all(ax.get_xlabel() == "iteration" and ax.get_ylabel() for ax in axes)
+
+    items = [dict(zip(("image", "depth", "label"), _scene(i))) for i in range(2)]
+    plots.sample_grid(items, tmp_path / "grid.png", colors=plots.class_colors(4), names=["sky", "road", "car", "tree"])
+    fig = saved["grid"]
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert legend == ["sky", "road", "car", "tree", "ignore"]
+    assert any(DEPTH_WORD in ax.get_ylabel() for ax in fig.axes)  # the depth colour bar is labelled
+
 
 
 def test_fps_vs_random_and_lhp_vs_attention(tmp_path):

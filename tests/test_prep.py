@@ -222,11 +222,48 @@ def test_cli_bad_input_is_one_clear_line(argv, message, data_dir, capsys):
 
 def test_check_reports_and_suggests(synthetic_tree, capsys):
     data = str(synthetic_tree.data_dir)
-    assert main(["check", "--dataset", "synthetic", "--data-dir", data]) == 0
+    assert main(["check", "--dataset", "synthetic", "--data-dir", data]) == 1  # the kNN file is missing
     out = capsys.readouterr().out
-    assert "train: 4 source images; depth for 4/4" in out and "five-crop (0.5) 0/20" in out
-    assert "prep fivecrop --dataset synthetic" in out and "prep knn --dataset synthetic" in out
+    assert "train: 4 images; labels for 4/4; depth for 4/4; kNN files: none" in out
+    assert f"prep knn --dataset synthetic --data-dir {data} --splits train --backbone vit_tiny_patch8 " \
+           "--weights random --res 112 --crop none --k 4 --num-neighbors 3" in out  # the preset's values
+    assert "only 4 training items" in out and "data.num_neighbors=3" in out  # 4 items cannot give 7 neighbours
+    assert "<model." not in out and "<data." not in out and "five-crop" not in out  # the preset does not crop
     assert "prep depth --dataset" not in out  # the synthetic world has exact depth
+    fake_data.make_knn(synthetic_tree.data_dir, "synthetic", "train", 4, backbone="vit_tiny_patch8", res=112,
+                       crop="none")
+    assert main(["check", "--dataset", "synthetic", "--data-dir", data]) == 0
+    assert "everything training and evaluation need is prepared" in capsys.readouterr().out
+
+
+def test_check_on_a_missing_or_misplaced_tree_exits_non_zero(data_dir, capsys):
+    assert main(["check", "--dataset", "cocostuff27", "--data-dir", str(data_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "train: MISSING" in out and str(data_dir / "cocostuff") in out and "get the dataset" in out
+    assert "the train and val splits" in out  # one line for one cause
+    (data_dir / "photos" / "train").mkdir(parents=True)  # imgs/ left out of the directory layout
+    assert main(["check", "--dataset", "directory:photos", "--data-dir", str(data_dir), "--preset", "synthetic",
+                 "model.n_classes=3"]) == 1
+    out = capsys.readouterr().out
+    assert str(data_dir / "photos" / "imgs" / "train") in out and "MISSING" in out
+
+
+def test_check_of_potsdam_lists_no_five_crop(potsdam_tree, capsys):
+    assert main(["check", "--dataset", "potsdam", "--data-dir", str(potsdam_tree.data_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "five-crop" not in out and "prep fivecrop" not in out and "not cropped" in out
+    assert "only 3 training items" in out and "data.num_neighbors=2" in out  # too few for 7 neighbours
+
+
+def test_knn_stage_stops_with_the_fix_on_a_small_set(synthetic_tree, capsys):
+    argv = ["knn", "--dataset", "synthetic", "--data-dir", str(synthetic_tree.data_dir), "--crop", "none",
+            "--splits", "train", "--weights", "random", "--backbone", "vit_tiny_patch8"]
+    assert main(argv + ["--k", "30", "--num-neighbors", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "data.num_neighbors (2) < k <= 4" in err and "--k 4" in err
+    assert main(argv) == 2  # 4 items cannot give 7 neighbours and the item itself
+    err = capsys.readouterr().err
+    assert "too few for data.num_neighbors=7" in err and "data.num_neighbors=3" in err
 
 
 def test_fivecrop_without_depth_points_to_the_depth_stage(potsdamraw_tree, capsys):
@@ -270,3 +307,13 @@ def test_reference_depth_of_a_crop_keeps_the_full_images_8bit_values(coco_tree):
         e = expected.astype(np.float32)
         norm = (e - e.min()) / (e.max() - e.min())  # min-max over the whole crop, before the square centre crop
         assert np.allclose(paper[0].numpy(), norm[top:top + side, left:left + side], atol=1e-4)
+
+
+def test_training_on_a_missing_dataset_names_the_data_not_the_crops(data_dir):
+    from depthg.data.pairs import build_train_set
+    from depthg.presets import load_preset
+
+    cfg = load_preset("cocostuff27_vits8", {"data.data_dir": str(data_dir)})
+    with pytest.raises(DataError, match=r"cocostuff.* does not exist") as err:
+        build_train_set(cfg)
+    assert "five-crop" not in str(err.value)

@@ -62,3 +62,22 @@ def test_notebooks_run_in_the_project_kernel_without_a_transport_warning(tmp_pat
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert out.cells[0].outputs[0].text.strip() == "depthg"  # chosen explicitly, whatever the notebook stores
     assert "over TCP" not in capfd.readouterr().err  # ipykernel's per-kernel warning about unencrypted TCP
+
+
+def test_cell_lines_are_echoed_and_quiet_stretches_get_a_heartbeat(capsys):
+    """`make reproduce` is never silent for minutes: what the cells print reaches the terminal as they print it,
+    and a quiet stretch gets a "still running" line."""
+    import time
+
+    from depthg.reproduce import _Echo
+
+    with _Echo("03_ablation", quiet_s=0.2) as echo:
+        echo.write("STEGO baseline seed 0: trained ablation-synthetic-stego-s0\n+DFC")
+        echo.write(" seed 0: trained ablation-synthetic-dfc-s0\n")
+        time.sleep(0.6)
+        echo.write("last line without newline")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "  03_ablation | STEGO baseline seed 0: trained ablation-synthetic-stego-s0"
+    assert out[1] == "  03_ablation | +DFC seed 0: trained ablation-synthetic-dfc-s0"
+    assert any(line.startswith("  03_ablation still running") for line in out)
+    assert out[-1] == "  03_ablation | last line without newline"  # flushed at the end

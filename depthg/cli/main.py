@@ -7,22 +7,36 @@ name, unprepared dataset, missing weights) is printed as one line without a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from functools import partial
 
 from depthg.errors import DepthGError
 
 
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the DepthG head and probes from a preset",
                        description="Train a preset. Overrides are section.key=value, e.g. loss.dfc=false "
-                                   "train.iterations=100 fidelity=reference.")
+                                   "train.iterations=100 fidelity=reference. A folder of your own images: "
+                                   "--preset synthetic data.dataset=directory:<folder> model.n_classes=N, with "
+                                   "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
+                                   "<folder>/labels/{train,val}/<stem>.png) prepared by `python -m depthg prep "
+                                   "check --dataset directory:<folder> --preset synthetic`; small sets also need "
+                                   "data.num_neighbors < items and data.batch_size <= items. The run folder "
+                                   "is results/runs/<dataset>-<preset>-seed<seed>; one of another config is "
+                                   "refused unless --overwrite.")
     p.add_argument("--preset", default="synthetic", help="named preset (see `python -m depthg presets`)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     p.add_argument("--config", help="a resolved config.json to start from instead of a preset")
-    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: preset + seed)")
+    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: dataset, preset and "
+                                      "seed, e.g. synthetic-seed0, potsdamraw-potsdam_vits8-seed0)")
     p.add_argument("--results-dir", help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder that holds another config's run "
+                                                            "or results committed to the repository")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -37,7 +51,8 @@ def _run_train(args) -> int:
     cfg = Config.from_json(args.config).with_overrides(args.overrides) if args.config else \
         load_preset(args.preset, args.overrides)
     result = train_and_evaluate(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
-                                evaluate_at_end=not args.no_eval, progress=not args.no_progress)
+                                evaluate_at_end=not args.no_eval, progress=not args.no_progress,
+                                overwrite=args.overwrite)
     print(f"run folder: {result.run_dir}")
     if result.metrics:
         # lazy: torch and the library load only when a command runs, so --help stays fast
@@ -58,8 +73,10 @@ def _add_eval(sub) -> None:
                                     "(default: inferred from its hyper-parameters)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. data.data_dir=...)")
     p.add_argument("--split", default="val")
-    p.add_argument("--run-name", help="name of the results folder under results/runs/")
+    p.add_argument("--run-name", help="name of the results folder under results/runs/ (default: eval- and the "
+                                      "training run's name)")
     p.add_argument("--results-dir", help="results root")
+    p.add_argument("--overwrite", action="store_true", help="replace a results folder of another config")
     p.set_defaults(func=_run_eval)
 
 
@@ -68,10 +85,12 @@ def _run_eval(args) -> int:
     from depthg.evaluation.evaluate import evaluate_checkpoint
     from depthg.runs import format_metrics
 
+    # the metrics are printed as soon as they exist, before they are written (a full disk loses nothing)
     out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
-                              split=args.split, run_name=args.run_name, results_dir=args.results_dir)
+                              split=args.split, run_name=args.run_name, results_dir=args.results_dir,
+                              report=lambda metrics: print(format_metrics(metrics), flush=True),
+                              overwrite=args.overwrite)
     print(f"results folder: {out.run_dir}")
-    print(format_metrics(out.metrics))
     return 0
 
 
@@ -189,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DepthGError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        # a full disk or a read-only folder: atomic writes left the previous files intact
+        print(f"error: cannot write {e.filename or 'an output'}: {e.strerror}; free space or choose a writable "
+              f"--results-dir / --data-dir (what was written before stays valid).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

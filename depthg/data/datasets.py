@@ -17,6 +17,7 @@ images, ``<n>_zoedepth.png`` depth). ``directory`` datasets are named ``director
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -26,9 +27,11 @@ from scipy.io import loadmat
 from torch.utils.data import Dataset
 
 from depthg.data import labels as L
-from depthg.data.depth_io import read_depth
+from depthg.data.depth_io import RELEASED_MAPS_MODEL, depth_model_of, read_depth
+from depthg.data.item_order import five_crop_ids, order_identity, read_order_file
 from depthg.data.labels import dataset_info
 from depthg.errors import DataError
+from depthg.files import is_temp
 from depthg.paths import data_root, dataset_base, dataset_folder, derived_dir
 
 __all__ = ["dataset_info", "source_dataset", "five_crop_dataset", "train_source"]
@@ -112,18 +115,30 @@ class SourceDataset(Dataset):
         # directory sets without a given class count accept any stored id 0..254 (255 = ignore)
         self.n_classes = dataset_info(name, n_classes=n_classes).n_classes or 255
         self._keys: list[str] = []
+        # the ids behind each index, for the item-order identity kNN files are checked against
+        # (depthg.data.item_order); None: unknown (the release's crop set without its order file)
+        self.item_ids: list[str] | None = None
+        self.order_source = f"the {name}/{split} item list"
         # where depth is looked for, in order: (folder, file name pattern of the key); ours first (data contract)
         self.depth_locations = [(derived_dir(derived_name or name, data_dir) / "depth" / split, "{}.png")]
         self.depth_hint = _prep("depth", name)
+        self.depth_regen_hint = _prep("depth", name, " --overwrite")  # how to replace a map that does not fit
+        # with the release's depth model asked for, its released maps (the later locations) are read first
+        self.prefer_released_depth = False
 
     def _set_keys(self, keys: list[str], where: Path) -> None:
         if not keys:
             raise DataError(f"dataset {self.name!r} split {self.split!r} has no items in {where}; check the layout "
                             f"(METHOD.md §1.1) and data.data_dir.")
         self._keys = keys
+        self.item_ids = list(keys)
 
     def keys(self) -> list[str]:
         return list(self._keys)
+
+    def order_identity(self) -> str | None:
+        """sha256 of the ordered item ids (depthg.data.item_order), None when the order is unknown."""
+        return None if self.item_ids is None else order_identity(self.item_ids)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -155,9 +170,11 @@ class SourceDataset(Dataset):
             raise DataError(f"label file {label_path} is {label.shape} but its image {self.image_path(i)} is {size}; "
                             f"the label does not belong to this image: restore it from the dataset download.")
         item = dict(key=key, image=image, label=label, depth=None, depth_bits=None, depth_units=None,
-                    depth_range=None)
+                    depth_range=None, depth_model=None)
         if self.with_depth:
             paths = self.depth_paths(i)
+            if self.prefer_released_depth:  # the authors' maps first (reference presets), then ours
+                paths = paths[1:] + paths[:1]
             path = next((p for p in paths if p.is_file()), None)
             if path is None:
                 raise DataError(f"{self.name}/{self.split} item {key!r} has no depth map (looked for "
@@ -165,11 +182,12 @@ class SourceDataset(Dataset):
             depth, meta = read_depth(path, with_meta=True)
             if depth.shape != size:
                 raise DataError(f"depth file {path} is {depth.shape} but its image is {size}; regenerate it with "
-                                f"{self.depth_hint} (--overwrite).")
+                                f"{self.depth_regen_hint}.")
             crop = meta.get("five_crop") or {}
             source_range = (crop["source_min"], crop["source_max"], crop.get("source_bits")) \
                 if "source_min" in crop else None
-            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range)
+            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range,
+                        depth_model=depth_model_of(meta))
         return item
 
 
@@ -263,7 +281,8 @@ class Folder(SourceDataset):
         super().__init__(name, split, with_depth=with_depth, n_classes=n_classes, derived_name=derived_name,
                          data_dir=data_dir)
         self.img_dir, self.label_dir, self.map_label = _root(img_dir, f"{name}/{split}"), label_dir, map_label
-        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes}
+        # temporary files of a killed writer (depthg.files.is_temp) are not items
+        files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes and not is_temp(p)}
         self._set_keys(sorted(files, key=lambda s: (len(s), s) if s.isdigit() else (0, s)), self.img_dir)
         self._files = [files[k] for k in self._keys]
 
@@ -290,8 +309,30 @@ def _synthetic(data_dir, split: str, with_depth: bool) -> Folder:
     ds = Folder("synthetic", split, root / "img" / split, root / "label" / split, L.map_plain,
                 with_depth=with_depth, data_dir=data_dir, suffixes=(".png",))
     ds.depth_locations.append((root / "depth" / split, "{}.png"))
-    ds.depth_hint = "`python -m depthg prep synthetic`"
+    ds.depth_hint = "`python -m depthg prep synthetic` with the world's --n-train/--n-val/--res/--seed"
+    ds.depth_regen_hint = f"{ds.depth_hint} after deleting that file (missing scenes are rendered again)"
+    _check_synthetic_split(ds, root, split)
     return ds
+
+
+def _check_synthetic_split(ds: Folder, root: Path, split: str) -> None:
+    """The synthetic world's manifest says how many scenes a split has: every one must be there (a split that lost
+    an image would otherwise be evaluated on fewer images without a word)."""
+    manifest = root / "manifest.json"
+    try:
+        recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        expected = int(recorded[f"n_{split}"]) if f"n_{split}" in recorded else None
+    except (ValueError, TypeError) as e:
+        raise DataError(f"synthetic manifest {manifest} is damaged ({type(e).__name__}: {e}); rerun "
+                        f"`python -m depthg prep synthetic` with the world's parameters.") from None
+    if expected is None:
+        return
+    missing = sorted(set(f"{i:05d}" for i in range(expected)) - set(ds.keys()))
+    if missing:
+        paths = ", ".join(str(root / "img" / split / f"{k}.png") for k in missing[:5])
+        raise DataError(f"synthetic {split} split has {expected - len(missing)} of its {expected} images; missing "
+                        f"{paths}{' ...' if len(missing) > 5 else ''}. Rerun `python -m depthg prep synthetic` "
+                        f"with the world's --n-train/--n-val/--res/--seed: it renders the missing scenes.")
 
 
 def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True,
@@ -309,20 +350,37 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     label_dir = root / "label" / split
     ds = Folder(name, split, root / "img" / split, label_dir if label_dir.is_dir() else None, L.map_cropped,
                 with_depth=with_depth, n_classes=n_classes, derived_name=derived_name, data_dir=data_dir,
-                suffixes=(".jpg",) if is_legacy else (".png",))
+                suffixes=(".jpg",) if is_legacy else (".png", ".jpg"))  # ours: PNG, or JPEG in reference
     missing = sorted(set(range(len(ds))) - {int(k) for k in ds.keys() if k.isdigit()})
     if missing:
         raise DataError(f"five-crop set {root / 'img' / split} lacks crop(s) {missing[:10]}; rerun "
                         f"{_prep('fivecrop', name, f' --splits {split}')}.")
+    # which source item each crop index stands for: the order file the five-crop stage writes (for the release's
+    # set, one the user writes: its source items in the release's order); without it the order is unknown
+    order_file = root / f"order_{split}.txt"
+    ds.order_source = str(order_file)
+    ds.item_ids = five_crop_ids(read_order_file(order_file)) if order_file.is_file() else None
+    if ds.item_ids is not None and len(ds.item_ids) != len(ds):
+        raise DataError(f"order file {order_file} lists {len(ds.item_ids) // 5} source items for {len(ds)} crops; "
+                        f"it belongs to another crop set: rerun {_prep('fivecrop', name, f' --splits {split}')} "
+                        f"with --overwrite.")
     # the crops carry their own depth: ours 16-bit <n>.png, the release's 8-bit <n>_zoedepth.png
     ds.depth_locations = [(root / "depth" / split, "{}_zoedepth.png" if is_legacy else "{}.png")]
     ds.depth_hint = _prep("depth", name) + " then " + _prep("fivecrop", name, " --overwrite")
+    ds.depth_regen_hint = ds.depth_hint
     return ds
 
 
 def source_dataset(name: str, data_dir=None, split: str = "train", *, with_depth: bool = True,
-                   n_classes: int | None = None) -> SourceDataset:
-    """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring)."""
+                   n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
+    """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring). ``depth_model`` equal to
+    the release's (ZoeD_M12_N) reads the authors' released depth maps before ours, where both exist."""
+    ds = _source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
+    ds.prefer_released_depth = depth_model == RELEASED_MAPS_MODEL
+    return ds
+
+
+def _source_dataset(name: str, data_dir, split: str, *, with_depth: bool, n_classes: int | None) -> SourceDataset:
     base = dataset_base(name)
     dataset_info(name, n_classes=n_classes if base == "directory" else None)  # unknown name -> DataError
     if base == "directory":
@@ -343,12 +401,17 @@ def effective_crop(name: str, crop: str) -> str:
 
 
 def train_source(name: str, data_dir=None, split: str = "train", *, crop: str = "five", ratio: float = 0.5,
-                 with_depth: bool = True, n_classes: int | None = None) -> SourceDataset:
+                 with_depth: bool = True, n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
     """The items training (and the kNN stage) uses: the five-crop set, or the source set when not cropped."""
     if effective_crop(name, crop) == "five":
         dataset_info(name, n_classes=n_classes)
-        return five_crop_dataset(name, data_dir, split, ratio=ratio, with_depth=with_depth, n_classes=n_classes)
-    return source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
+        try:
+            return five_crop_dataset(name, data_dir, split, ratio=ratio, with_depth=with_depth, n_classes=n_classes)
+        except DataError:
+            # no crops because there are no source images: that is the first thing to fix, so say that
+            source_dataset(name, data_dir, split, with_depth=False, n_classes=n_classes)
+            raise
+    return source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes, depth_model=depth_model)
 
 
 def _split_value(table: dict, split: str, name: str):

@@ -4,8 +4,9 @@ Shapes: B batch, H, W input image (each image keeps its own size), h, w model re
 
 The release ran ZoeDepth ZoeD_M12_N through its own repository code and stored 8-bit per-image min-max PNGs next
 to the source images, overwriting Cityscapes RGB files (METHOD.md §1.3, §9 #7). Here (DESIGN.md §5):
-- any ``AutoModelForDepthEstimation`` checkpoint: Depth Anything V2 Small by default (Apache-2.0), or
-  ``Intel/zoedepth-nyu-kitti`` as in the paper (ANCHORS.md §5); a local model directory works the same way;
+- any ``AutoModelForDepthEstimation`` checkpoint: Depth Anything V2 Small by default (Apache-2.0), or the paper's
+  and the release's ZoeD_M12_N, whose transformers twin is ``Intel/zoedepth-nyu`` (NYU-finetuned; not
+  ``Intel/zoedepth-nyu-kitti``, which is ZoeD_NK), for reference presets; a local model directory works the same way;
 - the output is upsampled (bicubic, the processor's own post-processing) to the input image size;
 - metric models (ZoeDepth, Depth Anything metric variants) give depth in metres, larger = farther, stored as is;
   ZoeDepth runs with horizontal-flip averaging as the release's ``zoe.infer`` did;
@@ -15,26 +16,35 @@ to the source images, overwriting Cityscapes RGB files (METHOD.md §1.3, §9 #7)
   infinitely far. The release's MiDaS branch inverted linearly (1 - n, ``DG generate_depth.py:192-197``); the
   reciprocal keeps the perspective compression of true depth, which the 3D lifting of FPS works on (METHOD.md §4.1);
 - stored as our 16-bit PNG + JSON sidecar (``write_depth``) at ``derived/depth/<split>/<key>.png``, with the model,
-  its output kind, the normalisation and the conversion in the sidecar. Nothing is written into the source tree.
+  its output kind, the normalisation and the conversion in the sidecar; or, with ``encoding="release8"`` (reference
+  presets), as the release stored its maps (DG generate_depth.py:232-240): per-image min-max, x255, truncated to
+  uint8, an 8-bit PNG, with the same sidecar beside it. Nothing is written into the source tree. The manifest and
+  every sidecar name the model, and training refuses maps of another model than ``data.depth_model``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from depthg.data.datasets import source_dataset
-from depthg.data.depth_io import sidecar_path, write_depth
+from depthg.data.depth_io import RELEASED_MAPS_MODEL, sidecar_path, write_depth
 from depthg.data.stage import StageResult, run_stage
 from depthg.device import resolve_device
-from depthg.errors import ConfigError, WeightsError
+from depthg.errors import ConfigError, DataError, WeightsError
+from depthg.files import atomic_write, write_text
+from depthg.model.hub import hub_session
 from depthg.paths import derived_dir
 
 DEFAULT_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
-PAPER_MODEL = "Intel/zoedepth-nyu-kitti"
+# ZoeD_M12_N (NYU), the model of the paper and the release (METHOD.md §1.3): its transformers twin
+PAPER_MODEL = RELEASED_MAPS_MODEL
+ENCODINGS = ("float16", "release8")  # our 16-bit PNG + sidecar; the release's 8-bit min-max PNG
 _METRIC_MODEL_TYPES = ("zoedepth", "glpn", "depth_pro")
 
 
@@ -58,6 +68,25 @@ def disparity_to_depth(disparity: torch.Tensor, eps: float = 0.1) -> torch.Tenso
     return 1.0 / (n + eps)
 
 
+def release_8bit(depth: np.ndarray) -> np.ndarray:
+    """Depth float [H,W] -> the release's stored uint8 [H,W]: per-image min-max, x255, truncated (DG
+    generate_depth.py:232-240), in float32 as its writer; a flat map gives zeros."""
+    d = depth.astype(np.float32)
+    lo, hi = d.min(), d.max()
+    norm = np.zeros_like(d) if hi == lo else (d - lo) / (hi - lo)
+    return np.floor(norm * np.float32(255)).astype(np.uint8)
+
+
+def write_release_8bit(png_path: Path, depth: np.ndarray, meta: dict) -> None:
+    """The release's 8-bit map plus our sidecar (which model made it); sidecar first, PNG last, as write_depth."""
+    if not np.isfinite(depth).all():
+        raise DataError(f"refusing to write depth {png_path}: it holds non-finite values (NaN/inf)")
+    write_text(sidecar_path(png_path), json.dumps({**meta, "encoding": "release8", "height": int(depth.shape[0]),
+                                                   "width": int(depth.shape[1])}, indent=1))
+    with atomic_write(png_path) as tmp:
+        Image.fromarray(release_8bit(depth), mode="L").save(tmp, format="PNG")
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
@@ -75,14 +104,16 @@ def load_depth_model(model: str, device: torch.device):
                            f"(config.json, weights, preprocessor_config.json) or a Hugging Face model id.")
     source = str(local) if local.is_dir() else model
     try:
-        processor = AutoImageProcessor.from_pretrained(source, local_files_only=_offline())
-        net = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=_offline())
+        with hub_session() as online:  # no network: the cache or an immediate error, not minutes of retries
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=not online)
+            net = AutoModelForDepthEstimation.from_pretrained(source, local_files_only=not online)
     except (OSError, ValueError) as e:
         raise WeightsError(
-            f"cannot load depth model {model!r} ({str(e).splitlines()[0]}). Without network, download it elsewhere "
-            f"(e.g. `huggingface-cli download {model} --local-dir <dir>`) and pass --model /path/to/model_dir, or "
-            f"copy a filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface) here and set "
-            f"HF_HUB_OFFLINE=1.") from e
+            f"cannot load depth model {model!r} ({str(e).splitlines()[0]}). On a machine with network run "
+            f"`hf download {model} --local-dir <dir>`, copy <dir> here and pass it: `python -m depthg prep depth "
+            f"--model <dir>`, or `papermill notebooks/01_data_prep.ipynb ... -p depth_model <dir>`; or copy a "
+            f"filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface). Set HF_HUB_OFFLINE=1 to skip the "
+            f"network check.") from e
     return processor, net.eval().to(device)
 
 
@@ -153,17 +184,22 @@ class DepthEstimator:
 
 
 def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, output_kind: str = "auto",
-              eps: float = 0.1, batch_size: int = 4, device: str = "auto", rank: int = 0, world: int = 1,
-              overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
+              eps: float = 0.1, batch_size: int = 4, device: str = "auto", encoding: str = "float16", rank: int = 0,
+              world: int = 1, overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
     """The depth stage over ``splits``: depth for every source image of this rank (i % world == rank).
 
+    ``encoding``: "float16" (our 16-bit PNG + sidecar) or "release8" (the release's 8-bit maps, reference presets).
     The model is loaded only when some item still needs it, so a finished stage reruns without weights.
     """
+    if encoding not in ENCODINGS:
+        raise ConfigError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}.")
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}.")
     root = depth_dir(dataset, data_dir)
     params = {"model": model, "output_kind": output_kind, "eps": eps}
+    if encoding != "float16":  # recorded when not the default, so earlier manifests stay valid
+        params["encoding"] = encoding
     estimator: list[DepthEstimator] = []  # created on first use
     results = []
     for split in splits:
@@ -171,19 +207,25 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
         keys = list(src.keys())
         paths = [root / split / f"{key}.png" for key in keys]
 
-        def process(batch: list[int], src=src, paths=paths, split=split) -> None:
+        def load() -> None:  # before any output is removed or parameters recorded (a bad --model costs nothing)
             if not estimator:
                 estimator.append(DepthEstimator(model, device=device, output_kind=output_kind, eps=eps))
+
+        def process(batch: list[int], src=src, paths=paths, split=split) -> None:
+            load()
             est = estimator[0]
             items = [src[i] for i in batch]
             for i, item, depth in zip(batch, items, est.predict([it["image"] for it in items])):
-                write_depth(paths[i], depth, source=est.model_id, units=est.units,
-                       extra={**est.sidecar(), "dataset": dataset, "split": split, "key": item["key"]})
+                extra = {**est.sidecar(), "dataset": dataset, "split": split, "key": item["key"]}
+                if encoding == "release8":
+                    write_release_8bit(paths[i], depth, {**extra, "source": est.model_id, "units": "relative"})
+                else:
+                    write_depth(paths[i], depth, source=est.model_id, units=est.units, extra=extra)
 
         results.append((split, run_stage(
             root, "depth", split, params, len(keys),
             done=lambda i, paths=paths: paths[i].is_file() and sidecar_path(paths[i]).is_file(),
             remove=lambda i, paths=paths: [p.unlink(missing_ok=True) for p in (paths[i], sidecar_path(paths[i]))],
-            process=process, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
+            process=process, check=load, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
             desc=f"depth {dataset}/{split}", progress=progress)))
     return results

@@ -29,6 +29,9 @@ from depthg.errors import DataError
 from depthg.files import atomic_write, write_text
 
 FORMAT_16 = "depthg-depth16"
+# What the authors' released 8-bit maps (no sidecar) were made with: ZoeD_M12_N, METHOD.md §1.3; its transformers
+# twin is Intel/zoedepth-nyu, so a config asking for that model accepts them (depthg.data.pairs).
+RELEASED_MAPS_MODEL = "Intel/zoedepth-nyu"
 _MAX16 = 65535
 _PREP_HINT = ("create it with `python -m depthg prep depth ...` (or `python -m depthg prep synthetic` for the "
               "synthetic world)")
@@ -77,6 +80,12 @@ def write_depth(
         Image.fromarray(v).save(tmp, format="PNG", compress_level=1)
 
 
+def depth_model_of(meta: dict) -> str:
+    """Which depth model made a map, from ``read_depth``'s metadata: a five-crop carries its source map's model
+    (``depth_model``), our maps record theirs (``model``), the release's maps are ZoeD_M12_N; else its source."""
+    return str(meta.get("depth_model") or meta.get("model") or meta.get("source") or "unknown")
+
+
 def _open_png(png_path: Path) -> Image.Image:
     if not png_path.is_file():
         raise DataError(f"depth file {png_path} does not exist; {_PREP_HINT}")
@@ -118,6 +127,14 @@ def read_depth(png_path: str | os.PathLike, *, with_meta: bool = False):
         depth = a.astype(np.float32)
         meta = dict(format="zoedepth8", bits=8, min=0.0, max=255.0, units="relative", source="zoedepth",
                     larger_is_farther=True)
+        side = sidecar_path(png_path)
+        if side.is_file():  # 8-bit maps of our depth stage (release encoding) say which model made them
+            try:
+                meta = {**json.loads(side.read_text()), **meta}
+            except (OSError, json.JSONDecodeError) as e:
+                raise DataError(f"depth sidecar {side} is not readable JSON ({e}); {_PREP_HINT}") from e
+        else:
+            meta["model"] = RELEASED_MAPS_MODEL  # the authors' released map: ZoeD_M12_N
     else:
         raise DataError(f"depth file {png_path} has unsupported PNG mode {img.mode!r}; {_PREP_HINT}")
     if not np.isfinite(depth).all():

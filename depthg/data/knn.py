@@ -15,9 +15,11 @@ What is computed (``DG src/precompute_knns.py``):
   ``derived/knn/nns_<backbone>_<split>_<crop>_<res>.npz``.
 
 Sharding (``--rank/--world`` or torchrun): rank r extracts the features of items i % world == r into
-``derived/knn/shards/<file stem>.rank<r>of<world>.npz``. Every rank then takes a lock and, if all shards exist and
-the kNN file does not, merges them, runs the top-k and deletes the shards; so the last rank to finish writes the
-file and no process waits for another. ``--merge`` does only that step (e.g. after ranks ran as separate jobs).
+``derived/knn/shards/<file stem>.rank<r>of<world>.npz``. Every rank then takes a lock and, if all shards of these
+parameters exist and the kNN file of these parameters does not, merges them, runs the top-k, replaces the file
+atomically, records the parameters and deletes the shards; so the last rank to finish writes the file and no
+process waits for another. An older file stays until its replacement exists. ``--merge`` does only that step (e.g.
+after ranks ran as separate jobs).
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from tqdm import tqdm
 from depthg.config import check_fidelity
 from depthg.data.datasets import effective_crop, train_source
 from depthg.data.knn_file import knn_path, save_knn
-from depthg.data.stage import check_run, record_run, shard, stage_lock
+from depthg.data.stage import check_run, record_run, recorded_params, shard, stage_lock
 from depthg.data.transforms import image_tensor
 from depthg.device import resolve_device
 from depthg.errors import ConfigError, DataError
-from depthg.files import atomic_write
+from depthg.files import atomic_write, remove_leftovers
 from depthg.model.backbone import DinoBackbone
 from depthg.paths import dataset_folder
 
@@ -150,7 +152,8 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
         feats, source = loaded
         nns = topk_cosine(torch.from_numpy(feats).to(device), k, chunk_size, progress=progress).numpy()
         save_knn(final, nns, dataset=params["dataset"], split=params["split"], backbone=params["backbone"],
-                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"])
+                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"],
+                 order=params["order"], order_source=params["order_source"])
         for p in paths:
             p.unlink(missing_ok=True)
         if not any(paths[0].parent.iterdir()):
@@ -161,10 +164,12 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
 
 def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_patch8", weights: str = "hub",
             res: int = 224, crop: str = "five", ratio: float = 0.5, k: int = 30, chunk_size: int | None = None,
-            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0,
+            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0, bf16: bool = False,
             merge_only: bool = False, rank: int = 0, world: int = 1, overwrite: bool = False,
             progress: bool = True) -> Path | None:
-    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing)."""
+    """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing).
+
+    ``bf16``: the backbone's bf16 autocast on CUDA (train.bf16); fp32 otherwise, as the release."""
 
     check_fidelity(fidelity, "--fidelity")
     if res < 1 or batch_size < 1 or (chunk_size is not None and chunk_size < 1):
@@ -173,37 +178,53 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     crop = effective_crop(dataset, crop)  # Potsdam is never cropped (METHOD.md §1.1)
     items = train_source(dataset, data_dir, split, crop=crop, ratio=ratio, with_depth=False)  # training's order
     n, image = len(items), lambda i: items[i]["image"]
+    order = items.order_identity()  # the kNN file indexes these items in this order (depthg.data.item_order)
+    if order is None:
+        raise DataError(f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
+                        f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
+                        f"{dataset} --overwrite` or write that file (the source keys in crop order).")
     final = knn_path(dataset_folder(dataset), split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
     params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,
               "crop": crop, "ratio": ratio if crop == "five" else None, "k": k, "fidelity": fidelity, "seed": seed,
-              "n_items": n}
+              "n_items": n, "precision": "bf16" if bf16 else "fp32", "order": order,
+              "order_source": items.order_source}
     params = json.loads(json.dumps(params))  # as read back from the manifest and the shards, for comparisons
     dev = resolve_device(device)
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)
     if keep and final.is_file():
         return final
+    remove_leftovers(final.parent)
     mine = _shard_path(final, rank, world)
-    if not merge_only:
-        if not keep:
-            for p in (final, mine):
-                p.unlink(missing_ok=True)
-        record_run(final.parent, "knn", final.stem, params)
-        if not mine.is_file():
-            net = DinoBackbone(backbone, weights).to(dev)  # "random" weights use a fixed seed: same net on all ranks
-            feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
-                                     batch_size=batch_size, device=dev, progress=progress)
-            _save_shard(mine, list(shard(n, rank, world)), feats,
-                        {"params": params, "weights_source": net.weights_source})
+    if not merge_only and _shard_params(mine) != params:  # a finished shard of these parameters is kept
+        # the weights are loaded (and checked) before anything is replaced or recorded: a bad --weights costs
+        # neither the old kNN file nor its manifest entry
+        net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)  # "random" weights use a fixed seed: same net on all ranks
+        feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
+                                 batch_size=batch_size, device=dev, progress=progress)
+        _save_shard(mine, list(shard(n, rank, world)), feats,  # atomic: replaces an older shard
+                    {"params": params, "weights_source": net.weights_source})
     with stage_lock(final.parent, f".{final.stem}.merge.lock"):
-        if final.is_file():
+        if final.is_file() and recorded_params(final.parent, final.stem) == params:  # another rank merged it
             return final
+        # the new file replaces the old one atomically, and its parameters are recorded with it
         merged = _merge(final, params, n, k, chunk_size, dev, progress)
+        if merged is not None:
+            record_run(final.parent, "knn", final.stem, params)
     if merged is None and merge_only:
         raise DataError(f"cannot merge {final.name}: no complete set of feature shards with these parameters in "
                         f"{final.parent / 'shards'}; run `python -m depthg prep knn` on every rank first.")
     return merged
+
+
+def _shard_params(path: Path) -> dict | None:
+    """The parameters a feature shard was made with (None: no readable shard)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))["params"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------------------

@@ -13,25 +13,23 @@ Every stage
 - shows a tqdm progress bar per rank.
 
 Outputs are written under temporary names and renamed, so an interrupted stage never leaves an output that looks
-finished.
+finished; the next run deletes the temporary files of writers that are gone.
 """
 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 import depthg
 from depthg.errors import ConfigError, DataError
-from depthg.files import write_json
+from depthg.files import file_lock, remove_leftovers, write_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -64,16 +62,9 @@ def _canonical(params: dict) -> dict:
     return json.loads(json.dumps(params, sort_keys=True))
 
 
-@contextlib.contextmanager
 def stage_lock(stage_dir: Path, name: str = ".manifest.lock"):
     """Exclusive lock on a file of the stage dir (default: the manifest's), as several ranks write at once."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    with open(stage_dir / name, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(Path(stage_dir) / name)
 
 
 def read_manifest(stage_dir: Path) -> dict:
@@ -140,6 +131,7 @@ def run_stage(
     done: Callable[[int], bool],
     remove: Callable[[int], None],
     process: Callable[[list[int]], None],
+    check: Callable[[], None] | None = None,
     overwrite: bool = False,
     rank: int = 0,
     world: int = 1,
@@ -149,16 +141,23 @@ def run_stage(
 ) -> StageResult:
     """One run of a stage: check the manifest, record it, and ``process`` batches of this rank's unfinished items.
 
-    When existing outputs cannot be kept (``--overwrite``, or no manifest entry) this rank's outputs are removed
-    *before* the entry is recorded, so an interrupted run never leaves old outputs under new parameters.
+    Order, so that a failed or killed run never costs good outputs nor records what it did not make: temporary
+    files of killed writers are removed; ``check`` (e.g. loading the model the new parameters name) runs, when
+    anything is to be done, before any output is removed or parameters recorded; when existing outputs cannot be
+    kept (``--overwrite``, or no manifest entry) this rank's outputs are removed *before* the new entry is
+    recorded, so an interrupted run never leaves old outputs under new parameters; then the items, each written
+    atomically, and finished items are kept by the next run.
     """
+    remove_leftovers(stage_dir)
     keep = check_run(stage_dir, stage, key, params, overwrite=overwrite)
     mine = list(shard(n_items, rank, world))
+    todo = [i for i in mine if not (keep and done(i))]
+    if todo and check is not None:
+        check()
     if not keep:
         for i in mine:
             remove(i)
     record_run(stage_dir, stage, key, params)
-    todo = [i for i in mine if not (keep and done(i))]
     label = f"{desc} [rank {rank}/{world}]" if world > 1 else desc
     with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="item", position=rank,
               disable=not progress, leave=world == 1) as bar:

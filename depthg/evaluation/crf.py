@@ -8,8 +8,9 @@ pydensecrf's permutohedral lattice is not symmetric in the order of the colour f
 
 Parallelism: STEGO's `multiprocessing.Pool` hung evaluation (ANCHORS.md §4.3, STEGO#16) because it forked a
 process whose torch/OpenMP thread pools were already running. `CRFPool` instead starts its workers with the
-"spawn" method (fresh interpreters), sends only numpy arrays, bounds every call with a timeout, and turns a
-worker that raises, dies or stalls into a `CRFError` in the caller. The pool is reused across batches, so the
+"spawn" method (fresh interpreters), bounds every wait (a per-image timeout, `eval.crf_timeout`), reports an item
+whose worker raises, dies or stalls as lost with the reason, and ends its workers on every exit path, the parent's
+death included. The pool is reused across batches, so the
 process start-up is paid once per evaluation. Workers only import numpy and pydensecrf (torch is imported lazily
 in this module, for the parent-side resize), so they start in a fraction of a second.
 
@@ -18,11 +19,15 @@ Shapes: B batch, C classes, h/w logit grid, H/W image. All outputs are numpy flo
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import math
 import multiprocessing
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Sequence
+import multiprocessing.connection as mp_connection
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -96,71 +101,215 @@ def dense_crf(image: Any, logits: Any) -> np.ndarray:
 class CRFPool:
     """Reusable DenseCRF runner: `with CRFPool(workers=4) as crf: q = crf(images, logits)` per batch.
 
-    workers=0 runs in the calling process. `timeout` is in seconds per image; one call may take
-    timeout * ceil(B / workers) in all before its workers are killed and `CRFError` is raised. After an error the
-    pool starts fresh workers on its next call.
+    workers=0 runs in the calling process. `timeout` is in seconds per image: a worker that has not answered by then
+    (stuck, stopped) is killed and its image counts as lost. Every wait is bounded, `close()` included.
+
+    Worker protocol: inputs and results travel as pickle files in a private temporary folder; the pipe to each
+    worker carries only short control messages (under the pipe buffer), so neither side can block on a half-sent
+    message of a stopped peer. Workers end on a stop message, on the pipe's end of file (the parent died), or when
+    their parent pid changes (re-parented: the parent was killed), so no worker outlives its evaluation.
+
+    `run` returns the results and the lost items with the reason; `__call__` raises CRFError naming them. A worker
+    found dead between calls (killed while idle) is replaced, and the replacement noted in `events`.
     """
 
     def __init__(self, workers: int = 2, *, timeout: float = 120.0, context: str = "spawn"):
         assert workers >= 0, f"workers must be >= 0, got {workers}"
+        assert timeout > 0, f"timeout must be > 0 s, got {timeout}"
         self.workers, self.timeout, self.context = workers, timeout, context
-        self._executor: cf.ProcessPoolExecutor | None = None
+        self._procs: list[_Worker] = []
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.events: list[str] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._procs]
 
     def __call__(self, images: Any, logits: Any) -> np.ndarray:
-        """images uint8 [B,H,W,3] RGB, logits [B,C,h,w] -> Q numpy float32 [B,C,H,W]."""
+        """images uint8 [B,H,W,3] RGB, logits [B,C,h,w] -> Q numpy float32 [B,C,H,W]; CRFError if any item fails."""
+        q, lost = self.run(images, logits)
+        _raise_lost(lost, len(q))
+        return np.stack(q)
+
+    def run(self, images: Any, logits: Any) -> tuple[list[np.ndarray | None], dict[int, str]]:
+        """(Q [C,H,W] per item or None where lost, {item: reason} of the lost ones)."""
         images = _numpy(images)
         assert images.ndim == 4 and len(images) == len(logits), \
             f"images {images.shape} must be [B,H,W,3] with one image per logit map ({len(logits)})"
         probs = upsampled_softmax(logits, images.shape[1:3])  # batched resize in the parent, on logits' device
-        return np.stack(self._map(crf_from_probabilities, list(zip(images, probs))))
+        return self._run(crf_from_probabilities, list(zip(images, probs)))
 
     def _map(self, fn: Callable, args: Sequence[tuple]) -> list:
-        """fn(*a) for every a in args, in the workers, with the timeout and failure handling described above."""
-        if self.workers == 0:
-            return [fn(*a) for a in args]
-        if self._executor is None:
-            self._executor = cf.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context(self.context))
-        futures = [self._executor.submit(fn, *a) for a in args]
-        limit = self.timeout * math.ceil(len(args) / self.workers)
-        done, pending = cf.wait(futures, timeout=limit, return_when=cf.FIRST_EXCEPTION)
-        for i, future in enumerate(futures):
-            error = future.exception() if future in done else None
-            if isinstance(error, BrokenProcessPool):
-                self._kill()
-                raise CRFError(f"a CRF worker process died (out of memory?) on item {i}; retry with fewer "
-                               f"workers or workers=0 (in-process)") from error
-            if error is not None:
-                self._kill()
-                raise CRFError(f"CRF failed on item {i}: {type(error).__name__}: {error}") from error
-        if pending:
-            self._kill()
-            raise CRFError(f"CRF did not finish {len(pending)} of {len(args)} items within {limit:.0f} s "
-                           f"(timeout={self.timeout} s per image); raise the timeout or use workers=0")
-        return [f.result() for f in futures]
+        """fn(*a) for every a in args, in the workers; CRFError naming the items that failed."""
+        results, lost = self._run(fn, args)
+        _raise_lost(lost, len(results))
+        return results
 
-    def _kill(self) -> None:
-        """Stop the workers now, even a stuck one (shutdown() alone would wait for it forever)."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        if hasattr(executor, "kill_workers"):  # Python >= 3.14
-            executor.kill_workers()
-        else:  # no public API before 3.14; `_processes` is the pid -> Process map the executor keeps
-            for process in list((executor._processes or {}).values()):
-                process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
+    def _run(self, fn: Callable, args: Sequence[tuple]) -> tuple[list, dict[int, str]]:
+        if self.workers == 0:
+            return _in_process(fn, args)
+        self._start()
+        folder = Path(self._tmp.name)
+        todo, results, lost = list(range(len(args))), [None] * len(args), {}
+        for i in todo:
+            with open(folder / f"in{i}.pkl", "wb") as fh:
+                pickle.dump((fn, args[i]), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        busy: dict[_Worker, tuple[int, float]] = {}
+        while todo or busy:
+            for w in [w for w in self._procs if w not in busy]:
+                if not todo:
+                    break
+                if not w.send(("run", str(folder), todo[0])):  # died while idle: replace it, keep the item
+                    self._replace(w, f"CRF worker pid {w.process.pid} had died (exit code "
+                                     f"{w.process.exitcode}) while idle; started a new one")
+                    continue
+                busy[w] = (todo.pop(0), time.monotonic())
+            if not busy:  # every worker was replaced just now: dispatch again
+                continue
+            deadline = min(t for _, t in busy.values()) + self.timeout
+            ready = mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                       timeout=max(0.0, deadline - time.monotonic()))
+            for w in list(busy):
+                i, started = busy[w]
+                if w.conn in ready or w.process.sentinel in ready:
+                    message = w.receive()
+                    if message is None:  # no answer, pipe closed: the process died on this item
+                        w.process.join(_JOIN_S)
+                        lost[i] = f"the worker process died (exit code {w.process.exitcode}; out of memory?)"
+                        self._replace(w)
+                    elif message[0] == "done":
+                        results[i] = _load(folder / f"out{i}.pkl")
+                    else:
+                        lost[i] = message[2]
+                    del busy[w]
+                elif time.monotonic() - started > self.timeout:
+                    lost[i] = f"no result within {self.timeout:g} s (eval.crf_timeout; stuck or stopped worker)"
+                    self._replace(w)
+                    del busy[w]
+        for p in folder.iterdir():
+            p.unlink(missing_ok=True)
+        return results, lost
+
+    def _start(self) -> None:
+        if self._tmp is None:
+            shm = Path("/dev/shm")
+            self._tmp = tempfile.TemporaryDirectory(prefix="depthg-crf-", dir=shm if shm.is_dir() else None)
+        while len(self._procs) < self.workers:
+            self._procs.append(_Worker(multiprocessing.get_context(self.context)))
+
+    def _replace(self, w: _Worker, event: str | None = None) -> None:
+        w.kill()
+        self._procs[self._procs.index(w)] = _Worker(multiprocessing.get_context(self.context))
+        if event:
+            self.events.append(event)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Stop the workers: a stop message, at most a few seconds' wait, then a kill (a stopped one included)."""
+        procs, self._procs = self._procs, []
+        for w in procs:
+            w.send(("stop",))
+        for w in procs:
+            w.process.join(_JOIN_S)
+            w.kill()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def __enter__(self) -> CRFPool:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        for w in self._procs:
+            w.kill()
+
+
+_JOIN_S = 2.0  # seconds a worker gets to exit on its own before it is killed
+_POLL_S = 1.0  # how often an idle worker checks that its parent is alive
+
+
+def _raise_lost(lost: dict[int, str], n: int) -> None:
+    if lost:
+        i = min(lost)
+        others = f" (and {len(lost) - 1} more of {n} items)" if len(lost) > 1 else ""
+        raise CRFError(f"CRF failed on item {i}: {lost[i]}{others}; raise eval.crf_timeout, use fewer "
+                       f"eval.crf_workers, or eval.crf_workers=0 (in-process)")
+
+
+def _in_process(fn: Callable, args: Sequence[tuple]) -> tuple[list, dict[int, str]]:
+    results, lost = [], {}
+    for i, a in enumerate(args):
+        try:
+            results.append(fn(*a))
+        except Exception as error:  # the same report as a worker's
+            results.append(None)
+            lost[i] = f"{type(error).__name__}: {error}"
+    return results, lost
+
+
+def _load(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        return pickle.load(fh)  # written by our own worker in our private folder
+
+
+class _Worker:
+    """One spawned CRF process and the parent's end of its control pipe."""
+
+    def __init__(self, ctx) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True, name="depthg-crf")
+        self.process.start()
+        child.close()  # only the worker holds its end: its death is the parent's end of file
+
+    def send(self, message: tuple) -> bool:
+        try:
+            self.conn.send(message)  # a few bytes: fits the pipe buffer, never blocks
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def receive(self) -> tuple | None:
+        try:
+            return self.conn.recv() if self.conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+        self.process.join(_JOIN_S)
+        self.conn.close()
+
+
+def _serve(conn, parent: int) -> None:
+    """Worker loop: run the task files named on the pipe until told to stop or orphaned."""
+    while True:
+        if os.getppid() != parent:  # re-parented: the evaluation was killed
+            return
+        try:
+            if not conn.poll(_POLL_S):
+                continue
+            message = conn.recv()
+        except (EOFError, OSError):  # the parent closed or lost its end
+            return
+        if message[0] != "run":
+            return
+        _, folder, i = message
+        try:
+            fn, args = _load(Path(folder) / f"in{i}.pkl")
+            out = Path(folder) / f"out{i}.pkl"
+            with open(out.with_suffix(".tmp"), "wb") as fh:
+                pickle.dump(fn(*args), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(out.with_suffix(".tmp"), out)  # complete before "done" is sent
+            reply = ("done", i)
+        except Exception as error:  # reported to the parent, which names the item
+            reply = ("error", i, f"{type(error).__name__}: {error}")
+        try:
+            conn.send(reply)
+        except OSError:
+            return
 
 
 def batched_crf(images: Any, logits: Any, *, workers: int = 2, timeout: float = 120.0,

@@ -4,14 +4,20 @@ A timm VisionTransformer, frozen and always in eval mode. ``forward`` returns th
 after the final LayerNorm (prefix tokens removed) and, on request, the last block's attention probabilities.
 
 Weights (DESIGN.md §6), chosen by the ``weights`` argument:
-- ``"hub"``: the DINO weights of the timm hub (``timm/<model>.<tag>`` on Hugging Face);
+- ``"hub"``: the exact DINO/DINOv2 checkpoint file the release loads for that backbone (:data:`BACKBONES`: file name
+  and URL, DG src/modules.py:41-50), from the torch hub cache (``torch.hub.get_dir()/checkpoints/<file>``, where
+  ``torch.hub.load_state_dict_from_url`` keeps it), downloaded there when missing and the network allows. timm's
+  ``vit_small_patch8_224.dino`` is not used: it is DINO's ``dino_deitsmall8_pretrain``, another checkpoint than
+  the release's ``dino_deitsmall8_300ep_pretrain``;
 - a path: a DINO ``.pth`` (plain, or nested under teacher/student/state_dict/model with module./backbone.
   prefixes), a timm state dict (``.pth``/``.bin``/``.safetensors``), or a released STEGO/DepthG Lightning
   ``.ckpt`` whose ``net.model.*`` keys hold the DINO weights;
 - ``"random"``: timm's initialisation, only when asked for by name;
 - ``"bundled"``: the project's own weights shipped in the package (:func:`depthg.paths.bundled_weights_path`; DINO
   on the synthetic world, made by ``python -m depthg prep pretrain``), the synthetic preset's default.
-``weights_source`` records which one was used, for provenance.
+``weights_source`` records which one was used, and ``weights_record`` its file name and sha256, for provenance.
+``precision`` ("fp32" or "bf16") is the backbone's compute precision: bf16 autocast on CUDA or CPU only when asked
+(``train.bf16``); fp32 otherwise, as the release (Lightning's default precision).
 
 Shapes: B batch, H/W image size, p patch size, h/w patch grid (H/p, W/p), C channels (embed dim), P prefix tokens
 (CLS + registers), T = P + h*w tokens, M pretrained grid positions (28*28 for 224 px at p=8), nh attention heads.
@@ -29,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthg.errors import ConfigError, WeightsError
+from depthg.model.hub import host_reachable, offline_requested
 from depthg.files import file_sha256
 from depthg.model.weights import read_checkpoint, vit_state_from_checkpoint
 from depthg.paths import bundled_weights_path
@@ -37,33 +44,37 @@ from depthg.paths import bundled_weights_path
 @dataclass(frozen=True)
 class BackboneSpec:
     timm_arch: str  # architecture name in timm's registry
-    hub_tag: str | None  # pretrained tag on the timm hub; None: no released weights (random only)
-    origin: str  # where the weights come from originally (for error messages)
+    url: str | None  # the original DINO/DINOv2 checkpoint the release loads; None: no released weights (random only)
     overrides: dict = field(default_factory=dict)  # constructor arguments on top of timm's defaults
 
     @property
-    def hub_id(self) -> str:
-        return f"timm/{self.timm_arch}.{self.hub_tag}"
+    def file_name(self) -> str | None:
+        """The checkpoint's file name, e.g. dino_deitsmall8_300ep_pretrain.pth (its name in the torch hub cache)."""
+        return None if self.url is None else self.url.rsplit("/", 1)[-1]
+
+    @property
+    def checkpoint_name(self) -> str | None:
+        """The checkpoint's name without suffix, e.g. dino_deitsmall8_300ep_pretrain."""
+        return None if self.url is None else self.file_name.removesuffix(".pth")
 
 
-# Our short names -> timm. DINO v1 files: DG src/modules.py:41-50; DINOv2: facebookresearch/dinov2 README.
+_DINO = "https://dl.fbaipublicfiles.com/dino/"
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/"
+# Our short names -> timm architecture + the exact checkpoint. DINO v1 URLs: DG src/modules.py:41-50 (ViT-S/8 is the
+# 300-epoch file there and in ST src/modules.py:38); DINOv2: facebookresearch/dinov2 README.
 BACKBONES: dict[str, BackboneSpec] = {
-    "vit_small_patch8": BackboneSpec("vit_small_patch8_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
-                                     "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
-    "vit_base_patch8": BackboneSpec("vit_base_patch8_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
-                                    "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
-    "vit_small_patch16": BackboneSpec("vit_small_patch16_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
-                                      "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    "vit_base_patch16": BackboneSpec("vit_base_patch16_224", "dino", "https://dl.fbaipublicfiles.com/dino/"
-                                     "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
-    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2", "lvd142m", "https://dl.fbaipublicfiles.com/dinov2/"
-                                  "dinov2_vits14/dinov2_vits14_pretrain.pth"),
-    "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2", "lvd142m", "https://dl.fbaipublicfiles.com/dinov2/"
-                                  "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
+    "vit_small_patch8": BackboneSpec("vit_small_patch8_224",
+                                     _DINO + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
+    "vit_base_patch8": BackboneSpec("vit_base_patch8_224", _DINO + "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
+    "vit_small_patch16": BackboneSpec("vit_small_patch16_224",
+                                      _DINO + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
+    "vit_base_patch16": BackboneSpec("vit_base_patch16_224",
+                                     _DINO + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2", _DINOV2 + "dinov2_vits14/dinov2_vits14_pretrain.pth"),
+    "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2", _DINOV2 + "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
     # Synthetic world and tests: ViT-Ti width (192, 3 heads) at patch 8 with 4 blocks, so a 224 px forward takes
     # well under a second on a laptop CPU. No released weights exist: random initialisation only.
-    "vit_tiny_patch8": BackboneSpec("vit_tiny_patch16_224", None, "none (random initialisation only)",
-                                    {"patch_size": 8, "depth": 4}),
+    "vit_tiny_patch8": BackboneSpec("vit_tiny_patch16_224", None, {"patch_size": 8, "depth": 4}),
 }
 
 
@@ -115,14 +126,18 @@ RANDOM_WEIGHTS_SEED = 0
 class DinoBackbone(nn.Module):
     """Frozen DINO ViT: images [B,3,H,W] -> patch features [B,C,h,w] (+ last-block attention [B,nh,T,T])."""
 
-    def __init__(self, name: str = "vit_small_patch8", weights: str | Path = "hub", *, autocast: bool = True):
+    def __init__(self, name: str = "vit_small_patch8", weights: str | Path = "hub", *, autocast: bool = True,
+                 autocast_cpu: bool = False):
         super().__init__()
         spec = backbone_spec(name)
         self.name = name
-        self.autocast = autocast  # bf16 autocast, used on CUDA only
+        # bf16 autocast (train.bf16): on CUDA when asked; on the CPU only when also asked by autocast_cpu (used to
+        # measure the bf16 gap, bench.bf16_feature_gap), since CPU training runs in fp32
+        self.autocast, self.autocast_cpu = autocast, autocast_cpu
         # dynamic_img_size: patch embedding accepts any multiple of the patch size (320 px eval); position
         # embeddings are interpolated in _embed. num_classes=0: no classifier head.
         kwargs = dict(num_classes=0, dynamic_img_size=True, **spec.overrides)
+        self.weights_record: dict = {"name": None, "sha256": None}
         bundled = isinstance(weights, str) and weights == "bundled"
         if bundled:
             weights = bundled_weights_path(name)
@@ -131,8 +146,9 @@ class DinoBackbone(nn.Module):
                                    "model.weights='random', 'hub' or a file, or make them with `python -m depthg "
                                    "prep pretrain`")
         if isinstance(weights, str) and weights == "hub":
-            self.vit = _create_from_hub(name, spec, kwargs)
-            self.weights_source = f"hub:{spec.hub_id}"
+            path = hub_weights_file(name)
+            self.vit = _empty_vit(spec, kwargs)
+            self._load_file(path, f"{spec.checkpoint_name} ({path})", spec.checkpoint_name)
         elif isinstance(weights, str) and weights == "random":
             # A fixed seed, apart from the caller's RNG: every training seed, rank, kNN stage and evaluation that
             # asks for "random" gets the same frozen network, as they would get the same DINO weights.
@@ -140,25 +156,32 @@ class DinoBackbone(nn.Module):
                 torch.manual_seed(RANDOM_WEIGHTS_SEED)
                 self.vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
             self.weights_source = f"random(seed={RANDOM_WEIGHTS_SEED}, timm {timm.__version__})"
+            self.weights_record = {"name": "random", "sha256": None}
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', "
+                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', 'bundled', "
                                    "'random' or the path of a DINO .pth, timm state dict or released STEGO/DepthG "
                                    ".ckpt)")
-            # built on the meta device (no random init, which costs seconds for ViT-B) and then filled from the
-            # file; load_vit_state checks that every tensor is replaced
-            with torch.device("meta"):
-                self.vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
-            self.vit.to_empty(device="cpu")
-            state = vit_state_from_checkpoint(read_checkpoint(path), path)
-            self.load_vit_state(state, f"{'bundled' if bundled else 'file'}:{path.name if bundled else path} "
-                                       f"sha256:{file_sha256(path)[:12]}")
+            self.vit = _empty_vit(spec, kwargs)
+            self._load_file(path, f"bundled:{path.name}" if bundled else f"file:{path}", path.name)
         self.patch_size = self.vit.patch_embed.patch_size[0]
         self.embed_dim = self.vit.embed_dim
         self.num_heads = self.vit.blocks[-1].attn.num_heads
         self.requires_grad_(False)
         self.train(False)
+
+    def _load_file(self, path: Path, source: str, name: str) -> None:
+        """Fill the (empty) ViT from a weights file and record its name and sha256 (provenance)."""
+        digest = file_sha256(path)
+        state = vit_state_from_checkpoint(read_checkpoint(path), path)
+        self.load_vit_state(state, f"{source} sha256:{digest[:12]}")
+        self.weights_record = {"name": name, "sha256": digest}
+
+    def precision(self, device: torch.device | str) -> str:
+        """"bf16" when the forward on ``device`` autocasts to bfloat16, else "fp32" (recorded in provenance)."""
+        kind = torch.device(device).type
+        return "bf16" if self.autocast and (kind == "cuda" or (kind == "cpu" and self.autocast_cpu)) else "fp32"
 
     def train(self, mode: bool = True) -> DinoBackbone:
         """Always eval: the backbone is frozen, its dropout/drop-path never active (METHOD §2.1)."""
@@ -196,7 +219,7 @@ class DinoBackbone(nn.Module):
             raise ConfigError(f"input size {H}x{W} is not a multiple of the patch size {p} of backbone "
                               f"{self.name!r}; use a resolution divisible by {p}")
         h, w = H // p, W // p
-        use_bf16 = self.autocast and x.device.type == "cuda"
+        use_bf16 = self.precision(x.device) == "bf16"
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             tokens = self._embed(x, (h, w))  # [B,T,C]
             for block in self.vit.blocks[:-1]:
@@ -225,21 +248,49 @@ class DinoBackbone(nn.Module):
         return vit.norm_pre(vit.patch_drop(vit.pos_drop(tokens)))
 
 
-def _create_from_hub(name: str, spec: BackboneSpec, kwargs: dict) -> nn.Module:
-    if spec.hub_tag is None:
-        raise WeightsError(f"backbone {name!r} has no released weights; use model.weights='random' (as the "
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions. Off in reference runs: the release computes in true fp32
+    (Lightning's default precision; torch's matmul default is off, but cuDNN's is on). No effect on the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _empty_vit(spec: BackboneSpec, kwargs: dict) -> nn.Module:
+    """The architecture on the meta device (no random init, which costs seconds for ViT-B), storage on the CPU;
+    load_vit_state then checks that every tensor is replaced."""
+    with torch.device("meta"):
+        vit = timm.create_model(spec.timm_arch, pretrained=False, **kwargs)
+    return vit.to_empty(device="cpu")
+
+
+def hub_weights_file(name: str) -> Path:
+    """The local file of backbone ``name``'s released checkpoint: ``torch.hub.get_dir()/checkpoints/<file>`` (where
+    ``torch.hub.load_state_dict_from_url`` keeps it), downloaded from the release's URL when missing.
+
+    Offline or failing download: WeightsError naming the exact file, its URL and how to pass a local copy.
+    """
+    spec = backbone_spec(name)
+    if spec.url is None:
+        raise WeightsError(f"backbone {name!r} has no released weights; use model.weights=random (as the "
                            "synthetic presets do) or the path of a weights file")
+    path = Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name
+    if path.is_file():
+        return path
     try:
-        return timm.create_model(f"{spec.timm_arch}.{spec.hub_tag}", pretrained=True, **kwargs)
-    except Exception as err:  # offline, no cache, HTTP error: all end the same way for the user
+        if not offline_requested() and not host_reachable(spec.url):
+            raise OSError(f"no network connection to {spec.url.split('/')[2]}")  # fail now, not after retries
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(spec.url, str(path), progress=False)  # writes a temp file, then renames
+    except Exception as err:  # offline, HTTP error, read-only cache: all end the same way for the user
         raise WeightsError(
-            f"could not load the weights of backbone {name!r} from the timm hub (Hugging Face model id "
-            f"{spec.hub_id!r}): {type(err).__name__}: {err}. Without network access, either (1) set model.weights "
-            f"to a local weights file (the original DINO file is {spec.origin}; timm .safetensors/.pth state dicts "
-            f"also work), (2) set model.weights to an authors' released STEGO/DepthG .ckpt (its net.model.* keys "
-            f"hold the DINO weights), or (3) pre-fill the Hugging Face cache (HF_HOME) with {spec.hub_id!r} on a "
-            "machine with network access. Set HF_HUB_OFFLINE=1 to skip the network retries."
+            f"backbone {name!r} needs the DINO checkpoint {spec.file_name} ({spec.checkpoint_name}), which is not in "
+            f"the torch hub cache ({path}) and could not be downloaded from {spec.url} ({type(err).__name__}: "
+            f"{err}). Download that file on a machine with network access and either copy it to {path}, or pass "
+            f"it: model.weights=<file> (config or CLI override), --weights <file> for `python -m depthg prep knn`, "
+            f"-p weights <file> for the notebooks. An authors' released STEGO/DepthG .ckpt works as well (its "
+            f"net.model.* keys hold these DINO weights)."
         ) from err
+    return path
 
 
 def _few(keys: list[str], n: int = 8) -> str:
@@ -248,3 +299,22 @@ def _few(keys: list[str], n: int = 8) -> str:
         return "none"
     more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def bf16_feature_gap(name: str = "vit_small_patch8", *, res: int = 224, n_images: int = 4, seed: int = 0) -> dict:
+    """How far bf16-autocast backbone features are from fp32 ones, on the CPU (bf16 autocast works there).
+
+    Random weights (``RANDOM_WEIGHTS_SEED``) of architecture ``name`` and ``n_images`` standard-normal images at
+    ``res`` px: the same network runs once in fp32 and once under bf16 autocast. Returns the per-patch cosine
+    similarity of the two feature maps (mean, min), the largest absolute difference, and that difference relative
+    to the largest fp32 feature magnitude.
+    """
+    net = DinoBackbone(name, "random", autocast=False)
+    x = torch.randn(n_images, 3, res, res, generator=torch.Generator().manual_seed(seed))
+    fp32, _ = net(x, attention=False)  # [B,C,h,w]
+    net.autocast = net.autocast_cpu = True
+    bf16, _ = net(x, attention=False)
+    cos = F.cosine_similarity(fp32, bf16, dim=1)  # [B,h,w]
+    diff = (fp32 - bf16).abs().max().item()
+    return {"backbone": name, "res": res, "n_images": n_images, "cosine_mean": cos.mean().item(),
+            "cosine_min": cos.min().item(), "max_abs": diff, "max_abs_relative": diff / fp32.abs().max().item()}

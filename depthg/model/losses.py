@@ -95,14 +95,15 @@ def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
     """The DFC target D [B,S,S,S,S] (see the module docstring).
 
     paper: d1/d2 [B,1,S,S], normalised depth already sampled at the code locations.
-    reference: d1/d2 full-resolution [B,1,H,W]; bilinear resize (align_corners=True) to S x S, then Corr. The
-    resized map is transposed because our ``sample`` lays samples out transposed relative to the release
-    (sampling.sample), so each code pair meets the same depth pair as in the release (DG :1256-1278).
+    reference: d1/d2 full-resolution [B,1,H,W] of any sign and aspect; bilinear resize (align_corners=True) to
+    S x S, then Corr, exactly the release's ``depth_feature_correlation`` (DG :1256-1278). D is laid out as the
+    release's codes are (its ``sample`` transposes, sampling.sample); a caller holding codes in our layout
+    transposes D to match (:func:`correlation_loss`).
     """
     if target == "reference":
         size = (side, side)
-        r1 = F.interpolate(d1.float(), size=size, mode="bilinear", align_corners=True).transpose(2, 3)
-        r2 = F.interpolate(d2.float(), size=size, mode="bilinear", align_corners=True).transpose(2, 3)
+        r1 = F.interpolate(d1.float(), size=size, mode="bilinear", align_corners=True)
+        r2 = F.interpolate(d2.float(), size=size, mode="bilinear", align_corners=True)
         return correlation(r1, r2)
     if target == "paper":
         assert d1.shape[1:] == (1, side, side) and d2.shape == d1.shape, (
@@ -122,7 +123,8 @@ def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: fl
     """DepthG's DFC term: codes c1/c2 [B,K,S,S] and depth d1/d2 -> (loss [B,S,S,S,S], depth correlation D).
 
     Shapes of d1/d2 depend on ``target`` (see :func:`depth_target`). The release calls it intra-image only,
-    with (z~, z~) and (d, d) (METHOD.md §3.4); no stabilize cap.
+    with (z~, z~) and (d, d) (METHOD.md §3.4); no stabilize cap. With ``target="reference"`` it is the release's
+    ``depth_feature_correlation(c1, c2, d1, d2, shift)`` for codes in the release's layout.
     """
     with torch.no_grad():
         D = depth_target(d1, d2, c1.shape[-1], target=target)

@@ -1,22 +1,26 @@
 """Weight files, read safely: checkpoints of any origin, and the ViT backbone weights inside them.
 
-Reading never executes code from a file: ``torch.load(weights_only=True)`` first; files that pickle other classes
-(omegaconf configs, Lightning's AttributeDict, argparse.Namespace in DINO files) are read with a restricted
-unpickler that turns every class outside a small allowlist into an inert placeholder, and
-:func:`plain_container` turns those placeholders back into dicts and lists. So neither omegaconf nor Lightning
-has to be installed. This project's own training checkpoints are written and read by
-:mod:`depthg.training.checkpoints`; the authors' released Lightning checkpoints are imported by
+Reading never executes code from a file. Every file goes through ``torch.load(weights_only=True)``, torch's own
+unpickler, which resolves a pickled name only by an exact match in a table (so a dotted name cannot walk attributes
+to ``eval``, METHOD.md never needs one) and calls nothing outside it. This project's training checkpoints are read
+with torch's table alone (:mod:`depthg.training.checkpoints` writes them so). Files from elsewhere may also pickle
+the few classes the authors' released Lightning checkpoints and DINO files hold (omegaconf containers and nodes,
+Lightning's AttributeDict, argparse.Namespace, numpy scalars): :data:`RELEASED_GLOBALS` names each one and maps it
+to an inert placeholder of this module, never to the real class, and :func:`plain_container` turns placeholders back
+into dicts, lists and values. So neither omegaconf nor Lightning has to be installed, and any other class in a file
+is refused with a WeightsError naming the file. The authors' released checkpoints are imported by
 :mod:`depthg.evaluation.released`.
 """
 
 from __future__ import annotations
 
-import importlib
+import collections
 import pickle
-import types
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -25,85 +29,101 @@ from depthg.errors import WeightsError
 # ---------------------------------------------------------------------------------------------------- reading files
 
 
-def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Any:
-    """The object stored in a ``.pth``/``.ckpt``/``.bin`` (torch) or ``.safetensors`` file, read safely."""
+class _Placeholder:
+    """Inert stand-in for an allow-listed pickled class: keeps constructor args and state, runs nothing."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Placeholder:  # NEWOBJ: cls.__new__(cls, *args)
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE: cls(*args)
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:  # BUILD: the object's __dict__ (omegaconf: _content, _val, ...)
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder {self.qualname}>"
+
+
+def _placeholder(qualname: str) -> type:
+    return type(qualname.rsplit(".", 1)[1], (_Placeholder,), {"qualname": qualname, "__module__": __name__})
+
+
+class _NumpyDType(_Placeholder):
+    """``numpy.dtype(spec, align, copy)`` as pickled for a numpy scalar; BUILD state holds the byte order."""
+
+    qualname = "numpy.dtype"
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    """``numpy.core.multiarray.scalar(dtype, bytes)`` for plain numeric/bool dtypes -> the Python value."""
+    spec = dtype.args[0] if isinstance(dtype, _NumpyDType) and dtype.args else None
+    if not isinstance(spec, str) or not isinstance(data, bytes) or spec[:1] not in ("f", "i", "u", "b", "c"):
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {spec!r}: only plain numbers are read")
+    order = dtype.state[1] if isinstance(dtype.state, tuple) and len(dtype.state) > 1 else "="
+    return np.frombuffer(data, np.dtype(spec).newbyteorder(order if order in "<>" else "="))[0].item()
+
+
+# Every class a released STEGO/DepthG .ckpt or a DINO .pth pickles besides tensors and containers, by the exact
+# name the pickle records (omegaconf 2.0-2.3, pytorch-lightning 1.x/2.x), mapped to what it becomes here.
+_OMEGACONF = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.Metadata",
+              "omegaconf.base.ContainerMetadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode",
+              "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
+              "omegaconf.nodes.BytesNode", "omegaconf.nodes.PathNode", "omegaconf.nodes.ValueNode",
+              "typing.Any", "argparse.Namespace")
+_ATTRIBUTE_DICT = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
+                   "lightning.fabric.utilities.data.AttributeDict")
+RELEASED_GLOBALS: dict[str, Any] = {
+    **{name: _placeholder(name) for name in _OMEGACONF},
+    **{name: dict for name in _ATTRIBUTE_DICT},  # a dict subclass without own state: a plain dict
+    "numpy.dtype": _NumpyDType, "numpy.core.multiarray.scalar": _numpy_scalar,
+    "numpy._core.multiarray.scalar": _numpy_scalar,
+    # plain types the above refer to (omegaconf's object_type/ref_type, Python 2 era names mapped by torch)
+    "builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.int": int,
+    "builtins.float": float, "builtins.bool": bool, "builtins.str": str, "builtins.bytes": bytes,
+    "collections.defaultdict": collections.defaultdict,
+}
+_SAFE_GLOBALS = [(obj, name) for name, obj in RELEASED_GLOBALS.items()] + [(_NumpyDType, f"{__name__}._NumpyDType")]
+
+
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", released: bool = True) -> Any:
+    """The object stored in a ``.pth``/``.ckpt``/``.bin`` (torch) or ``.safetensors`` file, read without running code.
+
+    ``released=False`` (this project's own checkpoints): torch's weights-only table alone. Otherwise also the
+    placeholders of :data:`RELEASED_GLOBALS`. Anything else raises a WeightsError naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
+    if not hasattr(torch.serialization, "safe_globals"):  # fail closed: never fall back to a permissive reader
+        raise WeightsError(f"cannot read checkpoint {path}: reading it safely needs torch >= 2.6 (this is "
+                           f"{torch.__version__}); upgrade torch.")
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(path, device=str(map_location))
-        try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS if released else []):
             return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError:  # pickles classes beyond tensors and containers: use placeholders
-            return torch.load(path, map_location=map_location, weights_only=False, pickle_module=_restricted)
     except Exception as err:
-        raise WeightsError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
-
-
-class _Placeholder(dict):
-    """Inert stand-in for a pickled class outside the allowlist; keeps constructor args, state and dict items."""
-
-    qualname = "?"
-    args: tuple = ()
-    state: Any = None
-
-    def __new__(cls, *args, **kwargs):
-        return super().__new__(cls)
-
-    def __init__(self, *args, **kwargs):  # called when the pickle invokes the class (REDUCE)
-        self.args = args
-
-    def __setstate__(self, state):  # BUILD: the object's __dict__ or __getstate__ result
-        self.state = state
-
-    def __call__(self, *args, **kwargs):  # a placeholder used as a callable (getattr(cls, name)(...)) stays inert
-        return type(self)(*args)
-
-
-_PLACEHOLDERS: dict[str, type] = {}
-_SAFE_BUILTINS = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "bool", "str", "bytes",
-                  "bytearray", "complex", "slice", "range", "object"}
-_SAFE_GLOBALS = {("collections", "OrderedDict"), ("collections", "defaultdict"), ("copyreg", "_reconstructor"),
-                 ("_codecs", "encode")}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        root = module.split(".")[0]
-        if (module, name) in _SAFE_GLOBALS or (module == "builtins" and name in _SAFE_BUILTINS):
-            return super().find_class(module, name)
-        if root == "numpy" and (name in {"_reconstruct", "scalar", "dtype", "ndarray"} or module == "numpy.dtypes"):
-            return super().find_class(module, name)  # numpy arrays and scalars in hyper-parameters
-        if root == "torch":
-            obj = getattr(importlib.import_module(module), name, None)
-            # tensor rebuild functions, dtypes, layouts, sizes and tensor classes; storages are mapped by torch
-            if (name.startswith("_rebuild") or isinstance(obj, (torch.dtype, torch.layout, torch.memory_format))
-                    or obj in (torch.Size, torch.device)
-                    or (isinstance(obj, type) and issubclass(obj, torch.Tensor))):
-                return obj
-        key = f"{module}.{name}"
-        if key not in _PLACEHOLDERS:
-            _PLACEHOLDERS[key] = type(name, (_Placeholder,), {"qualname": key})
-        return _PLACEHOLDERS[key]
-
-
-_restricted = types.ModuleType("depthg_restricted_pickle")
-_restricted.Unpickler = _RestrictedUnpickler
-_restricted.load = lambda fh, **kw: _RestrictedUnpickler(fh, **kw).load()
-_restricted.__dict__.update(UnpicklingError=pickle.UnpicklingError)
+        reason = str(err).split("WeightsUnpickler error: ")[-1].splitlines()[0]
+        if found := re.search(r"GLOBAL (\S+) (was not an allowed|whose module)", reason):  # not torch's advice to trust
+            reason = f"it pickles {found[1]}, which is not allowed"
+        raise WeightsError(f"cannot read checkpoint {path}: {type(err).__name__}: {reason} (only tensors, plain "
+                           f"containers{' and the classes of released STEGO/DepthG checkpoints' if released else ''} "
+                           f"are read; nothing in a weight file is ever executed)") from None
 
 
 def plain_container(obj: Any) -> Any:
-    """Placeholders (omegaconf DictConfig/ListConfig/nodes, Lightning AttributeDict, ...) -> dicts/lists/values."""
+    """Placeholders (omegaconf DictConfig/ListConfig/nodes, argparse.Namespace) -> dicts/lists/values."""
     if isinstance(obj, _Placeholder):
         state = obj.state
         if isinstance(state, dict) and "_content" in state:  # omegaconf containers keep their items in _content
             return plain_container(state["_content"])
         if isinstance(state, dict) and "_val" in state:  # omegaconf value nodes
             return plain_container(state["_val"])
-        if len(obj):  # dict subclasses (Lightning's AttributeDict)
-            return {k: plain_container(v) for k, v in obj.items()}
         if isinstance(state, dict):
             return {k: plain_container(v) for k, v in state.items()}
         if len(obj.args) == 1:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -67,7 +68,9 @@ COMPONENTS = (
 ASPECTS = tuple(f.name for f in fields(FidelityConfig))
 # Aspects a training run cannot show: they act in a preparation stage whose output the run only reads.
 NOT_IN_TRAINING = {"knn_features": "acts in the kNN stage only (`python -m depthg prep knn --fidelity reference`); "
-                                   "training reads the prepared kNN file, so this run would equal 'all paper'"}
+                                   "training reads the prepared kNN file, so this run would equal 'all paper'",
+                    "crop_format": "acts in the five-crop stage only (`python -m depthg prep fivecrop --fidelity "
+                                   "reference` writes JPEG quality 75); training reads the prepared crops"}
 
 
 def component_variants() -> tuple[Variant, ...]:
@@ -95,9 +98,12 @@ def released_variant(cfg: Config) -> Variant | None:
 
 # ---- running -----------------------------------------------------------------------------------------------------
 
-def run_prefix(dataset: str, table: str) -> str:
-    """Run-name prefix, file-safe: ablation-potsdam, fidelity-directory-<folder>."""
-    return f"{table}-{file_tag(dataset)}"
+def run_prefix(dataset: str, table: str, preset: str | None = None) -> str:
+    """Run-name prefix, file-safe: ablation-potsdam, fidelity-directory-<folder>-synthetic (the preset joins the
+    name where the dataset does not say it, as :func:`depthg.paths.run_name`)."""
+    tag = file_tag(dataset)
+    said = preset is None or file_tag(preset) == tag or file_tag(preset).startswith(f"{tag}_")
+    return f"{table}-{tag}" if said else f"{table}-{tag}-{file_tag(preset)}"
 
 
 def run_name(prefix: str, variant: Variant, seed: int) -> str:
@@ -117,14 +123,15 @@ def _resumable(run_dir: Path, cfg: Config) -> bool:
 
 
 def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int], *, prefix: str,
-                 results_dir: str | None = None, reuse: bool = False, progress: bool = False,
+                 results_dir: str | None = None, reuse: bool = False, progress: bool = False, overwrite: bool = False,
                  made: dict[str, str] | None = None, log: Callable[[str], None] | None = print) -> pd.DataFrame:
     """Train and evaluate every (variant, seed); one row per pair (see :func:`run_record`).
 
     ``reuse``: keep a finished run whose saved config equals the requested one, and resume an interrupted one from
     its checkpoint (for long real-data ablations); its row still carries that run's own commit. Without it every
-    run is trained afresh. Pairs that resolve to the same config share one run either way: within a call, and
-    across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
+    run is trained afresh; a run folder of another config or of committed results is refused unless ``overwrite``
+    (:func:`depthg.paths.claim_run_dir`). Pairs that resolve to the same config share one run either way: within a
+    call, and across calls given the same ``made`` dict (resolved config JSON -> run name, filled in here).
     """
     variants, seeds = list(variants), [int(s) for s in seeds]
     assert variants and seeds, "need at least one variant and one seed"
@@ -140,8 +147,12 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
                     status = "reused"
                 else:
                     resume = reuse and _resumable(run_dir, cfg)
-                    train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume, evaluate_at_end=True,
-                          progress=progress)
+                    with warnings.catch_warnings():
+                        # a variant with knn_features=reference reads the prepared (paper) kNN file by design: the
+                        # table's notes say so once (NOT_IN_TRAINING), instead of a warning per run
+                        warnings.filterwarnings("ignore", message="kNN file was computed with knn_features")
+                        train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume,
+                                           evaluate_at_end=True, progress=progress, overwrite=overwrite)
                     status = "resumed" if resume else "trained"
                 made[key] = name
                 if log:
@@ -320,7 +331,7 @@ def notes(cfg: Config, table: str) -> list[str]:
     published = anchors.published(cfg.data.dataset)
     if not published.empty:
         out.append(anchors.ABLATION_STATUS)
-        out.append("Published numbers (depthg.reporting.anchors, from reference/ANCHORS.md): status V verified, T third-party, "
+        out.append("Published numbers (depthg.reporting.anchors, docs/ANCHORS.md): status V verified, T third-party, "
                    "X not retrieved. Sources: " + anchors.expand_sources("+".join(
                        dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))))
     return out

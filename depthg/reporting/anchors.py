@@ -1,7 +1,7 @@
-"""Published numbers of DepthG and its peers, as data with their sources (reference/ANCHORS.md §1, §2).
+"""Published numbers of DepthG and its peers, as data with their sources (ANCHORS.md §1, §2).
 
-Copied from ANCHORS.md, nothing added: every row carries its source key(s) and a status,
-V = verified in a primary or near-primary source, T = third-party quote or re-run, X = not retrieved.
+``docs/ANCHORS.md`` is generated from these rows (:mod:`depthg.reporting.anchors_doc`). Nothing is added to the
+sources: every row carries its source key(s) and a status, V = verified in a primary or near-primary source, T = third-party quote or re-run, X = not retrieved.
 A cell ANCHORS.md could not fill (DepthG on COCO-Stuff and Potsdam, the paper's ablation table) is a row with
 status X and empty numbers, so a table built from here shows "not retrieved" instead of a number.
 All numbers follow STEGO's protocol (dataset-level Hungarian matching for the cluster probe, DenseCRF), in %.
@@ -30,7 +30,7 @@ SOURCES = {
     "Q": "github.com/qbit-glitch/unsupervised_panoptic_segmentation reports/fusion_adapter_numbers_ledger.md "
          "(quotes arXiv 2309.12378v2 Table 2; local re-runs)",
     "S": "SmooSeg abstract, arXiv 2310.17874 (NeurIPS'23)",
-    "ANCHORS": "reference/ANCHORS.md (not retrieved: take the number from arXiv 2309.12378 Tables 1-3)",
+    "ANCHORS": "not retrieved when this project was written: take the number from arXiv 2309.12378 Tables 1-3",
 }
 
 # One line per (method, backbone, dataset, probe); empty accuracy/mIoU = not given. Sources are keys of SOURCES,

@@ -259,7 +259,7 @@ def table_notes(table: pd.DataFrame, records: pd.DataFrame) -> list[str]:
                    f"iterations)")
     keys = [k for s in table.loc[table["row"] == "published", "source"] if s for k in s.split("+")]
     if keys:
-        out.append("Published numbers (depthg.reporting.anchors, from reference/ANCHORS.md): status V verified, "
+        out.append("Published numbers (depthg.reporting.anchors, docs/ANCHORS.md): status V verified, "
                    "T third-party, X not retrieved. Sources: " + anchors.expand_sources("+".join(dict.fromkeys(keys))))
     return out
 

@@ -1,7 +1,9 @@
-"""Figures, drawn from results and library outputs and saved as PNG (DESIGN.md §8, §10.8).
+"""Figures, drawn from results and library outputs, saved as PNG and as PDF beside it (DESIGN.md §8, §10.8).
 
 Every function draws on its own matplotlib Figure with the Agg canvas (no pyplot state, no display needed) and
-returns the path it wrote. Figures are small (modest size and DPI) because the notebooks embed them.
+returns the PNG path it wrote; the vector copy (same name, ``.pdf``) is for papers. Figures are printable: 150 dpi,
+labelled axes with units, a colour bar on every depth panel, and a class legend on every segmentation panel when
+class names are given. Their size stays modest because the notebooks embed them.
 
 * :func:`sample_grid`: image / depth / label rows of a dataset (01_data_prep);
 * :func:`loss_curves`: the terms of a run's ``metrics.jsonl`` against iterations (02_train);
@@ -29,7 +31,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-DPI = 80
+DPI = 150
+DEPTH_LABEL = "depth (normalised per image; larger = farther)"
 # keys of a metrics.jsonl record that are not loss terms
 _NOT_TERMS = ("iteration", "images_per_s", "dfc_weight", "dfc_shift", "feature_samples")
 
@@ -40,12 +43,38 @@ def _figure(w: float, h: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path, *, bottom: float = 0.0) -> Path:
+    """Write ``path`` (PNG at DPI) and its vector twin ``path.with_suffix('.pdf')``; return the PNG path.
+    ``bottom``: the fraction of the height kept free below the panels (for a legend)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=DPI)
+    fig.savefig(path.with_suffix(".pdf"))
     return path
+
+
+def _depth(fig: Figure, ax, depth: np.ndarray) -> None:
+    """A depth panel with its colour bar (magma_r: dark = far)."""
+    im = ax.imshow(depth, cmap="magma_r")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label(DEPTH_LABEL, fontsize=6)
+    bar.ax.tick_params(labelsize=6)
+
+
+def _legend(fig: Figure, colors: np.ndarray, names: Sequence[str] | None) -> float:
+    """One class legend for the figure's segmentation panels, below them (black = ignore / unlabelled); returns the
+    fraction of the figure height it takes (0 without names)."""
+    if not names:
+        return 0.0
+    from matplotlib.patches import Patch  # only figures with class names need it
+
+    handles = [Patch(color=colors[i], label=name) for i, name in enumerate(names[:len(colors)])]
+    handles.append(Patch(color="black", label="ignore"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=6, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+    rows = -(-len(handles) // 6)
+    return min(0.4, rows * 0.16 / fig.get_figheight())  # ~0.16 inch per legend row
 
 
 def class_colors(n: int, fixed: np.ndarray | None = None) -> np.ndarray:
@@ -71,38 +100,58 @@ def _off(axes: Iterable) -> None:
         ax.set_yticks([])
 
 
-def sample_grid(items: Sequence[dict], path: str | Path, *, colors: np.ndarray, max_items: int = 4) -> Path:
-    """Rows of image / depth (dark = far) / label for items with "image" (PIL or [H,W,3]), "depth" [H,W] and
-    "label" [H,W] (None = unlabelled)."""
+def sample_grid(items: Sequence[dict], path: str | Path, *, colors: np.ndarray, names: Sequence[str] | None = None,
+                max_items: int = 4) -> Path:
+    """Rows of image / depth (dark = far, with a colour bar) / label for items with "image" (PIL or [H,W,3]),
+    "depth" [H,W] and "label" [H,W] (None = unlabelled); ``names`` (class names) adds the class legend."""
     items = list(items)[:max_items]
     assert items, "sample_grid needs at least one item"
-    fig = _figure(6.0, 2.0 * len(items))
+    fig = _figure(6.4, 2.0 * len(items) + (0.5 if names else 0))
     axes = fig.subplots(len(items), 3, squeeze=False)
     for row, it in zip(axes, items):
         row[0].imshow(np.asarray(it["image"]))
-        row[1].imshow(it["depth"], cmap="magma_r")
+        _depth(fig, row[1], it["depth"])
         if it.get("label") is not None:
             row[2].imshow(_label_image(it["label"], colors), interpolation="nearest")
+        else:
+            row[2].text(0.5, 0.5, "unlabelled", ha="center", va="center", fontsize=8, transform=row[2].transAxes)
         _off(row)
     for ax, title in zip(axes[0], ("image", "depth", "label")):
-        ax.set_title(title)
-    return _save(fig, path)
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path, bottom=_legend(fig, colors, names))
+
+
+# y-axis label of each logged series (losses are dimensionless; the schedules have their own units)
+_Y_LABELS = {"dfc_weight": "DFC weight λ_dep", "feature_samples": "samples S (S x S grid)"}
 
 
 def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Path:
-    """One small panel per logged loss term (and the DFC weight / FPS samples schedules), against iteration."""
+    """One panel per logged loss term (and the DFC weight / FPS samples schedules) against training iteration.
+
+    A term that equals an earlier one at every logged iteration (``correlation`` is ``total`` when 3D-LHP is off)
+    is not drawn again: its name joins the earlier panel's title."""
     df = pd.DataFrame([r for r in log if "validation" not in r])  # training records (validation rows apart)
     assert len(df) and "iteration" in df, "loss_curves needs metrics.jsonl records with an 'iteration'"
     keys = [k for k in df.columns if k not in _NOT_TERMS] + [k for k in ("dfc_weight", "feature_samples") if k in df]
-    cols = 4
-    rows = -(-len(keys) // cols)
-    fig = _figure(2.4 * cols, 1.9 * rows)
+    titles: dict[str, str] = {}
+    for k in keys:
+        same = next((t for t in titles if np.allclose(df[t].to_numpy(float), df[k].to_numpy(float),
+                                                      equal_nan=True)), None)
+        if same is None:
+            titles[k] = k
+        else:
+            titles[same] += f" = {k}"
+    cols = 3
+    rows = -(-len(titles) // cols)
+    fig = _figure(2.4 * cols, 2.0 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, key in zip(axes, keys):
+    for ax, (key, name) in zip(axes, titles.items()):
         ax.plot(df["iteration"], df[key], lw=1.2)
-        ax.set_title(key, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(keys):]:
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("iteration", fontsize=7)
+        ax.set_ylabel(_Y_LABELS.get(key, "loss (dimensionless)"), fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes[len(titles):]:
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
@@ -122,7 +171,8 @@ def ablation_bars(agg: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
         ax.bar(x, agg[f"{m}_mean"], yerr=agg[f"{m}_std"].fillna(0), color=colors, capsize=3)
         ax.set_xticks(x)
         ax.set_xticklabels(agg["variant"], rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{labels.get(m, m)} (%)", fontsize=9)
+        ax.set_title(labels.get(m, m), fontsize=9)
+        ax.set_ylabel(f"{labels.get(m, m)} (%)", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -139,13 +189,13 @@ def fps_vs_random(image: np.ndarray, depth: np.ndarray, samples: dict[str, torch
     """The image, then the depth map [H,W] with each set of sample coordinates ({title: [S,S,2]}) drawn where the
     loss reads them; FPS picks are numbered in selection order (the first ten)."""
     H, W = depth.shape
-    fig = _figure(2.6 * (1 + len(samples)), 2.8)
+    fig = _figure(2.3 * (1 + len(samples)), 2.6)
     axes = fig.subplots(1, 1 + len(samples), squeeze=False)[0]
     axes[0].imshow(np.asarray(image))
     axes[0].set_title("image", fontsize=9)
     for ax, (title, coords) in zip(axes[1:], samples.items()):
         px = _to_pixels(coords, H, W)
-        ax.imshow(depth, cmap="magma_r")
+        _depth(fig, ax, depth)
         ax.scatter(px[:, 0], px[:, 1], s=12, c="cyan", edgecolors="black", linewidths=0.5)
         if "fps" in title.lower():
             for i, (x, y) in enumerate(px[:10]):
@@ -180,27 +230,29 @@ def lhp_vs_attention(image: np.ndarray, depth: np.ndarray, maps: dict[str, np.nd
     H, W = depth.shape
     h, w = grid_hw
     cy, cx = (patch[0] + 0.5) * H / h, (patch[1] + 0.5) * W / w  # patch centre in pixels
-    fig = _figure(2.5 * (2 + len(maps)), 2.8)
+    fig = _figure(2.3 * (2 + len(maps)), 2.6)
     axes = fig.subplots(1, 2 + len(maps), squeeze=False)[0]
     axes[0].imshow(np.asarray(image))
-    axes[1].imshow(depth, cmap="magma_r")
+    _depth(fig, axes[1], depth)
     for ax in axes[:2]:
         ax.scatter([cx], [cy], marker="x", s=50, c="red")
     axes[0].set_title("image", fontsize=9)
     axes[1].set_title("depth", fontsize=9)
     for ax, (title, m) in zip(axes[2:], maps.items()):
-        ax.imshow(m, cmap="viridis", interpolation="nearest")
+        im = ax.imshow(m, cmap="viridis", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
         ax.scatter([patch[1]], [patch[0]], marker="x", s=50, c="red")
         ax.set_title(title, fontsize=9)
     _off(axes)
     return _save(fig, path)
 
 
-def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray) -> Path:
+def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray,
+                     names: Sequence[str] | None = None) -> Path:
     """Rows of image / ground truth / cluster probe (Hungarian-mapped) / linear probe from
-    :func:`depthg.evaluation.examples.prediction_examples`."""
+    :func:`depthg.evaluation.examples.prediction_examples`; ``names`` (class names) adds the class legend."""
     n = len(examples["image"])
-    fig = _figure(8.0, 2.0 * n)
+    fig = _figure(8.0, 2.0 * n + (0.5 if names else 0))
     axes = fig.subplots(n, 4, squeeze=False)
     for i, row in enumerate(axes):
         row[0].imshow(examples["image"][i])
@@ -209,7 +261,7 @@ def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray) ->
         _off(row)
     for ax, title in zip(axes[0], ("image", "ground truth", "cluster probe (Hungarian)", "linear probe")):
         ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return _save(fig, path, bottom=_legend(fig, colors, names))
 
 
 def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str], labels: dict[str, str] | None = None,

@@ -9,6 +9,8 @@ Shapes: K code dim, C backbone channels, n clusters or classes.
 
 from __future__ import annotations
 
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 
 from depthg.config import Config
 from depthg.errors import TrainingError, WeightsError
-from depthg.files import atomic_write
+from depthg.files import atomic_write, temp_sibling
 from depthg.model.segmenter import DepthGModel
 from depthg.model.weights import read_checkpoint
 
@@ -27,6 +29,9 @@ TRAIN_FORMAT = "depthg-train-v1"
 _RESUME_FREE = {("train", "iterations"), ("train", "checkpoint_every"), ("train", "log_every"), ("train", "device"),
                 ("train", "tensorboard"), ("train", "val_every"), ("data", "num_workers"), ("data", "data_dir"),
                 ("eval",)}
+# Keys a resumption may change although they change the computation from there on: the learning rates, as the
+# non-finite-loss message recommends lowering them. The change is recorded in the run (resume_changes).
+RESUME_ADJUSTABLE = {("train", "lr"), ("train", "probe_lr")}
 
 
 def save_training_state(path, *, cfg, model, step, optimizers, schedule, iteration, rng) -> Path:
@@ -57,18 +62,26 @@ def _read_train_checkpoint(path, map_location) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist.")
-    state = read_checkpoint(path, map_location=map_location)
+    state = read_checkpoint(path, map_location=map_location, released=False)  # ours: tensors and containers only
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
         raise WeightsError(f"{path} is not a depthg training checkpoint (format {TRAIN_FORMAT}); for an authors' "
                            f"released Lightning .ckpt use `python -m depthg eval {path}`.")
+    missing = [k for k in _TRAIN_KEYS if not isinstance(state.get(k), _TRAIN_KEYS[k])]
+    if missing:
+        raise WeightsError(f"{path} has the {TRAIN_FORMAT} format tag but lacks or mangles {', '.join(missing)}: a "
+                           f"damaged checkpoint; delete it and train again (or resume from a copy).")
     return state
+
+
+_TRAIN_KEYS = {"config": dict, "iteration": int, "head": dict, "cluster_probe": dict, "linear_probe": dict,
+               "backbone_weights": str, "optimizers": dict, "schedule": dict, "rng": list}
 
 
 def _config_differences(a: dict, b: dict, prefix=()) -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         key = prefix + (k,)
-        if key in _RESUME_FREE or key[:1] in _RESUME_FREE:
+        if key in _RESUME_FREE or key[:1] in _RESUME_FREE or key in RESUME_ADJUSTABLE:
             continue
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
@@ -89,7 +102,59 @@ def load_training_state(path, cfg=None, *, map_location="cpu") -> dict:
     return state
 
 
-def restore_training_state(state: dict, *, model, step, optimizers) -> None:
+def resume_changes(state: dict, cfg: Config) -> dict[str, list]:
+    """The adjustable keys whose value differs between the checkpoint and ``cfg``: {"train.lr": [old, new]}."""
+    old, new = state["config"], cfg.to_dict()
+    return {".".join(k): [old[k[0]].get(k[1]), new[k[0]][k[1]]] for k in sorted(RESUME_ADJUSTABLE)
+            if old.get(k[0], {}).get(k[1]) != new[k[0]][k[1]]}
+
+
+def keep_previous(path: Path) -> None:
+    """Before ``path`` is replaced, keep the checkpoint it holds as ``previous.pt`` (a hard link: no copy, and the
+    atomic replacement of ``path`` leaves it intact), so a diverged run can fall back to it."""
+    path = Path(path)
+    if path.is_file():
+        tmp = temp_sibling(path.with_name(PREVIOUS))
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, path.with_name(PREVIOUS))
+
+
+PREVIOUS = "previous.pt"
+
+
+def keep_last_good(path: Path, bad_iteration: int) -> Path | None:
+    """After a non-finite loss at ``bad_iteration``: the last checkpoint whose weights gave finite losses.
+
+    The checkpoint at iteration c holds the weights iteration c computes with; if c == bad_iteration those weights
+    are the diverged ones (finite perhaps, ~1e30, but unusable), so ``previous.pt`` takes its place. None if no good
+    checkpoint exists (the bad one is removed, so a --resume cannot pick it up).
+    """
+    path = Path(path)
+    if not path.is_file() or load_training_state(path)["iteration"] < bad_iteration:
+        return path if path.is_file() else None
+    previous = path.with_name(PREVIOUS)
+    if previous.is_file() and load_training_state(previous)["iteration"] < bad_iteration:
+        os.replace(previous, path)
+        return path
+    path.unlink()
+    return None
+
+
+def restore_training_state(state: dict, *, model, step, optimizers, path="checkpoint") -> None:
+    """Load the state into the model (and step/optimisers); a tensor that does not fit is a WeightsError."""
+    try:
+        _restore(state, model=model, step=step, optimizers=optimizers)
+    except (KeyError, RuntimeError, ValueError) as err:  # load_state_dict: missing/unexpected keys, wrong shapes
+        reason = " ".join(str(err).split())[:300]
+        raise WeightsError(f"{path} does not fit the model of its own config ({type(err).__name__}: {reason}); "
+                           f"the file is damaged or was edited: delete it and train again.") from None
+
+
+def _restore(state: dict, *, model, step, optimizers) -> None:
     model.head.load_state_dict(state["head"])
     model.cluster_probe.load_state_dict(state["cluster_probe"])
     model.linear_probe.load_state_dict(state["linear_probe"])
@@ -109,5 +174,5 @@ def load_trained_model(path, *, map_location="cpu"):
     if model.backbone.weights_source != state["backbone_weights"]:
         warnings.warn(f"{path} was trained with backbone weights {state['backbone_weights']}, evaluating with "
                       f"{model.backbone.weights_source}", stacklevel=2)
-    restore_training_state(state, model=model, step=None, optimizers=None)
+    restore_training_state(state, model=model, step=None, optimizers=None, path=path)
     return model.eval(), cfg, state

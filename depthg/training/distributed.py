@@ -49,20 +49,26 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's share of global batches for iterations ``start .. total-1``.
 
     Iteration ``it`` belongs to epoch ``it // batches_per_epoch``; each epoch is a permutation drawn from a generator
-    seeded by (seed, epoch). Incomplete last batches are dropped so every rank and iteration has the same batch size.
-    Each yielded item is ``(dataset_index, epoch)``: the dataset seeds the kNN partner draw of that item from the
-    epoch (``TrainPairs.set_epoch``), so the partner does not depend on loader workers or on where a run resumed.
+    seeded by (seed, epoch). ``drop_last=True`` drops each epoch's incomplete last batch, so every iteration has the
+    full batch; ``drop_last=False`` keeps it, as the release's DataLoader (``drop_last=False``, METHOD.md §1.7): the
+    epoch then has ceil(N / batch) iterations, the last one smaller. Under torchrun a kept partial batch is split
+    across ranks like any other; one with fewer items than ranks is dropped, since a rank cannot train on nothing
+    (the release trains on one device, where this never applies). Each yielded item is ``(dataset_index, epoch)``:
+    the dataset seeds the kNN partner draw of that item from the epoch (``TrainPairs.set_epoch``), so the partner does
+    not depend on loader workers or on where a run resumed.
     """
 
     def __init__(self, n_items: int, global_batch: int, *, seed: int, start: int, total: int, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, drop_last: bool = True):
         if global_batch % world:
             raise ConfigError(f"data.batch_size={global_batch} is not divisible by the {world} torchrun processes.")
         if n_items < global_batch:
             raise ConfigError(f"data.batch_size={global_batch} exceeds the {n_items} training items; lower it.")
         self.n, self.global_batch, self.seed = n_items, global_batch, seed
         self.start, self.total, self.rank, self.world = start, total, rank, world
-        self.batches_per_epoch = n_items // global_batch
+        partial = n_items % global_batch
+        keep_partial = not drop_last and partial >= world
+        self.batches_per_epoch = n_items // global_batch + (1 if keep_partial and partial else 0)
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)

@@ -43,6 +43,7 @@ class StepSettings:
     lhp_fidelity: str
     lhp_neighbourhood: str
     lhp_k: int
+    lhp_wiring: str = "paper"
 
     @classmethod
     def from_config(cls, cfg: Config) -> "StepSettings":
@@ -59,7 +60,7 @@ class StepSettings:
             lhp=lo.lhp, lhp_weight=lo.lhp_weight, lhp_depth_weight=lo.lhp_depth_weight,
             # METHOD §3.6: the main terms are scaled by (w_corr - lhp_weight) when lhp_weight_balance is set.
             lhp_balance=lo.lhp_weight if (lo.lhp and lo.lhp_weight_balance) else 0.0,
-            lhp_fidelity=fi.lhp, lhp_neighbourhood=lo.lhp_neighbourhood, lhp_k=lo.lhp_k,
+            lhp_fidelity=fi.lhp, lhp_neighbourhood=lo.lhp_neighbourhood, lhp_k=lo.lhp_k, lhp_wiring=fi.lhp_wiring,
         )
 
 
@@ -72,6 +73,10 @@ class TrainStep(nn.Module):
         self.head, self.cluster_probe, self.linear_probe = head, cluster_probe, linear_probe
         self.settings = settings
         self.lhp_projection = lhp_mod.LHPProjection(code_dim) if settings.lhp else None
+        if self.lhp_projection is not None and settings.lhp_wiring == "reference":
+            # In the release the projection is in no optimiser and keeps its initialisation (METHOD.md §5.2); frozen
+            # here, so DDP does not wait for its gradients. Gradient still flows through it into the head.
+            self.lhp_projection.requires_grad_(False)
 
     def forward(self, f: torch.Tensor, f_pos: torch.Tensor, depth: torch.Tensor, depth_pos: torch.Tensor,
                 label: torch.Tensor, *, samples: int, dfc_weight: float, dfc_shift: float,
@@ -82,17 +87,27 @@ class TrainStep(nn.Module):
         f_t, z = self.head(f)  # dropout-ed teacher features and codes [B,K,h,w] (METHOD §2.1)
         f_pos_t, z_pos = self.head(f_pos)
         start = "random" if s.fps_random_start else 0
-        coords = [choose_coords(s.depth_sampling, B, (h, w), samples, depth=d, fidelity=s.fps_coords,
-                                lifting=s.depth_lifting, start=start, generator=generator)
-                  for d in (depth, depth_pos)]  # c1, c2 [B,S,S,2]
+
+        def draw_coords() -> list[torch.Tensor]:  # c1, c2 [B,S,S,2]
+            return [choose_coords(s.depth_sampling, B, (h, w), samples, depth=d, fidelity=s.fps_coords,
+                                  lifting=s.depth_lifting, start=start, generator=generator)
+                    for d in (depth, depth_pos)]
+
+        coords = draw_coords()
         terms = self._correlation(f_t, f_pos_t, z, z_pos, depth, depth_pos, coords, dfc_weight, dfc_shift,
                                   generator)
         out = {k: v for k, v in terms.items()}
         out["correlation"] = terms["total"] * (s.correspondence_weight - s.lhp_balance)
         total = out["correlation"]
-        if self.lhp_projection is not None:
+        # Reference wiring (METHOD.md §5.2): the release adds the LHP terms only inside its depth-loss branch, so
+        # without DFC they never count; paper wiring adds them whenever 3D-LHP is on.
+        lhp_counts = s.dfc or s.lhp_wiring == "paper"
+        if self.lhp_projection is not None and lhp_counts:
             # 3D-LHP (METHOD §5.2-5.3): propagate the anchor's codes to its 3D neighbours, project both sides,
-            # and run the same correlation terms again; FPS coordinates are deterministic given the depth.
+            # and run the same correlation terms again. Paper wiring reuses the main terms' coordinates; reference
+            # wiring draws its own, as the release's second loss call does (FPS with start 0 gives the same ones).
+            if s.lhp_wiring == "reference":
+                coords = draw_coords()
             weights = lhp_mod.lhp_weights(depth, (h, w), fidelity=s.lhp_fidelity, neighbourhood=s.lhp_neighbourhood,
                                           k=s.lhp_k, lifting=s.depth_lifting)  # [B,N,N]
             z_hat = self.lhp_projection(lhp_mod.propagate(z, weights))

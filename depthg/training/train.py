@@ -21,12 +21,13 @@ evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -34,15 +35,20 @@ from tqdm import tqdm
 
 from depthg.config import Config
 from depthg.data.pairs import build_train_set
-from depthg.device import DistInfo, resolve_device
+from depthg.device import DistInfo, loader_workers, resolve_device
 from depthg.errors import ConfigError, TrainingError
+from depthg.files import write_json
+from depthg.model.backbone import backbone_spec
+from depthg.model.backbone import set_tf32
 from depthg.model.segmenter import DepthGModel
-from depthg.paths import runs_dir
-from depthg.runs import provenance, write_run
+from depthg.paths import claim_run_dir, runs_dir
+from depthg.paths import run_name as default_run_name
+from depthg.runs import provenance, run_lock, write_run
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler, barrier, init_distributed, shutdown_distributed
-from depthg.training.rng import gather_rng, seed_everything, set_rng_state
+from depthg.training.rng import gather_rng, rng_state, seed_everything, set_rng_state
 from depthg.training.schedules import Schedule
+from depthg.training.selection import ReleaseSelection
 from depthg.training.step import StepSettings, TrainStep
 
 Validator = Callable[[DepthGModel], dict]  # model (eval mode) -> {"cluster": {...}, "linear": {...}}
@@ -58,6 +64,7 @@ class TrainResult:
     is_main: bool  # rank 0 (the process that writes files and evaluates)
     wall_time_s: float
     metrics: dict | None = None  # the last step's evaluation, filled in by the evaluation layer
+    selected: list[dict] | None = None  # train.select=release: the kept checkpoints, best first (selection.py)
 
 
 @dataclass
@@ -85,8 +92,10 @@ class Run:
         return self.run_dir / "metrics.jsonl"
 
 
-def run_directory(cfg: Config, run_name: str | None, results_dir: str | None) -> Path:
-    return runs_dir(results_dir) / (run_name or f"{cfg.name}-seed{cfg.train.seed}")
+def run_directory(cfg: Config, run_name: str | None, results_dir: str | None, *, kind: str | None = None) -> Path:
+    """The one place a training run's folder is named: ``run_name``, else :func:`depthg.paths.run_name`."""
+    name = run_name or default_run_name(cfg.data.dataset, cfg.name, cfg.train.seed, kind=kind)
+    return runs_dir(results_dir) / name
 
 
 class EpochPairs(torch.utils.data.Dataset):
@@ -113,12 +122,16 @@ def make_schedule(cfg: Config) -> Schedule:
 
 
 def build_training(cfg: Config, device: torch.device) -> tuple[DepthGModel, TrainStep, dict]:
-    """The model, its trainable part and the three Adam optimisers (METHOD.md §2.4)."""
-    model = DepthGModel.from_config(cfg.model).to(device)
+    """The model, its trainable part and the three Adam optimisers (METHOD.md §2.4).
+
+    The LHP projection trains with the head in paper fidelity; in reference wiring it is in no optimiser, as in the
+    release (its configure_optimizers lists the net and the probes only, METHOD.md §5.2), so it keeps its
+    initialisation."""
+    model = DepthGModel.from_config(cfg.model, autocast=cfg.train.bf16).to(device)
     step = TrainStep(model.head, model.cluster_probe, model.linear_probe, StepSettings.from_config(cfg),
                      cfg.model.dim).to(device)
     head_params = list(model.head.parameters())
-    if step.lhp_projection is not None:
+    if step.lhp_projection is not None and cfg.fidelity.lhp_wiring == "paper":
         head_params += list(step.lhp_projection.parameters())
     optimizers = {
         "head": torch.optim.Adam(head_params, lr=cfg.train.lr),
@@ -174,17 +187,39 @@ class FiniteWatch:
         mine = int(self.first) >= 0
         where = f"term(s) {', '.join(t for t, b in zip(self.terms, self.bad.tolist()) if b)}" if mine \
             else "another rank"
-        raise TrainingError(f"non-finite loss at iteration {int(first)} in {where}; the last good checkpoint is "
-                            f"{last_good if last_good.exists() else 'not written yet'}. Lower the learning rate "
-                            f"or check the inputs of that batch.")
+        raise_diverged(info, last_good, int(first), f"non-finite loss at iteration {int(first)} in {where}")
+
+
+def raise_diverged(info: DistInfo, last_good: Path, bad_iteration: int, what: str) -> None:
+    """Keep the last checkpoint whose weights gave finite losses (rank 0), and stop every rank saying so."""
+    kept = checkpoints.keep_last_good(last_good, bad_iteration) if info.is_main else last_good
+    barrier(info)
+    raise TrainingError(f"{what}; the last good checkpoint is {kept if kept else 'not written yet'}. Lower the "
+                        f"learning rate (a --resume may change train.lr and train.probe_lr) or check the inputs of "
+                        f"that batch.")
 
 
 def save_checkpoint(run: Run, iteration: int) -> None:
+    # weights that overflowed although the loss that produced them was finite are never saved
+    finite = torch.stack([torch.isfinite(p).all() for p in run.step.parameters()]).all().to(torch.int32)
+    if run.info.enabled:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not int(finite):
+        raise_diverged(run.info, run.checkpoint, iteration, f"non-finite weights after iteration {iteration - 1}")
     rng = gather_rng(run.generator, run.info)  # every rank takes part; rank 0 writes
     if run.info.is_main:
+        checkpoints.keep_previous(run.checkpoint)
         checkpoints.save_training_state(run.checkpoint, cfg=run.cfg, model=run.model, step=run.step,
                                         optimizers=run.optimizers, schedule=run.schedule.state_dict(),
                                         iteration=iteration, rng=rng)
+
+
+def record_resume(run_dir: Path, start: int, changes: dict) -> None:
+    """Append a resumption's config changes to ``resumes.json`` (a list, one entry per resumption with changes)."""
+    path = run_dir / "resumes.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    write_json(path, entries + [{"from_iteration": start, "changes": changes,
+                                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
 
 
 def truncate_log(path: Path, start: int) -> None:
@@ -214,41 +249,56 @@ def truncate_log(path: Path, start: int) -> None:
 
 
 def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None = None, resume: bool = False,
-          progress: bool = True, validator: Validator | None = None) -> TrainResult:
-    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations."""
+          progress: bool = True, validator: Validator | None = None, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations.
+
+    A folder holding another config's run or committed results is refused unless ``overwrite``
+    (:func:`depthg.paths.claim_run_dir`)."""
     t0 = time.time()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    set_tf32(cfg.train.tf32)
     requested = cfg.train.device
     info = init_distributed("cuda" if requested.startswith("cuda") or
                             (requested == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                      validator, t0)
+        # rank 0 holds the run folder: a second train/--resume/eval on it is refused, naming this process
+        with run_lock(run_directory(cfg, run_name, results_dir)) if info.is_main else contextlib.nullcontext():
+            return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
+                          validator, t0, overwrite)
     finally:
         shutdown_distributed()
 
 
 def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | None, results_dir: str | None,
-           resume: bool, progress: bool, validator: Validator | None, t0: float) -> TrainResult:
+           resume: bool, progress: bool, validator: Validator | None, t0: float, overwrite: bool) -> TrainResult:
     # ---- set-up: data, model, optimisers, schedule; per-rank seeds, so dropout and sampling differ across ranks
     seed = cfg.train.seed
+    run_dir = claim_run_dir(run_directory(cfg, run_name, results_dir), cfg.to_dict(), resume=resume,
+                            overwrite=overwrite)
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
+    backbone_spec(cfg.model.backbone)  # an unknown name is reported as such, not as the kNN file it would need
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
-    run = Run(cfg=cfg, device=device, info=info, run_dir=run_directory(cfg, run_name, results_dir), model=model,
+    run = Run(cfg=cfg, device=device, info=info, run_dir=run_dir, model=model,
               step=step, ddp_step=DistributedDataParallel(step) if info.enabled else step, optimizers=optimizers,
               schedule=make_schedule(cfg).start(), generator=generator)
 
     # ---- resume: weights, optimisers, schedule state and this rank's RNG streams from the last checkpoint
+    changes: dict = {}  # adjustable keys (learning rates) this resumption changes
     if resume:
         if not run.checkpoint.is_file():
             raise TrainingError(f"--resume: no checkpoint at {run.checkpoint}; start without --resume.")
         state = checkpoints.load_training_state(run.checkpoint, cfg, map_location=device)
-        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers)
+        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers,
+                                           path=run.checkpoint)
         run.schedule.load_state_dict(state["schedule"])
+        changes = checkpoints.resume_changes(state, cfg)
+        for name, opt in optimizers.items():  # the checkpoint's optimiser state carries the old learning rates
+            for group in opt.param_groups:
+                group["lr"] = cfg.train.lr if name == "head" else cfg.train.probe_lr
         if len(state["rng"]) == info.world:
             set_rng_state(state["rng"][info.rank], generator)
         run.start = state["iteration"]
@@ -257,19 +307,25 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         cfg.to_json(run.run_dir / "config.json")
         if resume:
             truncate_log(run.log_path, run.start)
+            if changes:  # what this resumption changed, beside the run's log
+                record_resume(run.run_dir, run.start, changes)
         elif run.log_path.exists():
             run.log_path.unlink()
 
     # ---- the batch order is a function of (seed, iteration): a resumed run draws the batches it would have drawn
     total = cfg.train.iterations
     sampler = ResumableBatchSampler(len(dataset), cfg.data.batch_size, seed=seed, start=run.start, total=total,
-                                    rank=info.rank, world=info.world)
-    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                                    rank=info.rank, world=info.world,
+                                    drop_last=cfg.fidelity.partial_batch == "paper")
+    selection = ReleaseSelection(run.run_dir / "checkpoints", cfg.train.select_metric, cfg.train.select_top_k,
+                                 start=run.start) if cfg.train.select == "release" and info.is_main else None
+    val_due = validation_schedule(cfg, sampler.batches_per_epoch)
+    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=loader_workers(cfg.data.num_workers),
                                          pin_memory=device.type == "cuda",
                                          # its own generator: creating the iterator must not draw from the
                                          # global RNG, or a resumed run's dropout would drift
                                          generator=torch.Generator().manual_seed(seed),
-                                         persistent_workers=cfg.data.num_workers > 0)
+                                         persistent_workers=loader_workers(cfg.data.num_workers) > 0)
     writer = _tensorboard(cfg, run.run_dir) if info.is_main else None
     bar = tqdm(total=total, initial=run.start, disable=not (progress and info.is_main), desc=cfg.name,
                dynamic_ncols=True)
@@ -286,8 +342,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
             done = it + 1
             log_now = it % cfg.train.log_every == 0 or done == total
             save_now = done % cfg.train.checkpoint_every == 0 or done == total
-            validate_now = validator is not None and cfg.train.val_every and done % cfg.train.val_every == 0 \
-                and done < total
+            validate_now = validator is not None and val_due(done, total)
 
             # ---- the host reads the device only here: finiteness first, so nothing non-finite is logged or saved
             if log_now or save_now or validate_now:
@@ -311,7 +366,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
 
             # ---- periodic validation (no CRF): reported beside the last step, labelled; rank 0 evaluates
             if validate_now:
-                best = _validate(run, validator, done, best, log)
+                best = _validate(run, validator, done, best, log, selection)
 
             # ---- checkpoint, atomically
             if save_now:
@@ -331,22 +386,56 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     if info.is_main:
         write_run(run.run_dir, provenance=provenance(
             seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=wall,
-            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world}))
+            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world,
+                   "resume_changes": changes or None, **precision_record(cfg, model, device)}))
     barrier(info)
     return TrainResult(run_dir=run.run_dir, iterations=total, checkpoint=run.checkpoint, model=model,
-                       best_on_validation=best, is_main=info.is_main, wall_time_s=wall)
+                       best_on_validation=best, is_main=info.is_main, wall_time_s=wall,
+                       selected=selection.kept if selection is not None else None)
 
 
-def _validate(run: Run, validator: Validator, done: int, best: dict | None, log) -> dict | None:
+def precision_record(cfg: Config, model: DepthGModel, device: torch.device) -> dict:
+    """What provenance records about how the backbone computed: precision, TF32, and its weights' name and sha256."""
+    return {"precision": model.backbone.precision(device), "tf32": cfg.train.tf32,
+            "backbone_checkpoint": model.backbone.weights_record}
+
+
+def validation_schedule(cfg: Config, batches_per_epoch: int) -> Callable[[int, int], bool]:
+    """(iterations done, total) -> whether to validate now.
+
+    ``train.select=last``: every ``val_every`` iterations, never at the very end (the last step is evaluated anyway).
+    ``train.select=release``, as Lightning ran the release (METHOD.md §2.4): every ``val_every`` training batches
+    (Lightning counts batches here, not its 3x global steps, so no step_unit conversion), the final batch included
+    when due; a val_every larger than a quarter of an epoch is dropped (DG src/train_segmentation.py:683-691), and
+    Lightning's default then validates at the end of every epoch.
+    """
+    every = cfg.train.val_every
+    if not every:
+        return lambda done, total: False
+    if cfg.train.select != "release":
+        return lambda done, total: done % every == 0 and done < total
+    if every > batches_per_epoch / 4:
+        return lambda done, total: done % batches_per_epoch == 0
+    return lambda done, total: done % every == 0
+
+
+def _validate(run: Run, validator: Validator, done: int, best: dict | None, log,
+              selection: ReleaseSelection | None = None) -> dict | None:
     """Validate (rank 0, other ranks wait), log it, and return the best so far by cluster mIoU.
 
     The release selects its checkpoint on the evaluation split (METHOD.md §2.4, §9 #12); here that number is only
-    reported beside the last-step result and labelled. The head goes back to training mode afterwards (evaluation
-    switches dropout off).
+    reported beside the last-step result and labelled, and with ``selection`` (train.select=release) the top-k
+    checkpoints by the release's metric are kept for the final CRF evaluation. The head goes back to training mode
+    afterwards (evaluation switches dropout off).
     """
     if run.info.is_main:
         m = validator(run.model.eval())
         run.model.train()
+        if selection is not None and selection.qualifies(m):
+            rng = [rng_state(run.generator)]  # rank 0 writes it alone: no gather across ranks
+            selection.add(m, done, lambda path: checkpoints.save_training_state(
+                path, cfg=run.cfg, model=run.model, step=run.step, optimizers=run.optimizers,
+                schedule=run.schedule.state_dict(), iteration=done, rng=rng))
         record = {"iteration": done - 1, "validation": {k: {"accuracy": v["accuracy"], "mIoU": v["mIoU"]}
                                                         for k, v in m.items() if k in ("cluster", "linear")}}
         log.write(json.dumps(record) + "\n")
