@@ -80,7 +80,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "vit_small_patch8"
-    weights: str = "hub"  # "hub", "random" (only when asked by name) or a path (DINO .pth, timm, released .ckpt)
+    weights: str = "hub"  # "hub", "random" (by name only), "bundled" (depthg/assets) or a path (.pth, timm, .ckpt)
     dim: int = 70  # K, the code dimension
     dropout: bool = True  # Dropout2d(0.1) three times in training (§2.1)
     n_classes: int = 27

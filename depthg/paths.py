@@ -69,6 +69,13 @@ def file_tag(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset)
 
 
+def bundled_weights_path(backbone: str) -> Path:
+    """The project's own pretrained weights of ``backbone`` (DINO on the synthetic world's training images, made by
+    ``python -m depthg prep pretrain``), shipped in the package: depthg/assets/<backbone>_synthetic_dino.safetensors
+    with its manifest (.json) beside it."""
+    return Path(__file__).resolve().parent / "assets" / f"{backbone}_synthetic_dino.safetensors"
+
+
 # ---- run folders -------------------------------------------------------------------------------------------------
 
 def run_name(dataset: str, preset: str, seed: int, *, kind: str | None = None) -> str:

@@ -98,16 +98,17 @@ def _presets() -> dict[str, Config]:
         schedule=dict(depth_loss_decay=True, decay_every_steps=200, depth_loss_decay_factor=1.0),
         select_metric="cluster/accuracy",  # the release monitors test/cluster/Accuracy for Potsdam
     )
-    # The embedded default: the synthetic RGB-D world on CPU in minutes, paper fidelity. A small random-weight ViT
-    # (no weights can be downloaded here) at 112 px (14 x 14 patches); S = 7 samples 49 of 196 patches (25%, as
-    # 121/784 at the paper's setting). The shifts are set for this backbone: its feature correlations average ~0.2
-    # (DINO's are lower), and with DINO's shifts every term pulled, collapsing the codes to one direction (top
-    # singular value 98% of the variance, measured). Sampling is random, as in the released Cityscapes run: on this
-    # world FPS lowered the cluster mIoU in our measurements; the ablation notebook reports +FPS on its own.
+    # The embedded default: the synthetic RGB-D world on CPU in minutes, paper fidelity. A small ViT self-supervised
+    # on this world's training images (weights "bundled", depthg/assets; "random" by name) at 112 px (14 x 14
+    # patches); S = 7 samples 49 of 196 patches (25%, as 121/784 at the paper's setting). The shifts were set for
+    # the random-weight backbone: its correlations average ~0.2 (DINO's are lower), and with DINO's shifts every
+    # term pulled, collapsing the codes to one direction (top singular value 98% of the variance, measured).
+    # Sampling is random, as in the released Cityscapes run: on this world FPS lowered the cluster mIoU in our
+    # measurements; the ablation notebook reports +FPS on its own.
     p["synthetic"] = Config(
         name="synthetic",
         data=DataConfig(dataset="synthetic", res=112, crop_type="none", knn_res=112, batch_size=8, num_workers=0),
-        model=ModelConfig(backbone="vit_tiny_patch8", weights="random", dim=32, n_classes=6),
+        model=ModelConfig(backbone="vit_tiny_patch8", weights="bundled", dim=32, n_classes=6),
         loss=replace(LossConfig(), feature_samples=7, pos_intra_shift=0.45, pos_inter_shift=0.4,
                      neg_inter_shift=0.55, depth_feat_weight=0.15, depth_feat_shift=0.0, depth_sampling="random"),
         schedule=ScheduleConfig(depth_loss_decay=True, decay_every_steps=100, depth_loss_decay_factor=0.8),

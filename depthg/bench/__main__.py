@@ -1,5 +1,5 @@
-"""``python -m depthg.bench <command>``: fps, loss, knn, train, crf (:mod:`depthg.bench.cpu`) and gpu
-(:mod:`depthg.bench.gpu`).
+"""``python -m depthg.bench <command>``: fps, loss, knn, train, crf (:mod:`depthg.bench.cpu`), gpu
+(:mod:`depthg.bench.gpu`) and feature-quality (:mod:`depthg.bench.quality`).
 
 To add a command, write a function taking the parsed arguments in one of those modules, decorate it with
 ``@command("name", help=..., args=[...])`` (:mod:`depthg.bench.common`) and print the figures.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from depthg.bench import cpu, gpu  # noqa: F401  (importing registers their commands)
+from depthg.bench import cpu, gpu, quality  # noqa: F401  (importing registers their commands)
 from depthg.bench.common import COMMANDS
 
 

@@ -51,6 +51,14 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synthetic)
 
+    p = sub.add_parser("pretrain", help="DINO self-supervised pretraining of the synthetic world's backbone")
+    p.add_argument("overrides", nargs="*", help="key=value parameters of depthg.training.pretrain.PretrainConfig")
+    p.add_argument("--out", help="weights file (.safetensors; default: the bundled file in depthg/assets)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (part of the result: recorded)")
+    p.add_argument("--stop-at", type=int, help="stop after this many iterations (checkpoint kept; resume later)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
     p = sub.add_parser("fivecrop", help="cut every image, label and depth map into five crops (four "
                                            "corners and the centre) for training")
     _common(p)
@@ -166,6 +174,13 @@ def _check_json(path) -> None:
             json.loads(path.read_text())
     except ValueError as e:
         raise DataError(f"manifest {path} is damaged ({e}); delete it and rerun the same command.") from None
+
+
+def _cmd_pretrain(args) -> int:
+    # lazy: a stage loads torch/transformers only when it runs, so --help stays fast
+    from depthg.training.pretrain import main
+
+    return main(args)
 
 
 def _cmd_fivecrop(args) -> int:

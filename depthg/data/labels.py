@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from depthg.data.synthetic import CLASS_COLORS as SYNTHETIC_CLASS_COLORS  # the generator owns its classes
-from depthg.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
+# the generator owns its classes and colours
+from depthg.data.synthetic.classes import CLASS_COLORS as SYNTHETIC_CLASS_COLORS
+from depthg.data.synthetic.classes import CLASS_NAMES as SYNTHETIC_CLASS_NAMES
 from depthg.errors import DataError
 from depthg.paths import dataset_base
 

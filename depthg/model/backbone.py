@@ -12,7 +12,9 @@ Weights (DESIGN.md §6), chosen by the ``weights`` argument:
 - a path: a DINO ``.pth`` (plain, or nested under teacher/student/state_dict/model with module./backbone.
   prefixes), a timm state dict (``.pth``/``.bin``/``.safetensors``), or a released STEGO/DepthG Lightning
   ``.ckpt`` whose ``net.model.*`` keys hold the DINO weights;
-- ``"random"``: timm's initialisation, only when asked for by name.
+- ``"random"``: timm's initialisation, only when asked for by name;
+- ``"bundled"``: the project's own weights shipped in the package (:func:`depthg.paths.bundled_weights_path`; DINO
+  on the synthetic world, made by ``python -m depthg prep pretrain``), the synthetic preset's default.
 ``weights_source`` records which one was used, and ``weights_record`` its file name and sha256, for provenance.
 ``precision`` ("fp32" or "bf16") is the backbone's compute precision: bf16 autocast on CUDA or CPU only when asked
 (``train.bf16``); fp32 otherwise, as the release (Lightning's default precision).
@@ -37,6 +39,7 @@ from depthg.errors import ConfigError, WeightsError
 from depthg.files import file_sha256
 from depthg.model.hub import offline_requested
 from depthg.model.weights import read_checkpoint, vit_state_from_checkpoint
+from depthg.paths import bundled_weights_path
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,13 @@ class DinoBackbone(nn.Module):
         # embeddings are interpolated in _embed. num_classes=0: no classifier head.
         kwargs = dict(num_classes=0, dynamic_img_size=True, **spec.overrides)
         self.weights_record: dict = {"name": None, "sha256": None}
+        bundled = isinstance(weights, str) and weights == "bundled"
+        if bundled:
+            weights = bundled_weights_path(name)
+            if not weights.is_file():
+                raise WeightsError(f"backbone {name!r} has no bundled weights ({weights} is missing); use "
+                                   "model.weights='random', 'hub' or a file, or make them with `python -m depthg "
+                                   "prep pretrain`")
         if isinstance(weights, str) and weights == "hub":
             path = hub_weights_file(name)
             self.vit = _empty_vit(spec, kwargs)
@@ -152,11 +162,11 @@ class DinoBackbone(nn.Module):
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', "
+                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', 'bundled', "
                                    "'random' or the path of a DINO .pth, timm state dict or released STEGO/DepthG "
                                    ".ckpt)")
             self.vit = _empty_vit(spec, kwargs)
-            self._load_file(path, f"file:{path}", path.name)
+            self._load_file(path, f"bundled:{path.name}" if bundled else f"file:{path}", path.name)
         self.patch_size = self.vit.patch_embed.patch_size[0]
         self.embed_dim = self.vit.embed_dim
         self.num_heads = self.vit.blocks[-1].attn.num_heads
