@@ -114,13 +114,9 @@ def store_executed(executed: list[Path]) -> None:
         for cell in nb.cells:
             cell.metadata.pop("papermill", None)
             cell.metadata.pop("execution", None)
-            if cell.cell_type == "code":
+            if cell.cell_type == "code" and not cell.source.lstrip().startswith(CHECKED):
+                cell.outputs = []  # figures live in results/figures/, not three times in the notebook
                 cell.execution_count = None
-                if not cell.source.lstrip().startswith(CHECKED):
-                    cell.outputs = []  # figures live in results/figures/, not three times in the notebook
-                else:
-                    for out in cell.outputs:
-                        out.pop("execution_count", None)
             if "injected-parameters" in cell.metadata.get("tags", []):
                 raise DepthGError(f"{src} ran with injected parameters; store only a run with the stored defaults.")
             if "tags" in cell.metadata and not cell.metadata["tags"]:

@@ -143,7 +143,8 @@ def report(cfg: Config, data_dir=None, splits=("train", "val")) -> tuple[str, li
         parts = [f"{n} images", f"labels for {labelled}/{n}", f"depth for {depth}/{n}"]
         if crop == "five":
             crops = derived_dir(dataset_folder(name), data_dir) / f"five_crop_{d.crop_ratio:g}" / "img" / split
-            parts.append(f"five-crop {len(list(crops.glob('*.png'))) if crops.is_dir() else 0}/{5 * n}")
+            # PNG crops, or JPEG ones (fidelity.crop_format=reference)
+            parts.append(f"five-crop {len(list(crops.glob('*.[pj][np]g'))) if crops.is_dir() else 0}/{5 * n}")
         knn = sorted(p.name for p in knn_path(dataset_folder(name), split, cfg.model.backbone, crop, d.knn_res,
                                              data_dir).parent.glob(f"nns_*_{split}_*.npz"))
         parts.append(f"kNN files: {', '.join(knn) or 'none'}")
