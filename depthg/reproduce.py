@@ -147,7 +147,8 @@ def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
         # the main job regenerates the committed results: the notebooks that train are told to replace them
         import papermill  # only when notebooks run
 
-        mine = {**params, **({"overwrite": True} if "overwrite" in papermill.inspect_notebook(str(src)) else {})}
+        replace = not store and "overwrite" in papermill.inspect_notebook(str(src))  # --store: a fresh folder
+        mine = {**params, **({"overwrite": True} if replace else {})}
         t0 = time.time()
         with _Echo(name) as echo:  # the cells' lines (one per ablation run) and a heartbeat while they are quiet
             execute(src, dst, mine, stdout=echo)
