@@ -14,7 +14,7 @@ from depthg.data.knn_file import knn_path, load_knn
 from depthg.data.stage import recorded_params
 from depthg.files import remove_leftovers, temp_sibling
 
-KNN = ["knn", "--dataset", "synthetic", "--backbone", "vit_tiny_patch8", "--res", "16", "--k", "6", "--device",
+KNN = ["knn", "--dataset", "synthetic", "--backbone", "vit_tiny_patch8", "--res", "16", "--k", "6", "--num-neighbors", "5", "--device",
        "cpu", "--no-progress"]
 
 

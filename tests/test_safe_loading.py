@@ -153,5 +153,5 @@ def test_prep_knn_weights_blocks_every_payload(payload_files, synthetic_world, c
     marker, files = payload_files
     _assert_blocked(marker, files, lambda p: main(
         ["prep", "knn", "--dataset", "synthetic", "--data-dir", str(synthetic_world), "--splits", "val",
-         "--crop", "none", "--backbone", "vit_tiny_patch8", "--res", "112", "--k", "5", "--weights", str(p),
+         "--crop", "none", "--backbone", "vit_tiny_patch8", "--res", "112", "--k", "5", "--num-neighbors", "4", "--weights", str(p),
          "--device", "cpu", "--no-progress"]), capsys)
