@@ -195,3 +195,27 @@ def test_regenerating_with_other_parameters_drops_stale_derived_data(tmp_path):
     assert stale.is_file()
     write_synthetic(root, n_train=3, n_val=1, res=32, seed=0, progress=False)  # another world: dropped
     assert not stale.exists() and (root / "img" / "train" / "00002.png").is_file()
+
+
+def test_a_killed_world_keeps_its_finished_scenes(tmp_path, monkeypatch):
+    """A kill after two scenes: the rerun with the same parameters renders only the rest (issue 15 item 4)."""
+    import depthg.data.synthetic.world as world
+
+    real, calls = world.render_scene, []
+
+    def dies_after_two(seed, index, res):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stands in for the kill
+        calls.append(index)
+        return real(seed, index, res)
+
+    monkeypatch.setattr(world, "render_scene", dies_after_two)
+    root = tmp_path / "synthetic"
+    with pytest.raises(KeyboardInterrupt):
+        world.write_synthetic(root, n_train=3, n_val=2, res=32, seed=1, progress=False)
+    assert not (root / "manifest.json").exists() and (root / ".pending.json").is_file()
+    assert not [p for p in root.rglob("*") if p.name.startswith(".") and ".tmp" in p.name]  # no temp leftovers
+    monkeypatch.setattr(world, "render_scene", lambda s, i, r: (calls.append(i), real(s, i, r))[1])
+    world.write_synthetic(root, n_train=3, n_val=2, res=32, seed=1, progress=False)
+    assert calls == [0, 1, 2, world.VAL_OFFSET, world.VAL_OFFSET + 1]  # scenes 0 and 1 were not rendered again
+    assert (root / "manifest.json").is_file() and not (root / ".pending.json").exists()

@@ -192,8 +192,9 @@ def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.devi
     # lazy: the data layer is only needed here
     from depthg.data.pairs import build_train_set
 
+    # the generated tree's depth is not ZoeDepth's: the loader's cost is the same, so the depth-model check is off
     cfg = load_preset("cocostuff27_vits8", [f"data.data_dir={data_dir}", f"data.res={sizes.res}",
-                                            f"data.batch_size={sizes.batch}"])
+                                            f"data.batch_size={sizes.batch}", "data.allow_other_depth_model=true"])
     dataset = build_train_set(cfg)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=sizes.batch, shuffle=True, drop_last=True, num_workers=workers,

@@ -13,6 +13,7 @@ from depthg.data.depth_io import write_depth
 from depthg.data.synthetic.classes import CLASS_NAMES
 from depthg.data.synthetic.render import render_scene
 from depthg.data.synthetic.scene import CLIP, FAR
+from depthg.files import atomic_write, write_json
 
 VAL_OFFSET = 1_000_000  # validation scene i is scene VAL_OFFSET + i of the seed
 
@@ -31,19 +32,22 @@ def write_synthetic(root, *, n_train: int, n_val: int, res: int = 224, seed: int
     """Write the synthetic dataset under ``root`` (= <data>/synthetic): {img,label,depth}/{train,val}/<n:05d>.png,
     depth sidecars, and manifest.json with the generator parameters (written last, so it marks a finished set).
 
-    Idempotent: with an identical manifest only missing items are rendered (none when complete). With different
-    parameters the old manifest and our numbered files are removed first, so no stale scenes remain."""
+    Idempotent and resumable: the parameters are recorded in ``.pending.json`` before the first scene, and every
+    file is written atomically (temp + rename), so after a kill the rerun with the same parameters keeps each
+    finished scene and renders only the rest (none when complete). With different parameters the old manifest and
+    our numbered files are removed first, so no stale scenes remain."""
     root = Path(root)
     params = _params(n_train, n_val, res, seed)
-    manifest = root / "manifest.json"
-    same = manifest.is_file() and json.loads(manifest.read_text()) == params
-    if not same:
-        if manifest.is_file():  # another world was here: what was derived from it (kNN files) is stale too
+    manifest, pending = root / "manifest.json", root / ".pending.json"
+    recorded = [json.loads(f.read_text()) for f in (manifest, pending) if _readable_json(f)]
+    if params not in recorded:
+        if manifest.is_file() or pending.is_file():  # another world was here: what was derived from it is stale too
             shutil.rmtree(root / "derived", ignore_errors=True)
         manifest.unlink(missing_ok=True)
         for f in root.glob("[idl]*/*/[0-9][0-9][0-9][0-9][0-9].*"):
             if f.parts[-3] in ("img", "label", "depth") and f.suffix in (".png", ".json"):
                 f.unlink()
+        write_json(pending, params, indent=1)  # with the first output: a killed run's scenes are known to fit
     jobs = [(split, i) for split, n in (("train", n_train), ("val", n_val)) for i in range(n)]
     done = 0
     for split, i in jobs:
@@ -52,17 +56,25 @@ def write_synthetic(root, *, n_train: int, n_val: int, res: int = 224, seed: int
         if all(p.is_file() for p in paths) and paths[2].with_suffix(".json").is_file():
             continue
         item = render_scene(seed, i + (0 if split == "train" else VAL_OFFSET), res)
-        for p in paths[:2]:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(item["image"]).save(paths[0], compress_level=1)
-        Image.fromarray(item["label"].astype(np.uint8)).save(paths[1], compress_level=1)
+        for path, array in ((paths[0], item["image"]), (paths[1], item["label"].astype(np.uint8))):
+            with atomic_write(path) as tmp:  # a killed writer leaves no truncated PNG that looks finished
+                Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
         write_depth(paths[2], item["depth"], source="synthetic", units="metres",
                     extra=dict(depth_kind="camera_z", far=FAR))
         done += 1
         if progress and done % 50 == 0:
             print(f"synthetic: rendered {done} scenes ({split} {i + 1})", flush=True)
-    manifest.write_text(json.dumps(params, indent=1))
+    write_json(manifest, params, indent=1)
+    pending.unlink(missing_ok=True)
     if progress:
         print(f"synthetic: {root} ready ({n_train} train, {n_val} val, {done} rendered now)", flush=True)
     return root
 
+
+def _readable_json(path: Path) -> bool:
+    """A manifest that exists and parses (a truncated one counts as absent: its world is redone)."""
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
