@@ -46,7 +46,7 @@ class FidelityConfig:
     #   optimiser (stays at its initialisation), its own sampling coordinates, added only with DFC on (§5.2)
 
     @classmethod
-    def all(cls, value: str) -> "FidelityConfig":
+    def all(cls, value: str) -> FidelityConfig:
         _check_choice("fidelity", value, FIDELITY_VALUES)
         return cls(**{f.name: value for f in fields(cls)})
 
@@ -177,8 +177,10 @@ class Config:
         _check_choice("train.select", self.train.select, ("last", "release"))
         _check_choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
         if self.train.select == "release" and self.train.val_every < 1:
-            raise ConfigError("train.select=release selects among validation passes: set train.val_every >= 1 "
-                              "(the release validates every 100 training batches).")
+            raise ConfigError(
+                "train.select=release selects among validation passes: set train.val_every >= 1 "
+                "(the release validates every 100 training batches)."
+            )
         for f in fields(FidelityConfig):
             _check_choice(f"fidelity.{f.name}", getattr(self.fidelity, f.name), FIDELITY_VALUES)
         validate(self)
@@ -194,11 +196,11 @@ class Config:
         return text
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         return _build(cls, d, prefix="")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "Config":
+    def from_json(cls, path: str | Path) -> Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist.")
@@ -208,11 +210,12 @@ class Config:
             raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
         return cls.from_dict(d)
 
-    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> "Config":
+    def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> Config:
         return apply_overrides(self, overrides)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+
 
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
@@ -323,6 +326,7 @@ def _sections() -> list[str]:
 
 # ---- validation: every numeric field's valid range, checked whenever a Config is built --------------------------
 
+
 @dataclass(frozen=True)
 class Range:
     """A closed or half-open interval; ``None`` is unbounded. Float fields must also be finite."""
@@ -347,19 +351,39 @@ POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = Range(0, low_open=True), Range(0), Range(
 # Why the less obvious bounds: a patch grid needs >= 8 px (the smallest patch size); the S x S sample grid costs
 # S^4 correlation entries per image pair (S = 64: 1.7e7, S = 1000: 1e12 and an allocation of terabytes).
 RANGES: dict[str, Range] = {
-    "data.res": Range(8), "data.crop_ratio": Range(0, 1, low_open=True), "data.num_neighbors": AT_LEAST_ONE,
-    "data.knn_res": Range(8), "data.batch_size": AT_LEAST_ONE, "data.num_workers": NON_NEGATIVE,
-    "model.dim": AT_LEAST_ONE, "model.n_classes": Range(2), "model.extra_clusters": NON_NEGATIVE,
-    "loss.feature_samples": Range(1, 64), "loss.neg_samples": NON_NEGATIVE, "loss.lhp_k": AT_LEAST_ONE,
-    "loss.lhp_weight": NON_NEGATIVE, "loss.lhp_depth_weight": NON_NEGATIVE,
-    "schedule.decay_every_steps": AT_LEAST_ONE, "schedule.depth_loss_decay_factor": POSITIVE,
-    "schedule.fps_sample_decay_every_steps": AT_LEAST_ONE, "schedule.fps_sample_decay_factor": Range(0, 1, True),
+    "data.res": Range(8),
+    "data.crop_ratio": Range(0, 1, low_open=True),
+    "data.num_neighbors": AT_LEAST_ONE,
+    "data.knn_res": Range(8),
+    "data.batch_size": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "model.dim": AT_LEAST_ONE,
+    "model.n_classes": Range(2),
+    "model.extra_clusters": NON_NEGATIVE,
+    "loss.feature_samples": Range(1, 64),
+    "loss.neg_samples": NON_NEGATIVE,
+    "loss.lhp_k": AT_LEAST_ONE,
+    "loss.lhp_weight": NON_NEGATIVE,
+    "loss.lhp_depth_weight": NON_NEGATIVE,
+    "schedule.decay_every_steps": AT_LEAST_ONE,
+    "schedule.depth_loss_decay_factor": POSITIVE,
+    "schedule.fps_sample_decay_every_steps": AT_LEAST_ONE,
+    "schedule.fps_sample_decay_factor": Range(0, 1, True),
     "schedule.fps_min_samples": NON_NEGATIVE,
-    "train.iterations": NON_NEGATIVE, "train.lr": POSITIVE, "train.probe_lr": POSITIVE, "train.seed": NON_NEGATIVE,
-    "train.checkpoint_every": AT_LEAST_ONE, "train.log_every": AT_LEAST_ONE, "train.val_every": NON_NEGATIVE, "train.select_top_k": AT_LEAST_ONE,
+    "train.iterations": NON_NEGATIVE,
+    "train.lr": POSITIVE,
+    "train.probe_lr": POSITIVE,
+    "train.seed": NON_NEGATIVE,
+    "train.checkpoint_every": AT_LEAST_ONE,
+    "train.log_every": AT_LEAST_ONE,
+    "train.val_every": NON_NEGATIVE,
+    "train.select_top_k": AT_LEAST_ONE,
     "train.threads": NON_NEGATIVE,
-    "eval.res": Range(8), "eval.batch_size": AT_LEAST_ONE, "eval.crf_workers": NON_NEGATIVE,
-    "eval.max_images": NON_NEGATIVE, "eval.crf_timeout": POSITIVE,
+    "eval.res": Range(8),
+    "eval.batch_size": AT_LEAST_ONE,
+    "eval.crf_workers": NON_NEGATIVE,
+    "eval.max_images": NON_NEGATIVE,
+    "eval.crf_timeout": POSITIVE,
 }
 
 
@@ -382,5 +406,6 @@ def validate(cfg: Config) -> None:
         rule = RANGES.get(key, Range())
         kind = "an integer" if isinstance(value, int) else "a finite number"
         if (isinstance(value, float) and not math.isfinite(value)) or not rule.holds(value):
-            raise ConfigError(f"{key}={value!r} is out of range: it must be {kind} {rule.text()}."
-                              .replace(" any value", ""))
+            raise ConfigError(
+                f"{key}={value!r} is out of range: it must be {kind} {rule.text()}.".replace(" any value", "")
+            )

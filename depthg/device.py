@@ -30,7 +30,7 @@ class DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """"auto" -> cuda if available, else cpu; "cuda" under torchrun -> this rank's GPU. An unknown string or CUDA
+    """ "auto" -> cuda if available, else cpu; "cuda" under torchrun -> this rank's GPU. An unknown string or CUDA
     asked for where there is none is a ConfigError naming the value."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -49,7 +49,7 @@ def is_temp(path: str | os.PathLike) -> bool:
 def temp_owner(path: str | os.PathLike) -> int | None:
     """The pid in a temporary name of :func:`temp_sibling` (``.<stem>.<pid>.tmp<suffix>``), or None."""
     name = Path(path).name
-    head = name[1:name.rfind(TEMP_MARK)] if is_temp(name) else ""
+    head = name[1 : name.rfind(TEMP_MARK)] if is_temp(name) else ""
     pid = head.rsplit(".", 1)[-1]
     return int(pid) if pid.isdigit() else None
 
@@ -76,8 +76,12 @@ def remove_leftovers(folder: str | os.PathLike) -> int:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
-            elif is_temp(entry.name) and (pid := temp_owner(entry.name)) is not None and pid != os.getpid() \
-                    and not _alive(pid):
+            elif (
+                is_temp(entry.name)
+                and (pid := temp_owner(entry.name)) is not None
+                and pid != os.getpid()
+                and not _alive(pid)
+            ):
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
@@ -179,18 +183,28 @@ def file_lock(path: str | os.PathLike, *, wait: bool = True, what: str = "") -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a+")  # "a+": never truncate a holder's note before holding the lock
     except OSError as err:
-        raise OutputError(f"cannot create the lock file {path} ({err.strerror}); the folder must be writable.") \
-            from None
+        raise OutputError(
+            f"cannot create the lock file {path} ({err.strerror}); the folder must be writable."
+        ) from None
     with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise BusyError(f"{what or path} is in use by {lock_holder(path)}; wait for it to finish, or stop it "
-                            f"(the lock file {path} frees itself when its process ends).") from None
+            raise BusyError(
+                f"{what or path} is in use by {lock_holder(path)}; wait for it to finish, or stop it "
+                f"(the lock file {path} frees itself when its process ends)."
+            ) from None
         try:
             fh.truncate(0)
-            fh.write(json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv),
-                                 "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
+            fh.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "command": " ".join(sys.argv),
+                        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    }
+                )
+            )
             fh.flush()
             with _held_guard:
                 _held[key] = 1

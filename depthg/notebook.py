@@ -61,10 +61,21 @@ def display_path(path: str | Path) -> str:
         return str(path)
 
 
-def resolve_config(dataset: str, *, preset: str | None = None, data_dir: str | None = None,
-                   fidelity: str | None = None, weights: str | None = None, iterations: int | None = None,
-                   seed: int | None = None, device: str | None = None, threads: int | None = None,
-                   max_images: int | None = None, crf: bool | None = None, overrides: Any = None) -> Config:
+def resolve_config(
+    dataset: str,
+    *,
+    preset: str | None = None,
+    data_dir: str | None = None,
+    fidelity: str | None = None,
+    weights: str | None = None,
+    iterations: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    max_images: int | None = None,
+    crf: bool | None = None,
+    overrides: Any = None,
+) -> Config:
     """The preset of ``dataset`` (or ``preset``) with the notebook parameters applied; ``overrides`` (a list or a
     whitespace-separated string of section.key=value) come last and win. None leaves the preset's value."""
 
@@ -72,18 +83,26 @@ def resolve_config(dataset: str, *, preset: str | None = None, data_dir: str | N
     base = dataset_base(dataset)
     if preset is None:
         if base not in DEFAULT_PRESETS:
-            raise ConfigError(f"dataset {dataset!r} has no default preset; pass preset (one of "
-                              f"{', '.join(sorted(set(DEFAULT_PRESETS.values())))}) and model.n_classes=... in "
-                              f"overrides.")
+            raise ConfigError(
+                f"dataset {dataset!r} has no default preset; pass preset (one of "
+                f"{', '.join(sorted(set(DEFAULT_PRESETS.values())))}) and model.n_classes=... in "
+                f"overrides."
+            )
         preset = DEFAULT_PRESETS[base]
     named: dict[str, Any] = {"data.dataset": dataset}
     if data_dir:
         named["data.data_dir"] = str(data_dir)
     if fidelity:
         named["fidelity"] = fidelity
-    for key, value in (("model.weights", weights), ("train.iterations", iterations), ("train.seed", seed),
-                       ("train.device", device),
-                       ("train.threads", threads), ("eval.max_images", max_images), ("eval.crf", crf)):
+    for key, value in (
+        ("model.weights", weights),
+        ("train.iterations", iterations),
+        ("train.seed", seed),
+        ("train.device", device),
+        ("train.threads", threads),
+        ("eval.max_images", max_images),
+        ("eval.crf", crf),
+    ):
         if value is not None:
             named[key] = value
     cfg = load_preset(preset, named)
@@ -103,17 +122,30 @@ class Prepared:
 
     def summary(self) -> str:
         done = "; ".join(self.actions) or "already prepared"
-        return (f"{self.dataset} in {display_path(self.data_dir)}: {self.n_train} training items, {self.n_val} "
-                f"evaluation images, kNN file {display_path(self.knn_file)} ({done})")
+        return (
+            f"{self.dataset} in {display_path(self.data_dir)}: {self.n_train} training items, {self.n_val} "
+            f"evaluation images, kNN file {display_path(self.knn_file)} ({done})"
+        )
 
 
-def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = None, n_train: int | None = None,
-            n_val: int | None = None, seed: int | None = None, run_stages: bool = False, depth_model: str | None = None,
-            device: str = "auto", progress: bool = False) -> Prepared:
+def prepare(
+    dataset: str,
+    data_dir: str | None = None,
+    *,
+    cfg: Config | None = None,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    seed: int | None = None,
+    run_stages: bool = False,
+    depth_model: str | None = None,
+    device: str = "auto",
+    progress: bool = False,
+) -> Prepared:
     """Make sure ``dataset`` is ready for training and evaluation with ``cfg`` (default: its preset).
 
     synthetic: generate the world and its kNN file; an existing world is kept unless ``n_train``, ``n_val`` or
-    ``seed`` ask for another one (None: the existing world's value, else 200, 50 and 0). Real datasets: check; with ``run_stages`` run depth -> fivecrop -> knn on the training split
+    ``seed`` ask for another one (None: the existing world's value, else 200, 50 and 0). Real datasets: check; with
+    ``run_stages`` run depth -> fivecrop -> knn on the training split
     first (depth with ``depth_model``, default Depth Anything V2 Small; needs the model weights). Raises DataError
     naming the missing ``python -m depthg prep`` commands.
     """
@@ -129,15 +161,18 @@ def prepare(dataset: str, data_dir: str | None = None, *, cfg: Config | None = N
         lines = "\n".join(f"  {i}. {s.what}: {s.command}" for i, s in enumerate(missing, 1))
         where = f" -p data_dir {data_dir}" if data_dir else ""
         preset = None if DEFAULT_PRESETS.get(dataset_base(dataset)) == cfg.name else cfg.name
-        raise DataError(f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
-                        f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}{where}; "
-                        f"`{check_command(cfg, data_dir, preset)}` shows what exists).")
+        raise DataError(
+            f"dataset {dataset!r} is not prepared under {data_root(data_dir)}. Run, in this order:\n"
+            f"{lines}\n(or run notebooks/01_data_prep.ipynb with -p dataset {dataset}{where}; "
+            f"`{check_command(cfg, data_dir, preset)}` shows what exists)."
+        )
 
     train, val = build_train_set(cfg), build_eval_set(cfg)  # any remaining inconsistency raises here
     return Prepared(dataset, data_root(data_dir), len(train), len(val), knn_file(cfg, data_dir), actions)
 
 
 # ---- synthetic ---------------------------------------------------------------------------------------------------
+
 
 def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) -> Prepared:
 
@@ -146,8 +181,9 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
     before = json.loads(manifest.read_text()) if manifest.is_file() else None
     # what is not asked for is the existing world's (the one 01_data_prep made), else the defaults
     old = before or dict(zip(("n_train", "n_val", "seed", "res"), (*SYNTHETIC_DEFAULT_SIZE, 0, cfg.data.res)))
-    n_train, n_val, seed = (old[k] if v is None else v for k, v in
-                            (("n_train", n_train), ("n_val", n_val), ("seed", seed)))
+    n_train, n_val, seed = (
+        old[k] if v is None else v for k, v in (("n_train", n_train), ("n_val", n_val), ("seed", seed))
+    )
     same = (n_train, n_val, seed) == (old["n_train"], old["n_val"], old["seed"])
     res = old["res"] if same else cfg.data.res
     write_synthetic(root, n_train=n_train, n_val=n_val, res=res, seed=seed, progress=progress)
@@ -155,22 +191,34 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
     changed = after != before
     actions = [f"generated the world ({n_train} + {n_val} images at {res} px)"] if changed else []
     if cfg.data.crop_type == "five":
-
-        run_fivecrop("synthetic", data_dir, ["train"], ratio=cfg.data.crop_ratio, overwrite=changed,
-                     progress=progress)
+        run_fivecrop("synthetic", data_dir, ["train"], ratio=cfg.data.crop_ratio, overwrite=changed, progress=progress)
         actions.append("five-crop")
     knn = knn_file(cfg, data_dir)
     if changed or not knn.is_file():
         # training reads whichever kNN file exists for its backbone and resolution; make it only when missing or
         # when the world it indexes was regenerated
-        run_knn("synthetic", data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
-                res=cfg.data.knn_res, crop=cfg.data.crop_type, ratio=cfg.data.crop_ratio, k=knn_k(n_train, cfg.data.num_neighbors, where="synthetic/train"),
-                device=device, fidelity=cfg.fidelity.knn_features, seed=0, overwrite=True, progress=progress)
+        run_knn(
+            "synthetic",
+            data_dir,
+            "train",
+            backbone=cfg.model.backbone,
+            weights=cfg.model.weights,
+            res=cfg.data.knn_res,
+            crop=cfg.data.crop_type,
+            ratio=cfg.data.crop_ratio,
+            k=knn_k(n_train, cfg.data.num_neighbors, where="synthetic/train"),
+            device=device,
+            fidelity=cfg.fidelity.knn_features,
+            seed=0,
+            overwrite=True,
+            progress=progress,
+        )
         actions.append("computed the kNN file")
     return Prepared("synthetic", data_root(data_dir), n_train, n_val, knn, actions)
 
 
 # ---- real datasets -----------------------------------------------------------------------------------------------
+
 
 def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[str]:
     """depth -> fivecrop -> knn on the training split, each only when :func:`missing_steps` still lists it."""
@@ -181,30 +229,59 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
     if "source" in todo():
         return actions  # nothing to prepare from; the check reports what to download
     if "depth" in todo():
-
         # a reference preset asks for the release's model (data.depth_model) and its 8-bit encoding
         model = depth_model or d.depth_model or DEFAULT_MODEL
-        run_depth(d.dataset, data_dir, ["train"], model=model, device=device, progress=progress,
-                  encoding="release8" if model == PAPER_MODEL else "float16")
+        run_depth(
+            d.dataset,
+            data_dir,
+            ["train"],
+            model=model,
+            device=device,
+            progress=progress,
+            encoding="release8" if model == PAPER_MODEL else "float16",
+        )
         actions.append("depth maps")
     if "fivecrop" in todo():
-
-        run_fivecrop(d.dataset, data_dir, ["train"], ratio=d.crop_ratio, fidelity=cfg.fidelity.crop_format,
-                     depth_model=d.depth_model, progress=progress)
+        run_fivecrop(
+            d.dataset,
+            data_dir,
+            ["train"],
+            ratio=d.crop_ratio,
+            fidelity=cfg.fidelity.crop_format,
+            depth_model=d.depth_model,
+            progress=progress,
+        )
         actions.append("five-crop")
     if "knn" in todo():
-
         crop = effective_crop(d.dataset, d.crop_type)
         n = len(train_source(d.dataset, data_dir, "train", crop=crop, ratio=d.crop_ratio, with_depth=False))
-        run_knn(d.dataset, data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
-                res=d.knn_res, crop=crop, ratio=d.crop_ratio, k=knn_k(n, d.num_neighbors, where=f"{d.dataset}/train"), device=device,
-                fidelity=cfg.fidelity.knn_features, bf16=cfg.train.bf16, progress=progress)
+        run_knn(
+            d.dataset,
+            data_dir,
+            "train",
+            backbone=cfg.model.backbone,
+            weights=cfg.model.weights,
+            res=d.knn_res,
+            crop=crop,
+            ratio=d.crop_ratio,
+            k=knn_k(n, d.num_neighbors, where=f"{d.dataset}/train"),
+            device=device,
+            fidelity=cfg.fidelity.knn_features,
+            bf16=cfg.train.bf16,
+            progress=progress,
+        )
         actions.append("kNN file")
     return actions
 
 
-def trained_model(cfg: Config, checkpoint: str | Path | None = None, *, fallback_iterations: int = 100,
-                  results_dir: str | None = None, progress: bool = False):
+def trained_model(
+    cfg: Config,
+    checkpoint: str | Path | None = None,
+    *,
+    fallback_iterations: int = 100,
+    results_dir: str | None = None,
+    progress: bool = False,
+):
     """(model in eval mode, its config, checkpoint path, whether it was trained now) for the figures.
 
     ``checkpoint`` None: the run 02_train makes for ``cfg`` (results/runs/<run name>/, :func:`depthg.paths.run_name`),
@@ -216,13 +293,24 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None, *, fallback
     trained = False
     if checkpoint is None and not path.is_file():
         short = cfg.with_overrides({"train.iterations": fallback_iterations})
-        path = train(short, run_name=run_directory(cfg, None, results_dir, kind="figures").name,
-                     results_dir=results_dir, progress=progress).checkpoint
+        path = train(
+            short,
+            run_name=run_directory(cfg, None, results_dir, kind="figures").name,
+            results_dir=results_dir,
+            progress=progress,
+        ).checkpoint
         trained = True
     model, ckpt_cfg, _ = load_trained_model(path)
     if ckpt_cfg.data.dataset != cfg.data.dataset:
-        raise ConfigError(f"checkpoint {path} was trained on {ckpt_cfg.data.dataset!r}, not {cfg.data.dataset!r}; "
-                          f"pass a checkpoint of {cfg.data.dataset!r} or leave checkpoint=None.")
-    ckpt_cfg = ckpt_cfg.with_overrides({"data.data_dir": cfg.data.data_dir, "data.num_workers": cfg.data.num_workers,
-                                        **{f"eval.{k}": v for k, v in cfg.eval.__dict__.items()}})
+        raise ConfigError(
+            f"checkpoint {path} was trained on {ckpt_cfg.data.dataset!r}, not {cfg.data.dataset!r}; "
+            f"pass a checkpoint of {cfg.data.dataset!r} or leave checkpoint=None."
+        )
+    ckpt_cfg = ckpt_cfg.with_overrides(
+        {
+            "data.data_dir": cfg.data.data_dir,
+            "data.num_workers": cfg.data.num_workers,
+            **{f"eval.{k}": v for k, v in cfg.eval.__dict__.items()},
+        }
+    )
     return model, ckpt_cfg, path, trained

@@ -78,6 +78,7 @@ def bundled_weights_path(backbone: str) -> Path:
 
 # ---- run folders -------------------------------------------------------------------------------------------------
 
+
 def run_name(dataset: str, preset: str, seed: int, *, kind: str | None = None) -> str:
     """The default name of a run folder: ``[<kind>-][<dataset>-]<preset>-seed<seed>``.
 
@@ -99,15 +100,20 @@ def committed_files(path: str | os.PathLike) -> list[str]:
     if not path.is_relative_to(root):
         return []
     try:
-        out = subprocess.run(["git", "ls-files", "--", str(path.relative_to(root))], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "--", str(path.relative_to(root))],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return out.split()
 
 
-def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = False,
-                  overwrite: bool = False) -> Path:
+def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Check that a run of ``config`` (a resolved config as a dict) may write ``run_dir``; return it.
 
     Refused, with the ways out, unless ``overwrite``: a folder whose ``config.json`` is another config, and a folder
@@ -119,8 +125,10 @@ def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = Fa
     saved = run_dir / "config.json"
     if overwrite or resume or not saved.is_file():
         return run_dir
-    ways = ("pass another run name (--run-name NAME / -p run_name NAME), another results folder (--results-dir / "
-            "-p results_dir), or --overwrite (-p overwrite True) to replace it")
+    ways = (
+        "pass another run name (--run-name NAME / -p run_name NAME), another results folder (--results-dir / "
+        "-p results_dir), or --overwrite (-p overwrite True) to replace it"
+    )
     try:
         other = json.loads(saved.read_text())
     except (OSError, ValueError):
@@ -131,8 +139,10 @@ def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = Fa
         raise ConfigError(f"run folder {run_dir} holds a run of another config ({shown}); {ways}.")
     tracked = committed_files(run_dir)
     if tracked:
-        raise ConfigError(f"run folder {run_dir} holds results committed to the repository ({len(tracked)} files, "
-                          f"e.g. {tracked[0]}); a run of your own would replace them: {ways}.")
+        raise ConfigError(
+            f"run folder {run_dir} holds results committed to the repository ({len(tracked)} files, "
+            f"e.g. {tracked[0]}); a run of your own would replace them: {ways}."
+        )
     return run_dir
 
 

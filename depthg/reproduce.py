@@ -46,14 +46,18 @@ def check_kernel() -> None:
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL)
     except NoSuchKernel:
-        raise DepthGError(f"the Jupyter kernel {KERNEL!r} is not registered: run `make venv`, or "
-                          f"`{REGISTER_KERNEL}` with this environment's python.") from None
+        raise DepthGError(
+            f"the Jupyter kernel {KERNEL!r} is not registered: run `make venv`, or "
+            f"`{REGISTER_KERNEL}` with this environment's python."
+        ) from None
     # compare the bin folders: a venv's python is a symlink to the base interpreter, shared by every venv
     kernel_bin, our_bin = Path(spec.argv[0]).parent, Path(sys.executable).parent
     if Path(spec.argv[0]).is_absolute() and kernel_bin.resolve() != our_bin.resolve():
-        raise DepthGError(f"the Jupyter kernel {KERNEL!r} ({spec.resource_dir}) starts {spec.argv[0]}, not this "
-                          f"environment's {sys.executable}: re-register it with `{sys.executable} "
-                          f"{REGISTER_KERNEL.removeprefix('python ')}`.")
+        raise DepthGError(
+            f"the Jupyter kernel {KERNEL!r} ({spec.resource_dir}) starts {spec.argv[0]}, not this "
+            f"environment's {sys.executable}: re-register it with `{sys.executable} "
+            f"{REGISTER_KERNEL.removeprefix('python ')}`."
+        )
 
 
 def execute(src: Path, dst: Path, parameters: dict | None = None, cwd: Path | None = None, stdout=None) -> None:
@@ -63,9 +67,16 @@ def execute(src: Path, dst: Path, parameters: dict | None = None, cwd: Path | No
     import papermill
     from traitlets.config import Config
 
-    papermill.execute_notebook(str(src), str(dst), parameters=parameters or {}, cwd=str(cwd or src.parent),
-                               kernel_name=KERNEL, progress_bar=False, stdout_file=stdout,
-                               config=Config({"KernelManager": {"transport": "ipc"}}))
+    papermill.execute_notebook(
+        str(src),
+        str(dst),
+        parameters=parameters or {},
+        cwd=str(cwd or src.parent),
+        kernel_name=KERNEL,
+        progress_bar=False,
+        stdout_file=stdout,
+        config=Config({"KernelManager": {"transport": "ipc"}}),
+    )
 
 
 class _Echo:
@@ -93,7 +104,7 @@ class _Echo:
                 print(f"  {self.name} still running ({(time.time() - self.t0) / 60:.0f} min)", flush=True)
                 self.last = time.time()
 
-    def __enter__(self) -> "_Echo":
+    def __enter__(self) -> _Echo:
         self.thread.start()
         return self
 
@@ -124,8 +135,13 @@ def store_executed(executed: list[Path]) -> None:
         nbformat.write(nb, repo_root() / "notebooks" / src.name)
 
 
-def reproduce(*, results_dir: str | None = None, parameters: dict | None = None,
-              notebooks: tuple[str, ...] = NOTEBOOKS, store: bool = False) -> list[Path]:
+def reproduce(
+    *,
+    results_dir: str | None = None,
+    parameters: dict | None = None,
+    notebooks: tuple[str, ...] = NOTEBOOKS,
+    store: bool = False,
+) -> list[Path]:
     """Run ``notebooks`` in order; ``store``: with their stored defaults only (no :data:`MAIN_JOB`, no
     ``parameters``), writing the outputs nbval checks back into notebooks/."""
     check_kernel()

@@ -28,12 +28,18 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     """Commit hash and dirty flag of the checkout (``unknown`` outside a git work tree)."""
     root = root or repo_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         # dirty = uncommitted changes to the code; results/ is what runs write, so it does not count
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                 ":(exclude)results"], cwd=root, capture_output=True, text=True, timeout=10,
-                                check=True).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
@@ -54,12 +60,15 @@ def device_description(device: str) -> str:
 
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{torch.get_num_threads()} torch threads"
+    return (
+        f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads"
+    )
 
 
-def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: float,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def provenance(
+    *, seed: int | None, device: str, weights: str, wall_time_s: float, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "git": git_state(),
         "seed": seed,
@@ -79,12 +88,16 @@ def provenance(*, seed: int | None, device: str, weights: str, wall_time_s: floa
 def run_lock(run_dir: Path):
     """Hold the run folder for this process (train, resume, eval writers): a second one gets a BusyError naming
     the holder, instead of two runs interleaving one log and checkpoint. Re-entrant; freed when the process dies."""
-    return file_lock(Path(run_dir) / ".lock", wait=False,
-                     what=f"run folder {run_dir}")
+    return file_lock(Path(run_dir) / ".lock", wait=False, what=f"run folder {run_dir}")
 
 
-def write_run(run_dir: Path, *, config: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-              provenance: dict[str, Any] | None = None) -> Path:
+def write_run(
+    run_dir: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write the run's records, holding its folder (so a record never lands in a folder another run holds)."""
     run_dir = Path(run_dir)
     with run_lock(run_dir):

@@ -65,8 +65,18 @@ def synthetic_world(tmp_path_factory):
     cfg = load_preset("synthetic")
     data_dir = tmp_path_factory.mktemp("world") / "data"
     write_synthetic(data_dir / "synthetic", n_train=64, n_val=24, res=cfg.data.res, seed=0, progress=False)
-    run_knn("synthetic", data_dir, "train", backbone=cfg.model.backbone, weights=cfg.model.weights,
-            res=cfg.data.knn_res, crop="none", k=30, device="cpu", progress=False)
+    run_knn(
+        "synthetic",
+        data_dir,
+        "train",
+        backbone=cfg.model.backbone,
+        weights=cfg.model.weights,
+        res=cfg.data.knn_res,
+        crop="none",
+        k=30,
+        device="cpu",
+        progress=False,
+    )
     return data_dir
 
 

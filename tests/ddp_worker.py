@@ -13,8 +13,17 @@ def main(data_dir: str, out: str) -> None:
     import os
 
     rank = int(os.environ["RANK"])
-    cfg = load_preset("synthetic", [f"data.data_dir={data_dir}", "train.iterations=4", "train.threads=1",
-                                    "data.batch_size=4", "train.checkpoint_every=4", "train.device=cpu"])
+    cfg = load_preset(
+        "synthetic",
+        [
+            f"data.data_dir={data_dir}",
+            "train.iterations=4",
+            "train.threads=1",
+            "data.batch_size=4",
+            "train.checkpoint_every=4",
+            "train.device=cpu",
+        ],
+    )
     if rank == 0:  # the weights every rank starts from after DDP's broadcast (rank 0's init)
         torch.manual_seed(cfg.train.seed)
         model, step, _ = build_training(cfg, torch.device("cpu"))
@@ -22,6 +31,7 @@ def main(data_dir: str, out: str) -> None:
     result = {}
 
     import depthg.training.train as T
+
     real = T.save_checkpoint
 
     def spy(run, iteration):  # capture this rank's trained weights at the final save

@@ -44,6 +44,7 @@ class FakeTree:
 
 # ---- primitive writers -------------------------------------------------------------------------------------------
 
+
 def noise_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -87,13 +88,16 @@ def _depths(tree: FakeTree, split: str, key: str, depth: np.ndarray, kinds, zoe_
 
 # ---- dataset layouts ---------------------------------------------------------------------------------------------
 
+
 def make_cocostuff(data_dir, *, n=(3, 2), size=(24, 32), depth=("zoe",), seed=0) -> FakeTree:
     """cocostuff/{images,annotations,depth}/{train2017,val2017}/ + curated lists (train: subset None, val: 7).
     Labels are fine ids drawn from COCO_FINE_IDS (255 = unlabeled)."""
     data_dir, rng = Path(data_dir), np.random.default_rng(seed)
     tree, root = FakeTree(data_dir, "cocostuff27"), Path(data_dir) / "cocostuff"
-    lists = {"train": ("train2017", "Coco164kFull_Stuff_Coarse.txt"),
-             "val": ("val2017", "Coco164kFull_Stuff_Coarse_7.txt")}
+    lists = {
+        "train": ("train2017", "Coco164kFull_Stuff_Coarse.txt"),
+        "val": ("val2017", "Coco164kFull_Stuff_Coarse_7.txt"),
+    }
     for split, count in zip(SPLITS, n):
         sdir, list_name = lists[split]
         ids = [f"{1000 * (split == 'val') + i:012d}" for i in range(count)]
@@ -176,8 +180,9 @@ def make_potsdamraw(data_dir, *, n_images=2, tiles=2, size=(16, 16), labels=True
     return tree
 
 
-def make_directory(data_dir, folder="mydir", *, n=(3, 2), size=(18, 24), n_classes=4, labels=True, depth=(),
-                   seed=0) -> FakeTree:
+def make_directory(
+    data_dir, folder="mydir", *, n=(3, 2), size=(18, 24), n_classes=4, labels=True, depth=(), seed=0
+) -> FakeTree:
     """<folder>/imgs/<split>/<stem>.jpg|png and, with ``labels``, <folder>/labels/<split>/<stem>.png (class ids,
     255 = ignore). Dataset name: ``directory:<folder>``; "ours" depth goes to <folder>/derived/depth."""
     data_dir, rng = Path(data_dir), np.random.default_rng(seed)
@@ -213,16 +218,29 @@ def make_synthetic(data_dir, *, n=(4, 2), size=(16, 16), seed=0) -> FakeTree:
     return tree
 
 
-def make_five_crop(data_dir, dataset="cocostuff27", *, n=(10, 5), size=(12, 16), n_classes=27, legacy=False,
-                   ratio=0.5, seed=0, order: bool | None = None) -> FakeTree:
+def make_five_crop(
+    data_dir,
+    dataset="cocostuff27",
+    *,
+    n=(10, 5),
+    size=(12, 16),
+    n_classes=27,
+    legacy=False,
+    ratio=0.5,
+    seed=0,
+    order: bool | None = None,
+) -> FakeTree:
     """A five-crop set with ``n`` crops per split: ours under <dataset>/derived/five_crop_<ratio>/ (PNG images,
     label+1 PNG, 16-bit depth), or with ``legacy`` the release's cropped/<dataset>_five_crop_<ratio>/ (JPEG images,
     label+1 PNG, 8-bit <n>_zoedepth.png). Stored labels are label+1 (0 = ignore). ``order`` (default: ours, when n
     is a multiple of 5) writes order_<split>.txt, the source keys src0000.. in crop order."""
     data_dir, rng = Path(data_dir), np.random.default_rng(seed)
     tree = FakeTree(data_dir, dataset)
-    root = (Path(data_dir) / "cropped" / f"{dataset}_five_crop_{ratio:g}" if legacy
-            else derived_dir(dataset, data_dir) / f"five_crop_{ratio:g}")
+    root = (
+        Path(data_dir) / "cropped" / f"{dataset}_five_crop_{ratio:g}"
+        if legacy
+        else derived_dir(dataset, data_dir) / f"five_crop_{ratio:g}"
+    )
     for split, count in zip(SPLITS, n):
         for i in range(count):
             img, d = noise_image(rng, *size), ramp_depth(rng, *size)
@@ -240,8 +258,21 @@ def make_five_crop(data_dir, dataset="cocostuff27", *, n=(10, 5), size=(12, 16),
     return tree
 
 
-def make_knn(data_dir, dataset, split, n_items, *, backbone="vit_small_patch8", res=224, crop="five", k=30,
-             legacy=False, knn_features="paper", seed=0, order_keys=None) -> Path:
+def make_knn(
+    data_dir,
+    dataset,
+    split,
+    n_items,
+    *,
+    backbone="vit_small_patch8",
+    res=224,
+    crop="five",
+    k=30,
+    legacy=False,
+    knn_features="paper",
+    seed=0,
+    order_keys=None,
+) -> Path:
     """A kNN file for ``n_items`` items: row i = [i, k-1 random other items] (repeats allowed when n_items < k).
     Ours (with metadata) at knn_path(...), recording the item order of the dataset's training items when they exist,
     or with ``legacy`` the release's metadata-free file under <data>/nns/ (with ``order_keys``, its order file)."""
@@ -262,6 +293,16 @@ def make_knn(data_dir, dataset, split, n_items, *, backbone="vit_small_patch8", 
         order, order_source = items.order_identity(), items.order_source
     except DataError:  # no dataset yet: a file without an order, which training refuses
         order = order_source = None
-    return save_knn(knn_path(name, split, backbone, crop, res, data_dir), nns, dataset=dataset, split=split,
-                    backbone=backbone, weights="random", res=res, crop=crop, knn_features=knn_features,
-                    order=order, order_source=order_source)
+    return save_knn(
+        knn_path(name, split, backbone, crop, res, data_dir),
+        nns,
+        dataset=dataset,
+        split=split,
+        backbone=backbone,
+        weights="random",
+        res=res,
+        crop=crop,
+        knn_features=knn_features,
+        order=order,
+        order_source=order_source,
+    )

@@ -28,8 +28,14 @@ def _without(d: dict, drop: list[tuple[str, str]]) -> dict:
 
 def test_component_variants_set_exactly_the_three_switches():
     base = load_preset("synthetic")
-    expected = {"stego": (False, "random", False), "dfc": (True, "random", False), "fps": (False, "fps", False),
-                "dfc_fps": (True, "fps", False), "lhp": (False, "random", True), "all": (True, "fps", True)}
+    expected = {
+        "stego": (False, "random", False),
+        "dfc": (True, "random", False),
+        "fps": (False, "fps", False),
+        "dfc_fps": (True, "fps", False),
+        "lhp": (False, "random", True),
+        "all": (True, "fps", True),
+    }
     variants = ablation.component_variants()
     assert [v.key for v in variants] == list(expected)
     assert variants[0].label == "STEGO baseline" and variants[2].label == "+FPS"
@@ -76,28 +82,52 @@ def test_released_variant_is_the_presets_own_configuration():
 def _fake_run(root, name, cfg, *, cluster, linear, commit="abc123", crf=False):
     """A run folder as train() leaves it: config.json, metrics.json (last_step) and provenance.json."""
     probe = lambda acc, miou: {"accuracy": acc, "mIoU": miou, "iou": [miou / 100] * 3}
-    metrics = {"cluster": probe(*cluster), "linear": probe(*linear),
-               "eval": {"split": "val", "images": 7, "crf": crf, "flip": True, "res": 112}}
+    metrics = {
+        "cluster": probe(*cluster),
+        "linear": probe(*linear),
+        "eval": {"split": "val", "images": 7, "crf": crf, "flip": True, "res": 112},
+    }
     if crf:  # the CRF numbers are the ones a CRF table must use
-        metrics.update(cluster_crf=probe(cluster[0] + 1, cluster[1] + 1),
-                       linear_crf=probe(linear[0] + 1, linear[1] + 1))
+        metrics.update(
+            cluster_crf=probe(cluster[0] + 1, cluster[1] + 1), linear_crf=probe(linear[0] + 1, linear[1] + 1)
+        )
     run_dir = root / "runs" / name
-    write_run(run_dir, config=cfg.to_dict(), metrics={"last_step": metrics},
-              provenance={"git": {"commit": commit, "dirty": False}, "seed": cfg.train.seed,
-                          "backbone_weights": "random", "wall_time_s": 1.5})
+    write_run(
+        run_dir,
+        config=cfg.to_dict(),
+        metrics={"last_step": metrics},
+        provenance={
+            "git": {"commit": commit, "dirty": False},
+            "seed": cfg.train.seed,
+            "backbone_weights": "random",
+            "wall_time_s": 1.5,
+        },
+    )
     return run_dir
 
 
 def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
     base = load_preset("synthetic")
-    values = {("stego", 0): (50.0, 20.0), ("stego", 1): (54.0, 22.0), ("stego", 2): (58.0, 27.0),
-              ("dfc", 0): (60.0, 30.0), ("dfc", 1): (62.0, 30.0), ("dfc", 2): (61.0, 33.0)}
+    values = {
+        ("stego", 0): (50.0, 20.0),
+        ("stego", 1): (54.0, 22.0),
+        ("stego", 2): (58.0, 27.0),
+        ("dfc", 0): (60.0, 30.0),
+        ("dfc", 1): (62.0, 30.0),
+        ("dfc", 2): (61.0, 33.0),
+    }
     variants = {v.key: v for v in ablation.component_variants()}
     rows = []
     for (key, seed), (acc, miou) in values.items():
         cfg = variants[key].config(base, seed)
-        run = _fake_run(tmp_path, f"a-{key}-s{seed}", cfg, cluster=(acc, miou), linear=(acc + 10, miou + 5),
-                        commit="c1" if seed < 2 else "c2")
+        run = _fake_run(
+            tmp_path,
+            f"a-{key}-s{seed}",
+            cfg,
+            cluster=(acc, miou),
+            linear=(acc + 10, miou + 5),
+            commit="c1" if seed < 2 else "c2",
+        )
         rows.append(ablation.run_record(run, variant=variants[key], seed=seed))
     records = pd.DataFrame(rows)
     assert list(records["iterations"]) == [base.train.iterations] * 6 and not records["crf"].any()
@@ -122,8 +152,7 @@ def test_aggregate_mean_and_sample_std_over_seeds(tmp_path):
 
 def test_run_record_reads_the_crf_metrics_when_the_run_used_crf(tmp_path):
     v = ablation.component_variants()[0]
-    run = _fake_run(tmp_path, "crf", v.config(load_preset("synthetic"), 0), cluster=(50, 20), linear=(70, 30),
-                    crf=True)
+    run = _fake_run(tmp_path, "crf", v.config(load_preset("synthetic"), 0), cluster=(50, 20), linear=(70, 30), crf=True)
     rec = ablation.run_record(run, variant=v, seed=0)
     assert rec["crf"] and rec["cluster_acc"] == 51 and rec["linear_miou"] == 31
 
@@ -146,15 +175,21 @@ def test_run_variants_shares_identical_configs_and_reuses_finished_runs(tmp_path
     calls.clear()
     shared = {}  # two tables (two calls) share a run through one registry
     ablation.run_variants(base, variants[:1], [0], prefix="u", results_dir=str(tmp_path), made=shared, log=None)
-    other = ablation.run_variants(base, variants[1:], [0], prefix="v", results_dir=str(tmp_path), made=shared,
-                                  log=None)
+    other = ablation.run_variants(base, variants[1:], [0], prefix="v", results_dir=str(tmp_path), made=shared, log=None)
     assert calls == ["u-all-s0"] and list(other["run"]) == ["u-all-s0"]
 
     calls.clear()
     ablation.run_variants(base, variants[:1], [0, 1], prefix="t", results_dir=str(tmp_path), reuse=True, log=None)
     assert calls == []  # finished with the same config: reused
-    ablation.run_variants(base.with_overrides({"train.iterations": 7}), variants[:1], [0], prefix="t",
-                          results_dir=str(tmp_path), reuse=True, log=None)
+    ablation.run_variants(
+        base.with_overrides({"train.iterations": 7}),
+        variants[:1],
+        [0],
+        prefix="t",
+        results_dir=str(tmp_path),
+        reuse=True,
+        log=None,
+    )
     assert calls == ["t-all-s0"]  # another config under the same name: trained again
     calls.clear()
     ablation.run_variants(base, variants[:1], [1], prefix="t", results_dir=str(tmp_path), log=None)
@@ -165,8 +200,9 @@ def _agg_for(cfg, tmp_path):
     rows = []
     for v in ablation.component_variants():
         for seed in (0, 1):
-            run = _fake_run(tmp_path, f"x-{v.key}-s{seed}", v.config(cfg, seed), cluster=(60 + seed, 30),
-                            linear=(80, 40 + seed))
+            run = _fake_run(
+                tmp_path, f"x-{v.key}-s{seed}", v.config(cfg, seed), cluster=(60 + seed, 30), linear=(80, 40 + seed)
+            )
             rows.append(ablation.run_record(run, variant=v, seed=seed))
     records = pd.DataFrame(rows)
     return records, ablation.aggregate(records)
@@ -184,8 +220,17 @@ def test_write_table_carries_provenance_and_published_numbers(tmp_path):
     paths = ablation.write_table(agg, records, cfg=cfg, table="ablation", results_dir=str(tmp_path))
     assert paths["csv"].name == "ablation_potsdam.csv" and paths["md"].name == "ablation_potsdam.md"
     csv = pd.read_csv(paths["csv"])
-    for col in ("variant", "seeds", "runs", "iterations", "git_commit", "cluster_acc_mean", "cluster_acc_std",
-                "linear_miou_mean", "crf"):
+    for col in (
+        "variant",
+        "seeds",
+        "runs",
+        "iterations",
+        "git_commit",
+        "cluster_acc_mean",
+        "cluster_acc_std",
+        "linear_miou_mean",
+        "crf",
+    ):
         assert col in csv.columns, col
     assert len(csv) == 6 and csv["runs"].iloc[0] == "x-stego-s0;x-stego-s1"
     assert len(pd.read_csv(paths["runs_csv"])) == 12
@@ -199,8 +244,15 @@ def test_with_published_leaves_synthetic_tables_alone(tmp_path):
     records, agg = _agg_for(cfg, tmp_path)
     assert ablation.with_published(agg, cfg).equals(agg)
     shown = ablation.display_table(agg)
-    assert list(shown.columns) == ["variant", "cluster Acc", "cluster mIoU", "linear Acc", "linear mIoU", "seeds",
-                                   "runs"]
+    assert list(shown.columns) == [
+        "variant",
+        "cluster Acc",
+        "cluster mIoU",
+        "linear Acc",
+        "linear mIoU",
+        "seeds",
+        "runs",
+    ]
     md = ablation.markdown(pd.DataFrame({"a": ["x|y"], "b": [1]}))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1 |"]
 
@@ -234,10 +286,25 @@ def test_paired_differences_give_a_t_interval_over_seeds():
 
     base = [20.0, 22.0, 21.0]
     dfc = [21.0, 24.5, 22.0]  # paired differences 1.0, 2.5, 1.0
-    rows = [{"variant": lab, "key": key, "seed": s, "run": f"{key}-s{s}", "iterations": 10, "crf": False,
-             "eval_images": 8, "git_commit": "x", "git_dirty": False, "cluster_acc": v + 50, "cluster_miou": v,
-             "linear_acc": v + 50, "linear_miou": v}
-            for lab, key, vals in (("STEGO baseline", "stego", base), ("+DFC", "dfc", dfc)) for s, v in enumerate(vals)]
+    rows = [
+        {
+            "variant": lab,
+            "key": key,
+            "seed": s,
+            "run": f"{key}-s{s}",
+            "iterations": 10,
+            "crf": False,
+            "eval_images": 8,
+            "git_commit": "x",
+            "git_dirty": False,
+            "cluster_acc": v + 50,
+            "cluster_miou": v,
+            "linear_acc": v + 50,
+            "linear_miou": v,
+        }
+        for lab, key, vals in (("STEGO baseline", "stego", base), ("+DFC", "dfc", dfc))
+        for s, v in enumerate(vals)
+    ]
     records = pd.DataFrame(rows)
     out = ablation.paired_differences(ablation.aggregate(records), records)
     d = out.set_index("key")

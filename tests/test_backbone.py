@@ -15,8 +15,9 @@ def tiny():
     return DinoBackbone("vit_tiny_patch8", "random")
 
 
-@pytest.fixture(scope="module", params=[("vit_small_patch8", 384, 6), ("vit_base_patch8", 768, 12)],
-                ids=["vits8", "vitb8"])
+@pytest.fixture(
+    scope="module", params=[("vit_small_patch8", 384, 6), ("vit_base_patch8", 768, 12)], ids=["vits8", "vitb8"]
+)
 def dino8(request):
     torch.manual_seed(0)
     name, C, heads = request.param
@@ -39,7 +40,7 @@ def test_dino8_shapes_and_attention(dino8, res):
 # DINO (ViT-S/8 is the 300-epoch file, not timm's vit_small_patch8_224.dino = dino_deitsmall8_pretrain); DINOv2 README.
 EXPECTED_CHECKPOINTS = {
     "vit_small_patch8": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/"
-                        "dino_deitsmall8_300ep_pretrain.pth",
+    "dino_deitsmall8_300ep_pretrain.pth",
     "vit_base_patch8": "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
     "vit_small_patch16": "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
     "vit_base_patch16": "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
@@ -62,8 +63,11 @@ def test_hub_weights_fetch_the_exact_file_into_the_torch_hub_cache(name, monkeyp
     """No download: the downloader is replaced; it must be asked for the release's URL, into <hub>/checkpoints/."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     asked = []
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda url, dst, progress=True: (asked.append((url, dst)), open(dst, "wb").close()))
+    monkeypatch.setattr(
+        torch.hub,
+        "download_url_to_file",
+        lambda url, dst, progress=True: (asked.append((url, dst)), open(dst, "wb").close()),
+    )
     url = EXPECTED_CHECKPOINTS[name]
     path = hub_weights_file(name)
     assert asked == [(url, str(tmp_path / "checkpoints" / url.rsplit("/", 1)[-1]))] and path.is_file()
@@ -86,8 +90,10 @@ def test_hub_weights_load_from_the_cache_and_record_name_and_sha256(tiny, monkey
     loaded = DinoBackbone("vit_tiny_patch8", "hub")
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(loaded(x)[0], tiny(x)[0], rtol=0, atol=0)
-    assert loaded.weights_record == {"name": "dino_tiny_test",
-                                     "sha256": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    assert loaded.weights_record == {
+        "name": "dino_tiny_test",
+        "sha256": hashlib.sha256(cached.read_bytes()).hexdigest(),
+    }
     assert loaded.weights_source.startswith("dino_tiny_test (")
 
 
@@ -184,9 +190,8 @@ def test_hub_offline_error_names_the_exact_file_url_and_options(monkeypatch, tmp
 
 
 def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
-    import time
-
     import dataclasses
+    import time
 
     from depthg.model import backbone as bb
 
@@ -194,7 +199,9 @@ def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty cache
     url = "http://127.0.0.1:9/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"  # nobody listens
-    monkeypatch.setitem(bb.BACKBONES, "vit_small_patch8", dataclasses.replace(bb.BACKBONES["vit_small_patch8"], url=url))
+    monkeypatch.setitem(
+        bb.BACKBONES, "vit_small_patch8", dataclasses.replace(bb.BACKBONES["vit_small_patch8"], url=url)
+    )
     t0 = time.perf_counter()
     with pytest.raises(WeightsError, match=r"dino_deitsmall8_300ep_pretrain\.pth"):
         DinoBackbone("vit_small_patch8", "hub")
@@ -214,6 +221,7 @@ def test_dino_teacher_file_and_timm_file_load(tiny, tmp_path):
     dino["teacher"]["module.head.mlp.0.weight"] = torch.zeros(4, 192)
     torch.save(dino, tmp_path / "dino.pth")
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in vit_state.items()}, tmp_path / "model.safetensors")
 
     x = torch.randn(1, 3, 64, 64)

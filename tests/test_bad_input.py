@@ -37,8 +37,13 @@ CASES = [
 @pytest.mark.parametrize("argv,named,valid", CASES, ids=[c[1] for c in CASES])
 def test_out_of_range_values_are_one_line_before_any_work(argv, named, valid, tmp_path, capsys):
     t0 = time.time()
-    rc = main([*argv, "--results-dir", str(tmp_path)] if argv[0] == "train" else
-              [*argv, "--data-dir", str(tmp_path)] if argv[0] == "prep" else argv)
+    rc = main(
+        [*argv, "--results-dir", str(tmp_path)]
+        if argv[0] == "train"
+        else [*argv, "--data-dir", str(tmp_path)]
+        if argv[0] == "prep"
+        else argv
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = err.strip().splitlines()
@@ -70,13 +75,19 @@ def test_defaults_and_bounds_are_valid():
 from test_locks import trained  # noqa: E402,F401  (a one-iteration checkpoint on the synthetic world)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda s: s.pop("head"), "lacks or mangles head"),
-    (lambda s: s.__setitem__("rng", "x"), "lacks or mangles rng"),
-    (lambda s: s["head"].__setitem__("cluster1.0.weight", __import__("torch").zeros(3, 3, 1, 1)),
-     "does not fit the model"),
-    (lambda s: s["linear_probe"].pop("bias"), "does not fit the model"),
-], ids=["missing head", "mangled rng", "wrong shape", "missing tensor"])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda s: s.pop("head"), "lacks or mangles head"),
+        (lambda s: s.__setitem__("rng", "x"), "lacks or mangles rng"),
+        (
+            lambda s: s["head"].__setitem__("cluster1.0.weight", __import__("torch").zeros(3, 3, 1, 1)),
+            "does not fit the model",
+        ),
+        (lambda s: s["linear_probe"].pop("bias"), "does not fit the model"),
+    ],
+    ids=["missing head", "mangled rng", "wrong shape", "missing tensor"],
+)
 def test_damaged_training_checkpoint_is_one_line(trained, tmp_path, capsys, damage, message):  # noqa: F811
     import torch
 
@@ -96,7 +107,19 @@ def test_full_disk_while_training_is_one_line(synthetic_world, tmp_path, capsys,
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(ck.torch, "save", full)
-    rc = main(["train", "--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=1",
-               "train.threads=1", "--results-dir", str(tmp_path), "--no-eval", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "synthetic",
+            f"data.data_dir={synthetic_world}",
+            "train.iterations=1",
+            "train.threads=1",
+            "--results-dir",
+            str(tmp_path),
+            "--no-eval",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "No space left on device" in err[0], err

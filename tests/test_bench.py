@@ -36,8 +36,9 @@ def test_release_style_loss_equals_ours():
     d1 = torch.rand(4, 1, 24, 24, generator=g) * 255
     c1, c2 = sampling.random_coords(4, 3, generator=g), sampling.random_coords(4, 3, generator=g)
     for target in ("paper", "reference"):
-        t = losses.CorrelationTerms(0.5, 0.1, 0.4, 0.05, 0.7, 0.6, neg_samples=2, dfc_weight=0.2, dfc_shift=0.03,
-                                    dfc_target=target)
+        t = losses.CorrelationTerms(
+            0.5, 0.1, 0.4, 0.05, 0.7, 0.6, neg_samples=2, dfc_weight=0.2, dfc_shift=0.03, dfc_target=target
+        )
         ours = losses.correlation_loss(f1, f2, z1, z2, d1, None, c1, c2, t, generator=_gen(3))
         theirs = baselines.correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, t, generator=_gen(3))
         for k in ours:
@@ -49,8 +50,25 @@ def test_bench_loss_and_fps_commands_report_ratios(capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "ratio" in printed and "indices identical: True" in printed and "False" not in printed
-    main(["loss", "--batch", "3", "--channels", "8", "--dim", "4", "--grid", "6", "--side", "3", "--neg", "2",
-          "--repeats", "2"])
+    main(
+        [
+            "loss",
+            "--batch",
+            "3",
+            "--channels",
+            "8",
+            "--dim",
+            "4",
+            "--grid",
+            "6",
+            "--side",
+            "3",
+            "--neg",
+            "2",
+            "--repeats",
+            "2",
+        ]
+    )
     printed = capsys.readouterr().out
     assert printed.count("ratio") == 2 and "release-style" in printed
     for line in printed.splitlines()[1:]:

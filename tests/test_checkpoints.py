@@ -1,4 +1,5 @@
-"""Released STEGO/DepthG Lightning checkpoints -> DepthGModel (depthg.training.checkpoints), with real key names and shapes.
+"""Released STEGO/DepthG Lightning checkpoints -> DepthGModel (depthg.training.checkpoints), with real key names
+and shapes.
 
 The file is built here from random tensors (no weights can be downloaded): ViT-S/8 in DINO naming under
 ``net.model.*``, the head under ``net.cluster{1,2}``, the probes, the unused modules, and hyper-parameters pickled
@@ -22,8 +23,12 @@ C = 384  # ViT-S
 
 # the real modules of the classes a released checkpoint pickles (omegaconf, pytorch-lightning): the reader allows
 # exactly these names, and maps them to inert placeholders
-_REAL_MODULES = {"DictConfig": "omegaconf.dictconfig", "AnyNode": "omegaconf.nodes",
-                 "AttributeDict": "pytorch_lightning.utilities.parsing", "Boom": "fake_omegaconf"}
+_REAL_MODULES = {
+    "DictConfig": "omegaconf.dictconfig",
+    "AnyNode": "omegaconf.nodes",
+    "AttributeDict": "pytorch_lightning.utilities.parsing",
+    "Boom": "fake_omegaconf",
+}
 
 
 def _fake_config_module():
@@ -71,21 +76,33 @@ def _released_state(dim: int, n_classes: int, extra: int = 0, seed: int = 0) -> 
     state = {f"net.model.{k}": v for k, v in vit.state_dict().items()}
     assert state["net.model.cls_token"].shape == (1, 1, C) and state["net.model.pos_embed"].shape == (1, 785, C)
     assert state["net.model.patch_embed.proj.weight"].shape == (C, 3, 8, 8)
-    assert {"net.model.blocks.11.attn.qkv.weight", "net.model.blocks.11.mlp.fc2.bias", "net.model.norm.weight",
-            "net.model.blocks.0.norm2.bias", "net.model.blocks.0.attn.proj.weight"} <= set(state)
+    assert {
+        "net.model.blocks.11.attn.qkv.weight",
+        "net.model.blocks.11.mlp.fc2.bias",
+        "net.model.norm.weight",
+        "net.model.blocks.0.norm2.bias",
+        "net.model.blocks.0.attn.proj.weight",
+    } <= set(state)
 
     def rand(*shape):
         return torch.randn(*shape) * 0.05
 
-    state.update({
-        "net.cluster1.0.weight": rand(dim, C, 1, 1), "net.cluster1.0.bias": rand(dim),
-        "net.cluster2.0.weight": rand(C, C, 1, 1), "net.cluster2.0.bias": rand(C),
-        "net.cluster2.2.weight": rand(dim, C, 1, 1), "net.cluster2.2.bias": rand(dim),
-        "cluster_probe.clusters": torch.randn(n_classes + extra, dim),
-        "train_cluster_probe.clusters": torch.randn(n_classes, dim),
-        "linear_probe.weight": rand(n_classes, dim, 1, 1), "linear_probe.bias": rand(n_classes),
-        "decoder.weight": rand(C, dim, 1, 1), "decoder.bias": rand(C),
-    })
+    state.update(
+        {
+            "net.cluster1.0.weight": rand(dim, C, 1, 1),
+            "net.cluster1.0.bias": rand(dim),
+            "net.cluster2.0.weight": rand(C, C, 1, 1),
+            "net.cluster2.0.bias": rand(C),
+            "net.cluster2.2.weight": rand(dim, C, 1, 1),
+            "net.cluster2.2.bias": rand(dim),
+            "cluster_probe.clusters": torch.randn(n_classes + extra, dim),
+            "train_cluster_probe.clusters": torch.randn(n_classes, dim),
+            "linear_probe.weight": rand(n_classes, dim, 1, 1),
+            "linear_probe.bias": rand(n_classes),
+            "decoder.weight": rand(C, dim, 1, 1),
+            "decoder.bias": rand(C),
+        }
+    )
     return state
 
 
@@ -94,8 +111,14 @@ def _write_ckpt(path, state, hparams, monkeypatch, extra_objects=()):
     with pytest.MonkeyPatch.context() as mp:  # gone after saving, as omegaconf would be here
         _install(mp, mod)
         cfg = mod.DictConfig(hparams)
-        ckpt = {"state_dict": state, "hyper_parameters": mod.AttributeDict(n_classes=hparams["n_classes"], cfg=cfg),
-                "epoch": 0, "global_step": 21000, "pytorch-lightning_version": "2.0.1", "extra": list(extra_objects)}
+        ckpt = {
+            "state_dict": state,
+            "hyper_parameters": mod.AttributeDict(n_classes=hparams["n_classes"], cfg=cfg),
+            "epoch": 0,
+            "global_step": 21000,
+            "pytorch-lightning_version": "2.0.1",
+            "extra": list(extra_objects),
+        }
         torch.save(ckpt, path)
     return mod
 
@@ -105,8 +128,17 @@ def released(tmp_path_factory):
     """A COCO-like ViT-S/8 checkpoint (dim 70, 27 classes)."""
     path = tmp_path_factory.mktemp("ckpt") / "cocostuff_vits.ckpt"
     state = _released_state(70, 27)
-    hparams = dict(dataset_name="cocostuff27", model_type="vit_small", dino_patch_size=8, dim=70, n_classes=27,
-                   extra_clusters=0, dropout=True, lhp=False, depth_feat_weight=0.036864)
+    hparams = dict(
+        dataset_name="cocostuff27",
+        model_type="vit_small",
+        dino_patch_size=8,
+        dim=70,
+        n_classes=27,
+        extra_clusters=0,
+        dropout=True,
+        lhp=False,
+        depth_feat_weight=0.036864,
+    )
     with pytest.MonkeyPatch.context() as mp:
         _write_ckpt(path, state, hparams, mp)
     return path, state
@@ -124,8 +156,11 @@ def test_released_checkpoint_weights_land(released, tmp_path):
     assert model.backbone.weights_source == info["weights_source"] == f"file:{path} sha256:{info['sha256'][:12]}"
     ours = model.state_dict()
     for key, value in state.items():
-        mapped = (key.replace("net.model.", "backbone.vit.").replace("net.cluster", "head.cluster")
-                  if key.startswith("net.") else key)
+        mapped = (
+            key.replace("net.model.", "backbone.vit.").replace("net.cluster", "head.cluster")
+            if key.startswith("net.")
+            else key
+        )
         if not key.startswith(("decoder.", "train_cluster_probe.")):
             assert torch.equal(ours[mapped], value), key
 
@@ -145,8 +180,16 @@ def test_released_checkpoint_weights_land(released, tmp_path):
 def test_potsdam_like_checkpoint_with_extra_clusters(tmp_path, monkeypatch):
     state = _released_state(90, 3, extra=2, seed=1)
     state["lhp_module.projection_head.0.weight"] = torch.zeros(90, 90, 1, 1)
-    hparams = dict(dataset_name="potsdam", model_type="vit_small", dino_patch_size=8, dim=90, n_classes=3,
-                   extra_clusters=2, dropout=True, lhp=True)
+    hparams = dict(
+        dataset_name="potsdam",
+        model_type="vit_small",
+        dino_patch_size=8,
+        dim=90,
+        n_classes=3,
+        extra_clusters=2,
+        dropout=True,
+        lhp=True,
+    )
     _write_ckpt(tmp_path / "potsdam_vits.ckpt", state, hparams, monkeypatch)
     with pytest.warns(UserWarning, match="3D-LHP"):
         model, info = load_released_checkpoint(tmp_path / "potsdam_vits.ckpt")
@@ -162,8 +205,10 @@ def test_pickled_classes_are_never_executed(tmp_path, monkeypatch):
     mod = _fake_config_module()
     state = {"w": torch.ones(2)}
     _install(monkeypatch, mod)  # importable at load time too: still not used
-    torch.save({"state_dict": state, "payload": mod.Boom(marker),
-                "cfg": mod.DictConfig({"a": 1, "b": {"c": "x"}})}, tmp_path / "evil.pth")
+    torch.save(
+        {"state_dict": state, "payload": mod.Boom(marker), "cfg": mod.DictConfig({"a": 1, "b": {"c": "x"}})},
+        tmp_path / "evil.pth",
+    )
     with pytest.raises(WeightsError, match="evil.pth.*pickles getattr, which is not allowed"):
         read_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
@@ -238,6 +283,17 @@ def test_real_omegaconf_hyper_parameters(tmp_path):
 
     (tmp_path / "hp.ckpt").write_bytes(zlib.decompress(base64.b64decode(OMEGACONF_HPARAMS)))
     hparams = released_hparams(read_checkpoint(tmp_path / "hp.ckpt"))
-    assert hparams == {"n_classes": 3, "dataset_name": "potsdam", "model_type": "vit_small", "dino_patch_size": 8,
-                       "dim": 90, "extra_clusters": 0, "dropout": True, "lhp": False, "depth_feat_weight": 0.036864,
-                       "knn_res": "${res}", "res": 224, "crop": {"ratios": [0.5, 1.0], "mode": None}}
+    assert hparams == {
+        "n_classes": 3,
+        "dataset_name": "potsdam",
+        "model_type": "vit_small",
+        "dino_patch_size": 8,
+        "dim": 90,
+        "extra_clusters": 0,
+        "dropout": True,
+        "lhp": False,
+        "depth_feat_weight": 0.036864,
+        "knn_res": "${res}",
+        "res": 224,
+        "crop": {"ratios": [0.5, 1.0], "mode": None},
+    }

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -8,8 +9,13 @@ from depthg.presets import load_preset, preset_names
 
 
 def test_presets_exist_with_reference_values():
-    assert set(preset_names()) >= {"cocostuff27_vits8", "cocostuff27_vitb8", "cityscapes_vitb8", "potsdam_vits8",
-                                   "synthetic"}
+    assert set(preset_names()) >= {
+        "cocostuff27_vits8",
+        "cocostuff27_vitb8",
+        "cityscapes_vitb8",
+        "potsdam_vits8",
+        "synthetic",
+    }
     coco = load_preset("cocostuff27_vits8")
     # METHOD.md §7.2, paper_reproduction.sh l.5
     assert coco.loss.neg_inter_weight == 0.7000000000000001 and coco.loss.neg_inter_shift == 0.761
@@ -72,5 +78,5 @@ def test_json_round_trip(tmp_path):
 
 def test_config_is_immutable():
     cfg = load_preset("synthetic")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.loss.dfc = False  # type: ignore[misc]

@@ -27,7 +27,7 @@ def scene():
     """A two-region image (plus a disc) with its labels, and noisy logits whose argmax is ~35% wrong."""
     rng = np.random.default_rng(0)
     labels = np.zeros((H, W), dtype=np.int64)
-    labels[:, W // 2:] = 1
+    labels[:, W // 2 :] = 1
     yy, xx = np.mgrid[:H, :W]
     labels[(yy - 20) ** 2 + (xx - 16) ** 2 < 100] = 2
     colours = np.array([[40, 60, 200], [200, 180, 40], [30, 200, 60]])
@@ -66,8 +66,11 @@ def released_crf(image_for_pydensecrf, probs):
 def test_released_parameters_and_bgr_order(noise_batch):
     images, logits = noise_batch
     image = images[0]
-    probs = torch.nn.functional.interpolate(torch.from_numpy(logits[:1]), size=(H, W), mode="bilinear",
-                                            align_corners=False).softmax(1)[0].numpy()
+    probs = (
+        torch.nn.functional.interpolate(torch.from_numpy(logits[:1]), size=(H, W), mode="bilinear", align_corners=False)
+        .softmax(1)[0]
+        .numpy()
+    )
     np.testing.assert_allclose(upsampled_softmax(logits[:1], (H, W))[0], probs, atol=1e-7)
     ours = dense_crf(image, logits[0])
     np.testing.assert_array_equal(ours, released_crf(image[:, :, ::-1], probs))  # BGR, as the release
@@ -77,7 +80,7 @@ def test_released_parameters_and_bgr_order(noise_batch):
 
 def test_pool_equals_in_process_and_is_reused(noise_batch):
     images, logits = noise_batch
-    expected = np.stack([dense_crf(i, l) for i, l in zip(images, logits)])
+    expected = np.stack([dense_crf(im, lg) for im, lg in zip(images, logits)])
     np.testing.assert_array_equal(batched_crf(images, logits, workers=0), expected)
     with CRFPool(workers=2, timeout=30) as pool:
         np.testing.assert_array_equal(pool(torch.from_numpy(images), torch.from_numpy(logits)), expected)

@@ -86,14 +86,21 @@ def test_killed_idle_worker_is_replaced(batch):
 
 @pytest.mark.slow
 def test_workers_end_when_the_parent_is_killed():
-    script = ("import numpy as np, os, signal\nfrom depthg.evaluation.crf import CRFPool\n"
-              "from multiprocessing import resource_tracker as rt\n"
-              "pool = CRFPool(workers=2, timeout=30)\n"
-              "pool(np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 3, 4, 4), np.float32))\n"
-              "print(*pool.pids, rt._resource_tracker._pid or 0, flush=True)\n"
-              "os.kill(os.getpid(), signal.SIGKILL)\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    script = (
+        "import numpy as np, os, signal\nfrom depthg.evaluation.crf import CRFPool\n"
+        "from multiprocessing import resource_tracker as rt\n"
+        "pool = CRFPool(workers=2, timeout=30)\n"
+        "pool(np.zeros((2, 16, 16, 3), np.uint8), np.zeros((2, 3, 4, 4), np.float32))\n"
+        "print(*pool.pids, rt._resource_tracker._pid or 0, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     pids = [int(p) for p in out.stdout.split() if int(p)]
     assert len(pids) >= 2, out
     deadline = time.monotonic() + 10

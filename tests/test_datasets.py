@@ -17,12 +17,20 @@ from depthg.presets import load_preset
 
 
 def _cfg(data_dir, dataset, **over):
-    base = {"data.dataset": dataset, "data.data_dir": str(data_dir), "data.res": 16, "data.knn_res": 16,
-            "data.crop_type": "none", "eval.res": 16, "model.n_classes": L.dataset_info(dataset).n_classes or 4}
+    base = {
+        "data.dataset": dataset,
+        "data.data_dir": str(data_dir),
+        "data.res": 16,
+        "data.knn_res": 16,
+        "data.crop_type": "none",
+        "eval.res": 16,
+        "model.n_classes": L.dataset_info(dataset).n_classes or 4,
+    }
     return load_preset("synthetic", {**base, **over})
 
 
 # ---- source datasets per layout ------------------------------------------------------------------------------
+
 
 def test_cocostuff_source(coco_tree, data_dir):
     ds = source_dataset("cocostuff27", data_dir, "train")
@@ -106,6 +114,7 @@ def test_five_crop_sets(data_dir, legacy):
 
 # ---- transforms --------------------------------------------------------------------------------------------------
 
+
 def test_resize_and_centre_crop_geometry():
     cols = np.tile(np.arange(8), (4, 1))  # [4,8], value = column
     out = label_tensor(cols, 4)  # short side already 4: only the centre crop (columns 2..5)
@@ -146,6 +155,7 @@ def test_depth_semantics_per_fidelity(potsdam_tree, data_dir):
 
 # ---- training pairs and evaluation set ---------------------------------------------------------------------------
 
+
 def _pairs(data_dir, seed=0):
     fake_data.make_synthetic(data_dir, n=(12, 2))
     path = fake_data.make_knn(data_dir, "synthetic", "train", 12, res=16, crop="none")
@@ -164,8 +174,11 @@ def test_partner_ranks_are_1_to_7(data_dir):
     assert j == pairs.nns[5, r] and pairs.partner(5) == (r, j)
     item = pairs[5]
     assert item["index"] == 5 and item["index_pos"] == j and item["index_pos"] != 5
-    for k, shape, dtype in (("img", (3, 16, 16), torch.float32), ("label", (16, 16), torch.int64),
-                            ("depth", (1, 16, 16), torch.float32)):
+    for k, shape, dtype in (
+        ("img", (3, 16, 16), torch.float32),
+        ("label", (16, 16), torch.int64),
+        ("depth", (1, 16, 16), torch.float32),
+    ):
         assert item[k].shape == item[k + "_pos"].shape == shape and item[k].dtype == dtype
 
 
@@ -173,8 +186,9 @@ def test_pairs_deterministic_under_dataloader(data_dir):
     pairs = _pairs(data_dir)
 
     def run(workers):
-        loader = DataLoader(pairs, batch_size=4, shuffle=True, num_workers=workers,
-                            generator=torch.Generator().manual_seed(3))
+        loader = DataLoader(
+            pairs, batch_size=4, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(3)
+        )
         return [(b["index"].tolist(), b["index_pos"].tolist()) for b in loader]
 
     assert run(0) == run(0) == run(2)
@@ -210,8 +224,11 @@ def test_build_train_five_crop_and_legacy_knn(data_dir):
     with pytest.raises(DataError, match="prep fivecrop --dataset cocostuff27"):  # the source, but no crops yet
         build_train_set(_cfg(data_dir, "cocostuff27", **{"data.crop_type": "five"}))
     fake_data.make_five_crop(data_dir, "cocostuff27", n=(10, 5), legacy=True, order=True)
-    cfg = _cfg(data_dir, "cocostuff27", **{"data.crop_type": "five", "model.backbone": "vit_small_patch8",
-                                           "fidelity": "reference"})
+    cfg = _cfg(
+        data_dir,
+        "cocostuff27",
+        **{"data.crop_type": "five", "model.backbone": "vit_small_patch8", "fidelity": "reference"},
+    )
     with pytest.raises(DataError, match="prep knn --dataset cocostuff27"):
         build_train_set(cfg)
     # the release's kNN file is accepted only with the item order it was built on (issue 8 item 5)
@@ -237,16 +254,36 @@ def test_shuffled_knn_file_is_refused_naming_both_files_and_the_rebuild(data_dir
     assert len(build_train_set(cfg)) == 10  # the file of these crops is accepted
     nns, meta = load_knn(path)
     shuffled = order_identity(five_crop_ids(["src0001", "src0000"]))
-    save_knn(path, nns, dataset="cocostuff27", split="train", backbone="vit_small_patch8", weights="random", res=16,
-             crop="five", knn_features="paper", order=shuffled, order_source="/elsewhere/order_train.txt")
+    save_knn(
+        path,
+        nns,
+        dataset="cocostuff27",
+        split="train",
+        backbone="vit_small_patch8",
+        weights="random",
+        res=16,
+        crop="five",
+        knn_features="paper",
+        order=shuffled,
+        order_source="/elsewhere/order_train.txt",
+    )
     with pytest.raises(DataError) as err:
         build_train_set(cfg)
     message = str(err.value)
     assert "another item order" in message and str(path) in message and "/elsewhere/order_train.txt" in message
     assert "order_train.txt" in message.replace("/elsewhere/order_train.txt", "")  # the crops' own order file
     assert "prep knn --dataset cocostuff27" in message and "--overwrite" in message
-    save_knn(path, nns, dataset="cocostuff27", split="train", backbone="vit_small_patch8", weights="random", res=16,
-             crop="five", knn_features="paper")
+    save_knn(
+        path,
+        nns,
+        dataset="cocostuff27",
+        split="train",
+        backbone="vit_small_patch8",
+        weights="random",
+        res=16,
+        crop="five",
+        knn_features="paper",
+    )
     with pytest.raises(DataError, match="records no item order"):
         build_train_set(cfg)
 
@@ -271,8 +308,9 @@ def test_build_refuses_knn_of_other_resolution_and_warns_on_features(data_dir):
     path.rename(knn_path("synthetic", "train", "vit_tiny_patch8", "none", 16, data_dir))  # METHOD.md §9 #8
     with pytest.raises(DataError, match="res=392.*res=16"):
         build_train_set(_cfg(data_dir, "synthetic"))
-    fake_data.make_knn(data_dir, "synthetic", "train", 9, backbone="vit_tiny_patch8", res=16, crop="none",
-                       knn_features="reference")
+    fake_data.make_knn(
+        data_dir, "synthetic", "train", 9, backbone="vit_tiny_patch8", res=16, crop="none", knn_features="reference"
+    )
     with pytest.warns(UserWarning, match="knn_features='reference'"):
         build_train_set(_cfg(data_dir, "synthetic"))
     fake_data.make_knn(data_dir, "synthetic", "train", 9, backbone="vit_tiny_patch8", res=16, crop="none", k=5)
@@ -282,11 +320,21 @@ def test_build_refuses_knn_of_other_resolution_and_warns_on_features(data_dir):
 
 # ---- the kNN file ------------------------------------------------------------------------------------------------
 
+
 def test_knn_roundtrip_and_checks(data_dir):
     nns = np.array([[0, 1, 2], [1, 2, 0], [2, 0, 1]])
     path = knn_path("potsdam", "train", "vit_small_patch8", "none", 224, data_dir)
-    save_knn(path, nns, dataset="potsdam", split="train", backbone="vit_small_patch8", weights="hub", res=224,
-             crop="none", knn_features="paper")
+    save_knn(
+        path,
+        nns,
+        dataset="potsdam",
+        split="train",
+        backbone="vit_small_patch8",
+        weights="hub",
+        res=224,
+        crop="none",
+        knn_features="paper",
+    )
     got, meta = load_knn(path, expect=dict(dataset="potsdam", split="train", res=224, crop="none", n_items=3))
     assert np.array_equal(got, nns) and got.dtype == np.int64 and meta["weights"] == "hub"
     for key, bad in (("dataset", "cocostuff27"), ("split", "val"), ("res", 392), ("crop", "five")):
@@ -295,15 +343,25 @@ def test_knn_roundtrip_and_checks(data_dir):
     with pytest.raises(DataError, match="3 rows.*5 items"):
         load_knn(path, expect=dict(n_items=5))
     with pytest.raises(DataError, match="0..2"):
-        save_knn(path, nns + 1, dataset="potsdam", split="train", backbone="b", weights="w", res=1, crop="none",
-                 knn_features="paper")
+        save_knn(
+            path,
+            nns + 1,
+            dataset="potsdam",
+            split="train",
+            backbone="b",
+            weights="w",
+            res=1,
+            crop="none",
+            knn_features="paper",
+        )
 
 
 def test_knn_legacy_name_and_bad_files(data_dir):
     path = fake_data.make_knn(data_dir, "cocostuff27", "val", 4, res=224, crop="none", k=3, legacy=True)
     assert path.name == "nns_vit_small_cocostuff27_val_None_224.npz"
-    nns, meta = load_knn(path, expect=dict(dataset="cocostuff27", split="val", crop="none",
-                                           backbone="vit_small_patch16", n_items=4))
+    nns, meta = load_knn(
+        path, expect=dict(dataset="cocostuff27", split="val", crop="none", backbone="vit_small_patch16", n_items=4)
+    )
     assert nns.shape == (4, 3) and meta["res"] == 224
     with pytest.raises(DataError, match="res=224.*res=320"):
         load_knn(path, expect=dict(res=320))
@@ -321,6 +379,7 @@ def test_knn_legacy_name_and_bad_files(data_dir):
 
 
 # ---- bad input gets one clear DataError --------------------------------------------------------------------------
+
 
 def test_missing_root_and_unknown_name(data_dir):
     with pytest.raises(DataError, match=r"cocostuff.*does not exist.*data_dir"):
@@ -365,8 +424,9 @@ def test_depth_missing_or_wrong_size(coco_tree, data_dir):
 
 def test_labels_out_of_range(coco_tree, data_dir, potsdam_tree):
     key = coco_tree.keys["val"][0]
-    fake_data.write_png(data_dir / "cocostuff" / "annotations" / "val2017" / f"{key}.png",
-                        np.full((24, 32), 200, np.uint8))
+    fake_data.write_png(
+        data_dir / "cocostuff" / "annotations" / "val2017" / f"{key}.png", np.full((24, 32), 200, np.uint8)
+    )
     with pytest.raises(DataError, match=rf"{key}\.png holds value\(s\) 200"):
         source_dataset("cocostuff27", data_dir, "val")[0]
     fake_data.write_mat(data_dir / "potsdam" / "gt" / "val_0.mat", gt=np.full((20, 20), 9, np.uint8))

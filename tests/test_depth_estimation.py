@@ -21,32 +21,64 @@ transformers = pytest.importorskip("transformers")
 
 def _save_depth_anything(path):
     """Depth Anything (relative: disparity) with a 2-block Dinov2 of width 32: ~70k parameters."""
-    bb = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                   image_size=28, patch_size=14, out_features=["stage1", "stage2"],
-                                   reshape_hidden_states=False)
-    cfg = transformers.DepthAnythingConfig(backbone_config=bb, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16],
-                                           reassemble_factors=[2, 1], fusion_hidden_size=16, head_hidden_size=8)
+    bb = transformers.Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+        out_features=["stage1", "stage2"],
+        reshape_hidden_states=False,
+    )
+    cfg = transformers.DepthAnythingConfig(
+        backbone_config=bb,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16],
+        reassemble_factors=[2, 1],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
     torch.manual_seed(0)
     transformers.DepthAnythingForDepthEstimation(cfg).save_pretrained(path)
-    transformers.DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
-                                   ).save_pretrained(path)
+    transformers.DPTImageProcessor(
+        size={"height": 28, "width": 28},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(path)
     return str(path)
 
 
 def _save_zoedepth(path):
     """ZoeDepth (metric) with a 4-block BEiT of width 32."""
-    bb = transformers.BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4,
-                                 num_attention_heads=2, intermediate_size=64, use_relative_position_bias=True,
-                                 out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False)
-    cfg = transformers.ZoeDepthConfig(backbone_config=bb, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-                                      bottleneck_features=16, num_attractors=[4, 4, 4, 4], bin_embedding_dim=8,
-                                      num_relative_features=8, bin_configurations=[
-                                          {"n_bins": 8, "min_depth": 1e-3, "max_depth": 10.0, "name": "nyu"}])
+    bb = transformers.BeitConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        use_relative_position_bias=True,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    cfg = transformers.ZoeDepthConfig(
+        backbone_config=bb,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        bottleneck_features=16,
+        num_attractors=[4, 4, 4, 4],
+        bin_embedding_dim=8,
+        num_relative_features=8,
+        bin_configurations=[{"n_bins": 8, "min_depth": 1e-3, "max_depth": 10.0, "name": "nyu"}],
+    )
     torch.manual_seed(0)
     transformers.ZoeDepthForDepthEstimation(cfg).save_pretrained(path)
-    transformers.ZoeDepthImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=True,
-                                        ensure_multiple_of=8).save_pretrained(path)
+    transformers.ZoeDepthImageProcessor(
+        size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=8
+    ).save_pretrained(path)
     return str(path)
 
 
@@ -69,6 +101,7 @@ class _RampNet(torch.nn.Module):
 
 
 # ---- conversion ---------------------------------------------------------------------------------------------------
+
 
 def test_disparity_to_depth_inverts_order_and_is_bounded():
     disp = torch.tensor([[[0.0, 1.0, 3.0, 9.0]], [[2.0, 2.0, 2.0, 2.0]]])  # [2,1,4]
@@ -111,6 +144,7 @@ def test_zoedepth_is_metric_with_flip_averaging(tmp_path):
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
 
+
 def _source_files(root):
     """Files of a dataset folder outside its derived/ subfolder (where the stages write)."""
     return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "derived" not in p.parts}
@@ -119,8 +153,25 @@ def _source_files(root):
 def test_depth_stage_files_sidecar_and_idempotence(tiny_da, cityscapes_tree, monkeypatch, capsys):
     data = cityscapes_tree.data_dir
     source_before = _source_files(data / "cityscapes")
-    assert main(["depth", "--dataset", "cityscapes", "--data-dir", str(data), "--model", tiny_da, "--device", "cpu",
-                 "--batch-size", "3", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "depth",
+                "--dataset",
+                "cityscapes",
+                "--data-dir",
+                str(data),
+                "--model",
+                tiny_da,
+                "--device",
+                "cpu",
+                "--batch-size",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "depth train: 4 computed" in capsys.readouterr().out
     assert _source_files(data / "cityscapes") == source_before  # never writes into the source tree
 
@@ -161,6 +212,7 @@ def test_depth_stage_sharded_then_resumed(tiny_da, coco_tree):
 
 # ---- errors -------------------------------------------------------------------------------------------------------
 
+
 def test_offline_without_weights_names_the_model_and_the_remedy(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
@@ -187,8 +239,21 @@ def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
 def test_cli_offline_error_is_one_line(monkeypatch, tmp_path, coco_tree, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
-    assert main(["depth", "--dataset", "cocostuff27", "--data-dir", str(coco_tree.data_dir), "--model",
-                 "Intel/zoedepth-nyu-kitti", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "depth",
+                "--dataset",
+                "cocostuff27",
+                "--data-dir",
+                str(coco_tree.data_dir),
+                "--model",
+                "Intel/zoedepth-nyu-kitti",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: cannot load depth model 'Intel/zoedepth-nyu-kitti'") and "Traceback" not in err
     assert err.count("\n") == 1
@@ -200,6 +265,7 @@ def test_missing_model_directory(tmp_path):
 
 
 # ---- the paper's depth model, its 8-bit encoding and the model record (issue 8 item 4) -------------------------
+
 
 def test_the_papers_model_is_zoed_m12_n_nyu_and_reference_presets_ask_for_it():
     from depthg.presets import load_preset
@@ -232,9 +298,19 @@ def test_release8_encoding_stores_the_releases_8bit_maps_with_the_model(tmp_path
 def _train_cfg(data_dir, depth_model, allow=False):
     from depthg.presets import load_preset
 
-    return load_preset("synthetic", {"data.dataset": "potsdam", "data.data_dir": str(data_dir), "data.res": 16,
-                                     "data.knn_res": 16, "data.crop_type": "none", "model.n_classes": 3,
-                                     "data.depth_model": depth_model, "data.allow_other_depth_model": allow})
+    return load_preset(
+        "synthetic",
+        {
+            "data.dataset": "potsdam",
+            "data.data_dir": str(data_dir),
+            "data.res": 16,
+            "data.knn_res": 16,
+            "data.crop_type": "none",
+            "model.n_classes": 3,
+            "data.depth_model": depth_model,
+            "data.allow_other_depth_model": allow,
+        },
+    )
 
 
 def test_training_refuses_depth_of_another_model_and_prefers_the_released_maps(tiny_da, potsdam_tree):

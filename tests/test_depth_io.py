@@ -79,8 +79,10 @@ def test_reference_potsdam_truncation_bug():
     # to_tensor -> v/255 in [0,1], int cast -> only the per-image maximum survives as 1 (METHOD.md §1.6, §4.6)
     assert np.array_equal(out, np.array([[0, 0, 0], [1, 0, 1]], np.float32))
     v8 = np.array([[0, 254], [255, 128]], np.float32)
-    assert np.array_equal(depth_for_training(v8, fidelity="reference", dataset="potsdam", is_8bit=True),
-                          np.array([[0, 0], [1, 0]], np.float32))
+    assert np.array_equal(
+        depth_for_training(v8, fidelity="reference", dataset="potsdam", is_8bit=True),
+        np.array([[0, 0], [1, 0]], np.float32),
+    )
     # other datasets keep the full 0..255 range
     assert depth_for_training(d, fidelity="reference", dataset="cityscapes").max() == 255
 

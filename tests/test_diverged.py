@@ -14,8 +14,18 @@ from depthg.training.train import train
 
 
 def _cfg(data_dir, *extra):
-    return load_preset("synthetic", [f"data.data_dir={data_dir}", "train.threads=1", "eval.crf=false",
-                                     "data.batch_size=4", "train.checkpoint_every=1", "train.log_every=1", *extra])
+    return load_preset(
+        "synthetic",
+        [
+            f"data.data_dir={data_dir}",
+            "train.threads=1",
+            "eval.crf=false",
+            "data.batch_size=4",
+            "train.checkpoint_every=1",
+            "train.log_every=1",
+            *extra,
+        ],
+    )
 
 
 def test_diverged_run_keeps_the_last_finite_checkpoint_and_resumes_with_a_lower_lr(synthetic_world, tmp_path):
@@ -40,8 +50,10 @@ def test_diverged_run_keeps_the_last_finite_checkpoint_and_resumes_with_a_lower_
     assert state["iteration"] == 4 and state["config"]["train"]["lr"] == 1e-4
     assert state["optimizers"]["head"]["param_groups"][0]["lr"] == 1e-4  # the optimiser really uses the new rate
     resumes = json.loads((tmp_path / "runs" / "d" / "resumes.json").read_text())
-    assert [(r["from_iteration"], r["changes"]) for r in resumes] == [(2, {"train.lr": [5e-4, 1e30]}),
-                                                                        (2, {"train.lr": [5e-4, 1e-4]})]
+    assert [(r["from_iteration"], r["changes"]) for r in resumes] == [
+        (2, {"train.lr": [5e-4, 1e30]}),
+        (2, {"train.lr": [5e-4, 1e-4]}),
+    ]
     prov = json.loads((tmp_path / "runs" / "d" / "provenance.json").read_text())
     assert prov["resume_changes"] == {"train.lr": [5e-4, 1e-4]}
 
@@ -50,5 +62,10 @@ def test_resume_still_refuses_other_changes(synthetic_world, tmp_path):
     cfg = _cfg(synthetic_world, "train.iterations=1")
     train(cfg, run_name="r", results_dir=str(tmp_path), progress=False)
     with pytest.raises(TrainingError, match="loss.neg_samples"):
-        train(cfg.with_overrides(["train.lr=1e-5", "loss.neg_samples=3"]), run_name="r", results_dir=str(tmp_path),
-              resume=True, progress=False)
+        train(
+            cfg.with_overrides(["train.lr=1e-5", "loss.neg_samples=3"]),
+            run_name="r",
+            results_dir=str(tmp_path),
+            resume=True,
+            progress=False,
+        )

@@ -18,8 +18,13 @@ FILE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*(?:" + "|".join(NAMES) + r")\.md)\
 
 
 def _sources() -> list[Path]:
-    files = [ROOT / "README.md", *sorted((ROOT / "depthg").rglob("*.py")), *sorted((ROOT / "notebooks").glob("*.ipynb")),
-             *sorted((ROOT / "tests").glob("*.py")), *sorted(DOCS.glob("*.md"))]
+    files = [
+        ROOT / "README.md",
+        *sorted((ROOT / "depthg").rglob("*.py")),
+        *sorted((ROOT / "notebooks").glob("*.ipynb")),
+        *sorted((ROOT / "tests").glob("*.py")),
+        *sorted(DOCS.glob("*.md")),
+    ]
     return [f for f in files if f.name != "test_docs.py"]
 
 
@@ -59,13 +64,20 @@ def test_every_cited_file_exists():
     missing = set()
     for path in _sources():
         for cited in FILE.findall(path.read_text()):
-            if not ((ROOT / cited).is_file() or (DOCS / Path(cited).name).is_file() and "/" not in cited
-                    or cited.startswith("docs/") and (ROOT / cited).is_file()):
+            if not (
+                (ROOT / cited).is_file()
+                or (DOCS / Path(cited).name).is_file()
+                and "/" not in cited
+                or cited.startswith("docs/")
+                and (ROOT / cited).is_file()
+            ):
                 missing.add(f"{cited} (in {path.relative_to(ROOT)})")
     assert not missing, "cited files the repository lacks: " + "; ".join(sorted(missing))
 
 
 def test_anchors_document_is_generated_from_the_data():
     text = (DOCS / "ANCHORS.md").read_text()
-    assert text == anchors_markdown(), ("docs/ANCHORS.md differs from depthg.reporting.anchors; regenerate it: "
-                                        "python -m depthg.reporting.anchors_doc > docs/ANCHORS.md")
+    assert text == anchors_markdown(), (
+        "docs/ANCHORS.md differs from depthg.reporting.anchors; regenerate it: "
+        "python -m depthg.reporting.anchors_doc > docs/ANCHORS.md"
+    )

@@ -14,17 +14,38 @@ from depthg.evaluation.evaluate import preset_for_released
 def released_synthetic(tmp_path, monkeypatch):
     """A released-format ViT-S/8 Lightning checkpoint (real key names and shapes) with 6 classes, dim 70."""
     path = tmp_path / "synthetic_vits.ckpt"
-    hparams = dict(dataset_name="synthetic", model_type="vit_small", dino_patch_size=8, dim=70, n_classes=6,
-                   extra_clusters=0, dropout=True)
+    hparams = dict(
+        dataset_name="synthetic",
+        model_type="vit_small",
+        dino_patch_size=8,
+        dim=70,
+        n_classes=6,
+        extra_clusters=0,
+        dropout=True,
+    )
     _write_ckpt(path, _released_state(70, 6), hparams, monkeypatch)
     return path
 
 
-def test_eval_cli_on_released_checkpoint_writes_results_with_provenance(released_synthetic, synthetic_world,
-                                                                        tmp_path, capsys):
-    rc = main(["eval", str(released_synthetic), "--preset", "synthetic", f"data.data_dir={synthetic_world}",
-               "eval.max_images=4", "eval.batch_size=2", "eval.crf_workers=2", "--results-dir", str(tmp_path),
-               "--run-name", "released"])
+def test_eval_cli_on_released_checkpoint_writes_results_with_provenance(
+    released_synthetic, synthetic_world, tmp_path, capsys
+):
+    rc = main(
+        [
+            "eval",
+            str(released_synthetic),
+            "--preset",
+            "synthetic",
+            f"data.data_dir={synthetic_world}",
+            "eval.max_images=4",
+            "eval.batch_size=2",
+            "eval.crf_workers=2",
+            "--results-dir",
+            str(tmp_path),
+            "--run-name",
+            "released",
+        ]
+    )
     assert rc == 0
     run = tmp_path / "runs" / "released"
     metrics = json.loads((run / "metrics.json").read_text())["last_step"]
@@ -86,9 +107,21 @@ def test_unlabelled_evaluation_says_so_instead_of_nan(released_synthetic, data_d
     import fake_data
 
     fake_data.make_directory(data_dir, "photos", labels=False)
-    rc = main(["eval", str(released_synthetic), "--preset", "synthetic", "data.dataset=directory:photos",
-               f"data.data_dir={data_dir}", "eval.res=32", "eval.batch_size=2", "--no-crf", "--results-dir",
-               str(tmp_path)])
+    rc = main(
+        [
+            "eval",
+            str(released_synthetic),
+            "--preset",
+            "synthetic",
+            "data.dataset=directory:photos",
+            f"data.data_dir={data_dir}",
+            "eval.res=32",
+            "eval.batch_size=2",
+            "--no-crf",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "no labelled pixels in directory:photos/val" in out and "labels/val/<image stem>.png" in out

@@ -31,8 +31,16 @@ def c():
 
 @pytest.mark.parametrize("pw,zc,st", FLAG_COMBOS)
 def test_helper_all_flag_combinations(a, pw, zc, st):
-    loss = losses.stego_term(a["f1"], a["f2"], a["c1"], a["c2"], float(a["shift"]),
-                             pointwise=bool(pw), zero_clamp=bool(zc), stabilize=bool(st))
+    loss = losses.stego_term(
+        a["f1"],
+        a["f2"],
+        a["c1"],
+        a["c2"],
+        float(a["shift"]),
+        pointwise=bool(pw),
+        zero_clamp=bool(zc),
+        stabilize=bool(st),
+    )
     torch.testing.assert_close(loss, a[f"loss_pw{pw}_zc{zc}_st{st}"], **TOL)
     torch.testing.assert_close(loss.mean(), a[f"loss_mean_pw{pw}_zc{zc}_st{st}"], **TOL)
 

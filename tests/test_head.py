@@ -16,8 +16,14 @@ def test_head_shapes_and_released_key_names():
     head = SegmentationHead(24, 7)
     teacher, z = head.eval()(_feats())
     assert teacher.shape == (2, 24, 6, 5) and z.shape == (2, 7, 6, 5)
-    assert set(head.state_dict()) == {"cluster1.0.weight", "cluster1.0.bias", "cluster2.0.weight",
-                                      "cluster2.0.bias", "cluster2.2.weight", "cluster2.2.bias"}
+    assert set(head.state_dict()) == {
+        "cluster1.0.weight",
+        "cluster1.0.bias",
+        "cluster2.0.weight",
+        "cluster2.0.bias",
+        "cluster2.2.weight",
+        "cluster2.2.bias",
+    }
     assert set(ClusterProbe(7, 5).state_dict()) == {"clusters"}
     assert set(LinearProbe(7, 3).state_dict()) == {"weight", "bias"}
 
@@ -51,8 +57,9 @@ def test_head_training_three_independent_dropout_draws(teacher_dropout):
     masks = [(d != 0).all(dim=(2, 3)) for d in (d1, d2, d3)]  # [B,C] kept channels of each draw
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
     assert all(0.75 < m.float().mean() < 0.98 for m in masks)  # p = 0.1 channel dropout
-    torch.testing.assert_close(d1[masks[0][..., None, None].expand_as(d1)],
-                               (f / 0.9)[masks[0][..., None, None].expand_as(f)])  # kept channels rescaled
+    torch.testing.assert_close(
+        d1[masks[0][..., None, None].expand_as(d1)], (f / 0.9)[masks[0][..., None, None].expand_as(f)]
+    )  # kept channels rescaled
     if teacher_dropout:
         torch.testing.assert_close(teacher, d3)
     else:
@@ -121,8 +128,9 @@ def test_model_forward_and_flip_averaged_prediction():
 def test_model_from_config_section():
     from types import SimpleNamespace
 
-    section = SimpleNamespace(backbone="vit_tiny_patch8", weights="random", dim=12, dropout=False, n_classes=5,
-                              extra_clusters=1)
+    section = SimpleNamespace(
+        backbone="vit_tiny_patch8", weights="random", dim=12, dropout=False, n_classes=5, extra_clusters=1
+    )
     model = DepthGModel.from_config(section)
     assert model.head.cluster1[0].out_channels == 12 and model.head.teacher_dropout is False
     assert model.cluster_probe.clusters.shape == (6, 12) and model.linear_probe.n_classes == 5

@@ -61,18 +61,45 @@ def test_channel_dropout_is_dropout2d_and_per_item():
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
 
+
 def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, capsys):
     data = str(synthetic_tree.data_dir)
     assert main(["fivecrop", "--dataset", "synthetic", "--data-dir", data, "--no-progress"]) == 0
-    assert main(["knn", "--dataset", "synthetic", "--data-dir", data, "--backbone", "vit_tiny_patch8",
-                 "--weights", "random", "--res", "16", "--k", "6", "--num-neighbors", "5", "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "knn",
+                "--dataset",
+                "synthetic",
+                "--data-dir",
+                data,
+                "--backbone",
+                "vit_tiny_patch8",
+                "--weights",
+                "random",
+                "--res",
+                "16",
+                "--k",
+                "6",
+                "--num-neighbors",
+                "5",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     path = knn_path("synthetic", "train", "vit_tiny_patch8", "five", 16, data)
     assert str(path) in out and path.name == "nns_vit_tiny_patch8_train_five_16.npz"
     nns, meta = load_knn(path, expect=dict(dataset="synthetic", split="train", res=16, crop="five", n_items=20))
     assert nns.shape == (20, 6) and (nns[:, 0] == np.arange(20)).mean() > 0.9
-    assert meta["backbone"] == "vit_tiny_patch8" and meta["weights"].startswith("random") and meta["knn_features"] == "paper"
+    assert (
+        meta["backbone"] == "vit_tiny_patch8"
+        and meta["weights"].startswith("random")
+        and meta["knn_features"] == "paper"
+    )
     assert not (path.parent / "shards").exists()  # merged shards are removed
     # the file records which items, in which order, its rows index: the crops of the sorted source keys
     from depthg.data.item_order import five_crop_ids, order_identity
@@ -114,8 +141,24 @@ def test_knn_reference_fidelity_and_potsdam_is_uncropped(potsdam_tree):
 
 def test_knn_directory_dataset_and_missing_crops(directory_tree, capsys):
     data = str(directory_tree.data_dir)
-    assert main(["knn", "--dataset", "directory:mydir", "--data-dir", data, "--crop", "five", "--backbone",
-                 "vit_tiny_patch8", "--weights", "random"]) == 2
+    assert (
+        main(
+            [
+                "knn",
+                "--dataset",
+                "directory:mydir",
+                "--data-dir",
+                data,
+                "--crop",
+                "five",
+                "--backbone",
+                "vit_tiny_patch8",
+                "--weights",
+                "random",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "no five-crop set" in err and "prep fivecrop" in err and "Traceback" not in err
     path = run_knn("directory:mydir", data, "val", crop="none", k=2, **TINY)

@@ -8,9 +8,24 @@ from depthg.errors import DataError
 
 # 0-based COCO-Stuff label-map ids (COCO id - 1) and the coarse class the IIC/STEGO curation gives them.
 KNOWN_COCO = {
-    0: "person", 2: "vehicle", 17: "animal", 58: "food", 61: "furniture", 71: "electronic", 77: "appliance",
-    95: "building", 100: "floor", 101: "ceiling", 105: "sky", 123: "plant", 148: "ground", 154: "water",
-    156: "sky", 170: "wall", 179: "window", 181: "solid",
+    0: "person",
+    2: "vehicle",
+    17: "animal",
+    58: "food",
+    61: "furniture",
+    71: "electronic",
+    77: "appliance",
+    95: "building",
+    100: "floor",
+    101: "ceiling",
+    105: "sky",
+    123: "plant",
+    148: "ground",
+    154: "water",
+    156: "sky",
+    170: "wall",
+    179: "window",
+    181: "solid",
 }
 
 

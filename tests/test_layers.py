@@ -43,8 +43,9 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             # `from depthg.model import lhp` imports the module depthg.model.lhp when it is one
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names
-                                     if _is_module(f"{node.module}.{a.name}")]
+            names = [node.module] + [
+                f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")
+            ]
         else:
             continue
         out += [(n, node.lineno, id(node) in top) for n in names if n == "depthg" or n.startswith("depthg.")]
@@ -71,8 +72,11 @@ MODULES = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_only_from_earlier_layers(module):
-    bad = [f"line {line}: {name} (layer {_layer(name)}) from layer {_layer(module)}"
-           for name, line, _ in _imports(MODULES[module]) if _layer(name) > _layer(module)]
+    bad = [
+        f"line {line}: {name} (layer {_layer(name)}) from layer {_layer(module)}"
+        for name, line, _ in _imports(MODULES[module])
+        if _layer(name) > _layer(module)
+    ]
     assert not bad, f"{module} imports from a later layer: " + "; ".join(bad)
 
 
@@ -99,7 +103,7 @@ def test_no_import_cycle():
             if m.startswith(n + ".") or n.startswith(m + "."):
                 continue  # package <-> its own submodule
             if state.get(n) == 1:
-                cycle = stack[stack.index(n):] + [n]
+                cycle = stack[stack.index(n) :] + [n]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)

@@ -19,14 +19,30 @@ MIOU_MARGIN, ACC_MARGIN, LINEAR_MARGIN = 0.8, 3.0, 2.5
 @pytest.mark.slow
 def test_trained_head_beats_untrained_head_and_linear_beats_cluster(synthetic_world, tmp_path):
     def run(name, *extra):
-        cfg = load_preset("synthetic", [f"data.data_dir={synthetic_world}", "eval.crf=false", "train.threads=1",
-                                        "train.checkpoint_every=1000", *extra])
+        cfg = load_preset(
+            "synthetic",
+            [
+                f"data.data_dir={synthetic_world}",
+                "eval.crf=false",
+                "train.threads=1",
+                "train.checkpoint_every=1000",
+                *extra,
+            ],
+        )
         return train_and_evaluate(cfg, run_name=name, results_dir=str(tmp_path), progress=False).metrics
 
     trained, untrained = run("trained"), run("untrained", "train.lr=0")
-    print({k: (round(trained[k]["accuracy"], 2), round(trained[k]["mIoU"], 2),
-               round(untrained[k]["accuracy"], 2), round(untrained[k]["mIoU"], 2)) for k in ("cluster", "linear")})
+    print(
+        {
+            k: (
+                round(trained[k]["accuracy"], 2),
+                round(trained[k]["mIoU"], 2),
+                round(untrained[k]["accuracy"], 2),
+                round(untrained[k]["mIoU"], 2),
+            )
+            for k in ("cluster", "linear")
+        }
+    )
     assert trained["cluster"]["mIoU"] > untrained["cluster"]["mIoU"] + MIOU_MARGIN
     assert trained["cluster"]["accuracy"] > untrained["cluster"]["accuracy"] + ACC_MARGIN
     assert trained["linear"]["mIoU"] > trained["cluster"]["mIoU"] + LINEAR_MARGIN
-

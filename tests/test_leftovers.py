@@ -14,8 +14,22 @@ from depthg.data.knn_file import knn_path, load_knn
 from depthg.data.stage import recorded_params
 from depthg.files import remove_leftovers, temp_sibling
 
-KNN = ["knn", "--dataset", "synthetic", "--backbone", "vit_tiny_patch8", "--res", "16", "--k", "6", "--num-neighbors", "5", "--device",
-       "cpu", "--no-progress"]
+KNN = [
+    "knn",
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "vit_tiny_patch8",
+    "--res",
+    "16",
+    "--k",
+    "6",
+    "--num-neighbors",
+    "5",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def _dead_pid() -> int:
@@ -74,8 +88,22 @@ def test_failed_weights_keep_the_old_knn_file_and_record_nothing(synthetic_tree,
 def test_failed_depth_model_records_nothing_and_a_retry_is_accepted(coco_tree, tmp_path, capsys):
     data = str(coco_tree.data_dir)
     for model in (tmp_path / "no_such_model", tmp_path / "another_missing_model"):
-        rc = main(["depth", "--dataset", "cocostuff27", "--data-dir", data, "--model", str(model), "--device", "cpu",
-                   "--no-progress", "--splits", "val"])
+        rc = main(
+            [
+                "depth",
+                "--dataset",
+                "cocostuff27",
+                "--data-dir",
+                data,
+                "--model",
+                str(model),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--splits",
+                "val",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and str(model) in err and "other parameters" not in err, err  # the retry is not refused
     assert recorded_params(depth_dir("cocostuff27", data), "val") is None

@@ -43,8 +43,11 @@ def test_reference_weights_match_direct_loop():
     W = lhp.lhp_weights(depth, (5, 6), fidelity="reference")[0].double().numpy()
     pooled = torch.nn.functional.adaptive_avg_pool2d(depth, (5, 6))[0, 0].double().numpy()
     f = 2 * math.tan(45.0)
-    pts = [(f * pooled[r, c] * (c - 3) / 6, f * pooled[r, c] * (r - 2.5) / 5, -5 * pooled[r, c])
-           for r in range(5) for c in range(6)]
+    pts = [
+        (f * pooled[r, c] * (c - 3) / 6, f * pooled[r, c] * (r - 2.5) / 5, -5 * pooled[r, c])
+        for r in range(5)
+        for c in range(6)
+    ]
     N = len(pts)
     expected = np.zeros((N, N))
     for i in range(N):

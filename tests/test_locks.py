@@ -14,8 +14,10 @@ from depthg.errors import BusyError
 from depthg.files import file_lock
 
 ROOT = Path(__file__).resolve().parent.parent
-_HOLD = ("import sys, time; from depthg.files import file_lock\n"
-         "with file_lock(sys.argv[1], wait=False):\n    print('held', flush=True); time.sleep(120)")
+_HOLD = (
+    "import sys, time; from depthg.files import file_lock\n"
+    "with file_lock(sys.argv[1], wait=False):\n    print('held', flush=True); time.sleep(120)"
+)
 
 
 @pytest.fixture
@@ -24,8 +26,12 @@ def holder():
     procs = []
 
     def start(lock: Path) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock)], stdout=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(lock)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         procs.append(proc)
         assert proc.stdout.readline().strip() == "held"
         return proc
@@ -51,8 +57,19 @@ def test_lock_names_the_holder_and_frees_itself_when_the_holder_dies(holder, tmp
 
 def test_train_refuses_a_folder_held_by_another_process(holder, tmp_path, capsys):
     proc = holder(tmp_path / "runs" / "busy" / ".lock")
-    rc = main(["train", "--preset", "synthetic", "--run-name", "busy", "--results-dir", str(tmp_path), "--no-eval",
-               "--resume"])
+    rc = main(
+        [
+            "train",
+            "--preset",
+            "synthetic",
+            "--run-name",
+            "busy",
+            "--results-dir",
+            str(tmp_path),
+            "--no-eval",
+            "--resume",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and f"run folder {tmp_path / 'runs' / 'busy'} is in use by pid {proc.pid}" in err, err
     assert sorted(p.name for p in (tmp_path / "runs" / "busy").iterdir()) == [".lock"]  # nothing written
@@ -70,9 +87,26 @@ def test_prep_synthetic_refuses_a_second_generator(holder, tmp_path, capsys):
 def trained(synthetic_world, tmp_path_factory):
     """A one-iteration training checkpoint on the synthetic world."""
     results = tmp_path_factory.mktemp("results")
-    assert main(["train", "--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=1",
-                 "train.threads=1", "data.batch_size=4", "--run-name", "t", "--results-dir", str(results),
-                 "--no-eval", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "synthetic",
+                f"data.data_dir={synthetic_world}",
+                "train.iterations=1",
+                "train.threads=1",
+                "data.batch_size=4",
+                "--run-name",
+                "t",
+                "--results-dir",
+                str(results),
+                "--no-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return results / "runs" / "t" / "checkpoints" / "last.pt"
 
 
@@ -90,8 +124,19 @@ def test_eval_prints_its_results_before_a_failed_write(trained, tmp_path, capsys
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(depthg.runs, "write_json", full_disk)
-    rc = main(["eval", str(trained), "--run-name", "full", "--results-dir", str(tmp_path), "eval.crf=false",
-               "eval.max_images=2", "eval.batch_size=2"])
+    rc = main(
+        [
+            "eval",
+            str(trained),
+            "--run-name",
+            "full",
+            "--results-dir",
+            str(tmp_path),
+            "eval.crf=false",
+            "eval.max_images=2",
+            "eval.batch_size=2",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2
     assert "cluster" in captured.out and "mIoU" in captured.out, captured.out  # the results survive on screen

@@ -6,8 +6,14 @@ import torch
 from depthg.errors import ConfigError
 from depthg.model import losses, sampling
 
-WEIGHTS = dict(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36, pos_inter_shift=0.025,
-               neg_inter_weight=0.7, neg_inter_shift=0.761)
+WEIGHTS = dict(
+    pos_intra_weight=0.58,
+    pos_intra_shift=0.07,
+    pos_inter_weight=0.36,
+    pos_inter_shift=0.025,
+    neg_inter_weight=0.7,
+    neg_inter_shift=0.761,
+)
 
 
 def _gen(seed=0):
@@ -19,7 +25,7 @@ def test_correlation_hand_case():
     b = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)  # vector (0,1)
     corr = losses.correlation(a, b)
     assert corr.shape == (1, 1, 2, 1, 1)
-    assert corr.flatten().tolist() == pytest.approx([0.0, 2 / 20 ** 0.5])
+    assert corr.flatten().tolist() == pytest.approx([0.0, 2 / 20**0.5])
 
 
 def test_stego_term_hand_case():
@@ -144,8 +150,17 @@ def test_reference_dfc_in_assembly_pairs_codes_with_release_depth():
     coords = sampling.random_coords(2, 4, generator=_gen(9))
     depth = torch.rand(2, 1, 32, 48, generator=_gen(10)) * 255
     depth[:, :, 10:, :5] = 0  # zeros on one side only, so the pairing matters
-    out = losses.correlation_loss(f, f, z, z, depth, depth, coords, coords,
-                                  _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.1, dfc_target="reference"))
+    out = losses.correlation_loss(
+        f,
+        f,
+        z,
+        z,
+        depth,
+        depth,
+        coords,
+        coords,
+        _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.1, dfc_target="reference"),
+    )
     z_rel = sampling.sample(z, coords).transpose(2, 3)  # the release's layout
     release = _release_dfc(z_rel, z_rel, depth, depth, 0.1).mean()
     assert out["dfc"].item() == pytest.approx(release.item(), rel=1e-5)
@@ -181,24 +196,35 @@ def _release_structure(f1, f2, z1, z2, d1, c1, c2, t, generator):
     flags = dict(pointwise=t.pointwise, zero_clamp=t.zero_clamp, stabilize=t.stabilize)
     f1s, z1s = sampling.sample(f1, c1), sampling.sample(z1, c1)
     f2s, z2s = sampling.sample(f2, c2), sampling.sample(z2, c2)
-    out = {"intra": losses.stego_term(f1s, f1s, z1s, z1s, t.pos_intra_shift, **flags).mean(),
-           "inter": losses.stego_term(f1s, f2s, z1s, z2s, t.pos_inter_shift, **flags).mean()}
+    out = {
+        "intra": losses.stego_term(f1s, f1s, z1s, z1s, t.pos_intra_shift, **flags).mean(),
+        "inter": losses.stego_term(f1s, f2s, z1s, z2s, t.pos_inter_shift, **flags).mean(),
+    }
     rounds = []
     for _ in range(t.neg_samples):
         p = losses.super_perm(f1.shape[0], generator=generator)
-        rounds.append(losses.stego_term(f1s, sampling.sample(f1[p], c2), z1s, sampling.sample(z1[p], c2),
-                                        t.neg_inter_shift, **flags))
+        rounds.append(
+            losses.stego_term(
+                f1s, sampling.sample(f1[p], c2), z1s, sampling.sample(z1[p], c2), t.neg_inter_shift, **flags
+            )
+        )
     out["neg"] = torch.cat(rounds).mean() if rounds else torch.zeros(())
     if t.dfc_target == "paper":
         dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1), z1.shape[-2:]), c1)
-        out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper",
-                                               zero_clamp=t.zero_clamp)[0].mean()
+        out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper", zero_clamp=t.zero_clamp)[
+            0
+        ].mean()
     else:
         z_rel = z1s.transpose(2, 3)  # the release's code layout, which its depth correlation is laid out in
-        out["dfc"] = losses.depth_feature_term(z_rel, z_rel, d1, d1, t.dfc_shift, target="reference",
-                                               zero_clamp=t.zero_clamp)[0].mean()
-    out["total"] = (t.pos_intra_weight * out["intra"] + t.pos_inter_weight * out["inter"]
-                    + t.neg_inter_weight * out["neg"] + t.dfc_weight * out["dfc"])
+        out["dfc"] = losses.depth_feature_term(
+            z_rel, z_rel, d1, d1, t.dfc_shift, target="reference", zero_clamp=t.zero_clamp
+        )[0].mean()
+    out["total"] = (
+        t.pos_intra_weight * out["intra"]
+        + t.pos_inter_weight * out["inter"]
+        + t.neg_inter_weight * out["neg"]
+        + t.dfc_weight * out["dfc"]
+    )
     return out
 
 
@@ -209,10 +235,17 @@ def _values_and_grads(fn, z1, z2):
     return {k: v.item() for k, v in out.items()}, z1.grad.clone(), z2.grad.clone()
 
 
-@pytest.mark.parametrize("target,coords,flags", [
-    ("paper", "fps", dict()), ("reference", "fps", dict()), ("paper", "random", dict(pointwise=False)),
-    ("reference", "random", dict(zero_clamp=False)), ("paper", "random", dict(stabilize=True)),
-    ("reference", "fps", dict(pointwise=False, zero_clamp=False, stabilize=True))])
+@pytest.mark.parametrize(
+    "target,coords,flags",
+    [
+        ("paper", "fps", dict()),
+        ("reference", "fps", dict()),
+        ("paper", "random", dict(pointwise=False)),
+        ("reference", "random", dict(zero_clamp=False)),
+        ("paper", "random", dict(stabilize=True)),
+        ("reference", "fps", dict(pointwise=False, zero_clamp=False, stabilize=True)),
+    ],
+)
 @pytest.mark.parametrize("table_bytes", [None, 5 * 81 * 4 * 7])  # one channel block; blocks of 7, 7, 7, 3
 def test_correlation_loss_equals_release_structure(target, coords, flags, table_bytes, monkeypatch):
     """Points read from tables equal whole maps sampled per term: values and code gradients within 1e-6."""
@@ -227,8 +260,9 @@ def test_correlation_loss_equals_release_structure(target, coords, flags, table_
         c2[:, 0, 0] = torch.tensor([1.0, 1.0])
         c2[:, 1, 0] = torch.tensor([-1.0, 1.0])
     t = _terms(neg_samples=3, dfc_weight=0.19, dfc_shift=0.03, dfc_target=target, **flags)
-    ours = _values_and_grads(lambda: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, t, generator=_gen(11)),
-                             z1, z2)
+    ours = _values_and_grads(
+        lambda: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, t, generator=_gen(11)), z1, z2
+    )
     oracle = _values_and_grads(lambda: _release_structure(f1, f2, z1, z2, d1, c1, c2, t, _gen(11)), z1, z2)
     for k in oracle[0]:
         assert ours[0][k] == pytest.approx(oracle[0][k], abs=1e-6, rel=1e-6), k
@@ -241,11 +275,20 @@ def test_correlation_loss_equals_release_structure(target, coords, flags, table_
 @pytest.mark.parametrize("target", ["paper", "reference"])
 def test_correlation_loss_assembly(target):
     f1, f2, z1, z2, d1, d2, c1, c2 = _inputs()
-    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2,
-                                  _terms(neg_samples=3, dfc_weight=0.19, dfc_shift=0.03, dfc_target=target),
-                                  generator=_gen(11))
+    out = losses.correlation_loss(
+        f1,
+        f2,
+        z1,
+        z2,
+        d1,
+        d2,
+        c1,
+        c2,
+        _terms(neg_samples=3, dfc_weight=0.19, dfc_shift=0.03, dfc_target=target),
+        generator=_gen(11),
+    )
     assert set(out) == {"intra", "inter", "neg", "dfc", "total"} and all(v.dim() == 0 for v in out.values())
-    expected = (0.58 * out["intra"] + 0.36 * out["inter"] + 0.7 * out["neg"] + 0.19 * out["dfc"])
+    expected = 0.58 * out["intra"] + 0.36 * out["inter"] + 0.7 * out["neg"] + 0.19 * out["dfc"]
     assert out["total"].item() == pytest.approx(expected.item(), rel=1e-6)
     s1, s2 = sampling.sample(z1, c1), sampling.sample(z2, c2)
     f1s, f2s = sampling.sample(f1, c1), sampling.sample(f2, c2)
@@ -264,8 +307,9 @@ def test_correlation_loss_assembly(target):
 
 def test_paper_dfc_in_assembly_uses_depth_at_coords1():
     f1, f2, z1, z2, d1, d2, c1, c2 = _inputs(seed=1)
-    out = losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2,
-                                  _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.03, dfc_target="paper"))
+    out = losses.correlation_loss(
+        f1, f2, z1, z2, d1, d2, c1, c2, _terms(neg_samples=0, dfc_weight=1.0, dfc_shift=0.03, dfc_target="paper")
+    )
     dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1), (8, 8)), c1)
     s1 = sampling.sample(z1, c1)
     expected = losses.depth_feature_term(s1, s1, dd, dd, 0.03, target="paper")[0].mean()
@@ -274,8 +318,9 @@ def test_paper_dfc_in_assembly_uses_depth_at_coords1():
 
 def test_dfc_weight_zero_skips_depth():
     f1, f2, z1, z2, _, _, c1, c2 = _inputs(seed=2)
-    out = losses.correlation_loss(f1, f2, z1, z2, None, None, c1, c2, _terms(neg_samples=2, dfc_weight=0.0),
-                                  generator=_gen(1))
+    out = losses.correlation_loss(
+        f1, f2, z1, z2, None, None, c1, c2, _terms(neg_samples=2, dfc_weight=0.0), generator=_gen(1)
+    )
     assert out["dfc"].item() == 0.0 and torch.isfinite(out["total"])
 
 

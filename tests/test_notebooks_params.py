@@ -14,8 +14,10 @@ from depthg.reproduce import KERNEL, KERNEL_DISPLAY_NAME, execute
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
 # A Potsdam run small enough for a test: random ViT-S/8 weights, 32 px (a 4 x 4 patch grid), 3 x 3 samples.
-TINY = ("data.res=32 data.knn_res=32 eval.res=32 data.batch_size=2 data.num_workers=0 eval.batch_size=2 "
-        "loss.feature_samples=3 loss.lhp_k=4")
+TINY = (
+    "data.res=32 data.knn_res=32 eval.res=32 data.batch_size=2 data.num_workers=0 eval.batch_size=2 "
+    "loss.feature_samples=3 loss.lhp_k=4"
+)
 
 
 def _papermill(name, tmp_path, **parameters):
@@ -23,13 +25,21 @@ def _papermill(name, tmp_path, **parameters):
 
 
 def test_notebooks_are_thin_and_parameterised():
-    assert [p.name for p in NOTEBOOKS] == ["01_data_prep.ipynb", "02_train.ipynb", "03_ablation.ipynb",
-                                           "04_figures.ipynb", "05_paper_tables.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_data_prep.ipynb",
+        "02_train.ipynb",
+        "03_ablation.ipynb",
+        "04_figures.ipynb",
+        "05_paper_tables.ipynb",
+    ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         # the project's kernel, not "python3": a user's own JupyterLab would start a Python without torch
-        assert nb.metadata["kernelspec"] == {"name": KERNEL, "display_name": KERNEL_DISPLAY_NAME,
-                                             "language": "python"}, path.name
+        assert nb.metadata["kernelspec"] == {
+            "name": KERNEL,
+            "display_name": KERNEL_DISPLAY_NAME,
+            "language": "python",
+        }, path.name
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: one cell tagged 'parameters'"
         source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
@@ -63,8 +73,15 @@ def test_as_list_reads_papermill_strings():
 
 
 def test_resolve_config_applies_parameters_then_overrides():
-    cfg = resolve_config("potsdam", weights="random", iterations=5, seed=2, max_images=3, crf=False,
-                         overrides="data.res=32 train.iterations=7")
+    cfg = resolve_config(
+        "potsdam",
+        weights="random",
+        iterations=5,
+        seed=2,
+        max_images=3,
+        crf=False,
+        overrides="data.res=32 train.iterations=7",
+    )
     assert cfg.name == "potsdam_vits8" and cfg.model.weights == "random" and cfg.train.seed == 2
     assert cfg.train.iterations == 7 and cfg.data.res == 32 and cfg.eval.max_images == 3 and not cfg.eval.crf
     assert resolve_config("potsdamraw").data.dataset == "potsdamraw"
@@ -125,8 +142,18 @@ def test_ablation_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path):
 
     fake_data.make_potsdam(data_dir)
     results = tmp_path / "results"
-    tiny = dict(dataset="potsdam", data_dir=str(data_dir), weights="random", iterations=2, seeds="0,1",
-                fidelity_seeds="0", max_images=2, device="cpu", overrides=TINY, results_dir=str(results))
+    tiny = dict(
+        dataset="potsdam",
+        data_dir=str(data_dir),
+        weights="random",
+        iterations=2,
+        seeds="0,1",
+        fidelity_seeds="0",
+        max_images=2,
+        device="cpu",
+        overrides=TINY,
+        results_dir=str(results),
+    )
     with pytest.raises(papermill.PapermillExecutionError) as err:  # not prepared yet: no kNN file
         _papermill("03_ablation.ipynb", tmp_path, **tiny)
     assert "python -m depthg prep knn --dataset potsdam" in str(err.value)

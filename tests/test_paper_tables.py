@@ -20,19 +20,35 @@ from depthg.reporting import paper_tables as pt
 from depthg.runs import read_run, write_run
 
 POTSDAM = pp.Case("potsdam", "vit_small_patch8", "potsdam_vits8")
-METRIC_KEYS = (("cluster_acc", "cluster", "accuracy"), ("cluster_miou", "cluster", "mIoU"),
-               ("linear_acc", "linear", "accuracy"), ("linear_miou", "linear", "mIoU"))
+METRIC_KEYS = (
+    ("cluster_acc", "cluster", "accuracy"),
+    ("cluster_miou", "cluster", "mIoU"),
+    ("linear_acc", "linear", "accuracy"),
+    ("linear_miou", "linear", "mIoU"),
+)
 
 
 def _configure(data_dir):
-    return partial(resolve_config, data_dir=str(data_dir), weights="random", iterations=2, max_images=2, crf=False,
-                   device="cpu", threads=1, overrides=TINY)
+    return partial(
+        resolve_config,
+        data_dir=str(data_dir),
+        weights="random",
+        iterations=2,
+        max_images=2,
+        crf=False,
+        device="cpu",
+        threads=1,
+        overrides=TINY,
+    )
 
 
 def test_cases_follow_the_paper_presets():
     assert [(c.dataset, c.backbone) for c in pp.paper_cases("all")] == [
-        ("cocostuff27", "vit_small_patch8"), ("cocostuff27", "vit_base_patch8"), ("cityscapes", "vit_base_patch8"),
-        ("potsdam", "vit_small_patch8")]
+        ("cocostuff27", "vit_small_patch8"),
+        ("cocostuff27", "vit_base_patch8"),
+        ("cityscapes", "vit_base_patch8"),
+        ("potsdam", "vit_small_patch8"),
+    ]
     assert pp.paper_cases("potsdam") == [POTSDAM] and POTSDAM.tag == "potsdam-vits8"
     assert [c.tag for c in pp.paper_cases("cocostuff27", ["vit_base_patch8"])] == ["cocostuff27-vitb8"]
     assert pp.paper_cases("potsdamraw")[0].preset == "potsdam_vits8"
@@ -62,8 +78,15 @@ def test_released_checkpoints_are_matched_by_their_hyper_parameters(tmp_path, mo
     assert pp.released_index(None) == {}
     with pytest.raises(ConfigError, match="not a folder"):
         pp.released_index(tmp_path / "nope")
-    hparams = dict(dataset_name="potsdam", model_type="vit_small", dino_patch_size=8, dim=90, n_classes=3,
-                   extra_clusters=0, dropout=True)
+    hparams = dict(
+        dataset_name="potsdam",
+        model_type="vit_small",
+        dino_patch_size=8,
+        dim=90,
+        n_classes=3,
+        extra_clusters=0,
+        dropout=True,
+    )
     _write_ckpt(tmp_path / "potsdam_test.ckpt", _released_state(90, 3), hparams, monkeypatch)
     torch.save({"w": torch.ones(1)}, tmp_path / "not_released.ckpt")  # skipped: not an authors' checkpoint
     assert pp.released_index(tmp_path) == {("potsdam", "vit_small_patch8"): tmp_path / "potsdam_test.ckpt"}
@@ -88,19 +111,34 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
     fake_data.make_potsdam(data_dir)
     results = tmp_path / "results"
     plan = pp.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
-    assert [r.name for r in plan.runs] == ["paper-potsdam-vits8-reference-s0", "paper-potsdam-vits8-reference-s1",
-                                           "paper-potsdam-vits8-paper-s0", "paper-potsdam-vits8-paper-s1"]
+    assert [r.name for r in plan.runs] == [
+        "paper-potsdam-vits8-reference-s0",
+        "paper-potsdam-vits8-reference-s1",
+        "paper-potsdam-vits8-paper-s0",
+        "paper-potsdam-vits8-paper-s1",
+    ]
     assert {r.status for r in plan.runs} == {"train"} and "to do: 4 runs, 8 training iterations" in plan.counts()
     written = {}
     for k, run in enumerate(plan.runs):
         metrics = {"last_step": _metrics(20.0 + k, crf=False)}
         if run.cfg.fidelity.dfc_target == "reference":  # issue 8: reference presets select as the release
-            metrics["release_selected"] = {"label": "top-2 by cluster mIoU on the evaluation split",
-                                           "after_iterations": 1, "checkpoint": "checkpoints/selected.pt",
-                                           "metrics": _metrics(40.0 + k, crf=True)}
-        write_run(results / "runs" / run.name, config=run.cfg.to_dict(), metrics=metrics,
-                  provenance={"git": {"commit": f"c{k}", "dirty": False}, "device": "cpu: fake",
-                              "backbone_weights": "random", "wall_time_s": 1.5 + k})
+            metrics["release_selected"] = {
+                "label": "top-2 by cluster mIoU on the evaluation split",
+                "after_iterations": 1,
+                "checkpoint": "checkpoints/selected.pt",
+                "metrics": _metrics(40.0 + k, crf=True),
+            }
+        write_run(
+            results / "runs" / run.name,
+            config=run.cfg.to_dict(),
+            metrics=metrics,
+            provenance={
+                "git": {"commit": f"c{k}", "dirty": False},
+                "device": "cpu: fake",
+                "backbone_weights": "random",
+                "wall_time_s": 1.5 + k,
+            },
+        )
         written[run.name] = metrics
 
     plan = pp.plan_tables([POTSDAM], _configure(data_dir), seeds=[0, 1], results_dir=str(results), reuse=True)
@@ -113,10 +151,13 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
     for col, probe, key in METRIC_KEYS:
         assert ref[col] == pytest.approx((20.0 + 21.0) / 2 + (10 if probe == "linear" else 0) + (key == "mIoU"))
         assert paper[col] == pytest.approx(
-            sum(written[f"paper-potsdam-vits8-paper-s{s}"]["last_step"][probe][key] for s in (0, 1)) / 2)
+            sum(written[f"paper-potsdam-vits8-paper-s{s}"]["last_step"][probe][key] for s in (0, 1)) / 2
+        )
         assert ref[f"{col}_std"] == pytest.approx(math.sqrt(0.5))
-        sel = [written[f"paper-potsdam-vits8-reference-s{s}"]["release_selected"]["metrics"][f"{probe}_crf"][key]
-               for s in (0, 1)]
+        sel = [
+            written[f"paper-potsdam-vits8-reference-s{s}"]["release_selected"]["metrics"][f"{probe}_crf"][key]
+            for s in (0, 1)
+        ]
         assert ref[f"selected_{col}"] == pytest.approx(sum(sel) / 2)
         assert math.isnan(paper[f"selected_{col}"])
     assert ref["n_selected"] == 2 and paper["n_selected"] == 0 and paper["selected"] == pt.NOT_SELECTED["paper"]
@@ -140,9 +181,11 @@ def test_table_numbers_are_the_run_folders_with_and_without_release_selected(dat
 def test_estimate_adds_up_the_plan():
     case = pp.paper_cases("synthetic")[0]
     cfg = resolve_config("synthetic", iterations=10)
-    runs = [pp.PlannedRun(case, "retrain", "a", cfg, "train", 10, 8), pp.PlannedRun(case, "retrain", "b", cfg,
-                                                                                   "reuse", 10, 8),
-            pp.PlannedRun(case, "released", "c", cfg, "evaluate", 0, 8)]
+    runs = [
+        pp.PlannedRun(case, "retrain", "a", cfg, "train", 10, 8),
+        pp.PlannedRun(case, "retrain", "b", cfg, "reuse", 10, 8),
+        pp.PlannedRun(case, "released", "c", cfg, "evaluate", 0, 8),
+    ]
     plan = pp.Plan([case], {case: cfg}, [0], ["paper"], {}, None, None, True, runs)
     speed = pp.Speed("cpu", setup_s=2.0, iteration_s=0.5, image_s=0.25, image_nocrf_s=0.1, measured_on="test")
     assert plan.estimate_s(speed) == pytest.approx(2.0 + 10 * 0.5 + 8 * 0.25 + 8 * 0.25)
@@ -159,13 +202,29 @@ def test_paper_tables_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path, monkey
     fake_data.make_knn(data_dir, "potsdam", "train", 3, res=32, crop="none")
     released = tmp_path / "released"
     released.mkdir()
-    hparams = dict(dataset_name="potsdam", model_type="vit_small", dino_patch_size=8, dim=90, n_classes=3,
-                   extra_clusters=0, dropout=True)
+    hparams = dict(
+        dataset_name="potsdam",
+        model_type="vit_small",
+        dino_patch_size=8,
+        dim=90,
+        n_classes=3,
+        extra_clusters=0,
+        dropout=True,
+    )
     _write_ckpt(released / "potsdam_test.ckpt", _released_state(90, 3), hparams, monkeypatch)
     results = tmp_path / "results"
-    tiny = dict(dataset="potsdam", data_dir=str(data_dir), weights="random", iterations=2, seeds="0,1",
-                max_images=2, device="cpu", overrides=TINY, results_dir=str(results),
-                released_checkpoints=str(released))
+    tiny = dict(
+        dataset="potsdam",
+        data_dir=str(data_dir),
+        weights="random",
+        iterations=2,
+        seeds="0,1",
+        max_images=2,
+        device="cpu",
+        overrides=TINY,
+        results_dir=str(results),
+        released_checkpoints=str(released),
+    )
     _papermill("05_paper_tables.ipynb", tmp_path, **tiny)
 
     table = pd.read_csv(results / "paper_potsdam.csv")
@@ -193,10 +252,38 @@ def test_paper_tables_notebook_on_a_tiny_fake_potsdam(data_dir, tmp_path, monkey
     assert (results / "figures" / "05_paper_potsdam.png").is_file()
 
     capsys.readouterr()
-    assert main(["tables", "--dataset", "potsdam", "--data-dir", str(data_dir), "--weights", "random",
-                 "--iterations", "2", "--seeds", "0,1", "--max-images", "2", "--no-crf", "--device", "cpu",
-                 "--threads", "1", "--results-dir", str(results), "--released-checkpoints", str(released), "--reuse",
-                 "--no-progress", *TINY.split()]) == 0
+    assert (
+        main(
+            [
+                "tables",
+                "--dataset",
+                "potsdam",
+                "--data-dir",
+                str(data_dir),
+                "--weights",
+                "random",
+                "--iterations",
+                "2",
+                "--seeds",
+                "0,1",
+                "--max-images",
+                "2",
+                "--no-crf",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--results-dir",
+                str(results),
+                "--released-checkpoints",
+                str(released),
+                "--reuse",
+                "--no-progress",
+                *TINY.split(),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "to do: 0 runs, 0 training iterations, 0 evaluation images" in printed, printed  # same config: reused
     assert "paper-potsdam-vits8-released-potsdam_test: reuse" in printed

@@ -42,15 +42,31 @@ def test_sample_grid_and_loss_curves_and_bars(tmp_path):
     _png(plots.sample_grid(items, tmp_path / "grid.png", colors=plots.class_colors(4)))
     assert plots.class_colors(6, dataset_info("synthetic").colors).shape == (6, 3)
 
-    log = [{"iteration": i, "loss": 1 / (i + 1), "inter": -i * 0.01, "dfc": 0.1, "images_per_s": 9.0,
-            "dfc_weight": 0.1 * 0.8 ** (i // 5), "feature_samples": 7} for i in range(0, 30, 3)]
+    log = [
+        {
+            "iteration": i,
+            "loss": 1 / (i + 1),
+            "inter": -i * 0.01,
+            "dfc": 0.1,
+            "images_per_s": 9.0,
+            "dfc_weight": 0.1 * 0.8 ** (i // 5),
+            "feature_samples": 7,
+        }
+        for i in range(0, 30, 3)
+    ]
     _png(plots.loss_curves(log, tmp_path / "sub" / "loss.png", title="run"))
     named = [dict(zip(("image", "depth", "label"), _scene(i))) for i in range(2)]
     _png(plots.sample_grid(named, tmp_path / "named.png", colors=plots.class_colors(4), names=list("abcd")))
 
-    agg = pd.DataFrame({"variant": ["STEGO baseline", "+DFC"], "cluster_miou_mean": [20.0, 22.0],
-                        "cluster_miou_std": [1.0, np.nan], "linear_miou_mean": [30.0, 31.0],
-                        "linear_miou_std": [0.5, 0.4]})
+    agg = pd.DataFrame(
+        {
+            "variant": ["STEGO baseline", "+DFC"],
+            "cluster_miou_mean": [20.0, 22.0],
+            "cluster_miou_std": [1.0, np.nan],
+            "linear_miou_mean": [30.0, 31.0],
+            "linear_miou_std": [0.5, 0.4],
+        }
+    )
     _png(plots.ablation_bars(agg, tmp_path / "bars.png", title="ablation"))
 
 
@@ -58,8 +74,18 @@ def test_figures_carry_legends_colour_bars_and_axis_labels(tmp_path, monkeypatch
     """Inspect what was drawn: the Figure each function would save (not written: the files are tested above)."""
     saved = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path, **kw: saved.setdefault(Path(path).stem, fig) and path)
-    log = [{"iteration": i, "intra": 0.1 * i, "total": -0.5 * i, "correlation": -0.5 * i, "loss": 1 / (i + 1),
-            "dfc_weight": 0.1, "images_per_s": 9.0} for i in range(0, 30, 3)]
+    log = [
+        {
+            "iteration": i,
+            "intra": 0.1 * i,
+            "total": -0.5 * i,
+            "correlation": -0.5 * i,
+            "loss": 1 / (i + 1),
+            "dfc_weight": 0.1,
+            "images_per_s": 9.0,
+        }
+        for i in range(0, 30, 3)
+    ]
     plots.loss_curves(log, tmp_path / "loss.png")
     axes = [ax for ax in saved["loss"].axes if ax.get_visible() and ax.has_data()]
     titles = [ax.get_title() for ax in axes]
@@ -74,13 +100,14 @@ def test_figures_carry_legends_colour_bars_and_axis_labels(tmp_path, monkeypatch
     assert any(DEPTH_WORD in ax.get_ylabel() for ax in fig.axes)  # the depth colour bar is labelled
 
 
-
 def test_fps_vs_random_and_lhp_vs_attention(tmp_path):
     image, depth, _ = _scene()
     d = torch.from_numpy(depth)[None, None]  # [1,1,H,W]
-    samples = {"random": random_coords(1, 3, generator=torch.Generator().manual_seed(0))[0],
-               "FPS paper": fps_coords(d, (4, 4), 3, fidelity="paper")[0],
-               "FPS reference": fps_coords(d, (4, 4), 3, fidelity="reference")[0]}
+    samples = {
+        "random": random_coords(1, 3, generator=torch.Generator().manual_seed(0))[0],
+        "FPS paper": fps_coords(d, (4, 4), 3, fidelity="paper")[0],
+        "FPS reference": fps_coords(d, (4, 4), 3, fidelity="reference")[0],
+    }
     _png(plots.fps_vs_random(image, depth, samples, tmp_path / "fps.png"))
 
     maps = {"lhp": np.random.rand(4, 4), "attention": np.random.rand(4, 4)}
@@ -127,4 +154,8 @@ def test_prediction_examples_map_clusters_by_hungarian_matching(synthetic_world,
     check.update(ex["cluster"], ex["label"])
     assert check.compute()["accuracy"] == pytest.approx(ex["accuracy"])
     assert check.compute()["mIoU"] == pytest.approx(ex["mIoU"])
-    _png(plots.predictions_grid(ex, tmp_path / "pred.png", colors=plots.class_colors(n, dataset_info("synthetic").colors)))
+    _png(
+        plots.predictions_grid(
+            ex, tmp_path / "pred.png", colors=plots.class_colors(n, dataset_info("synthetic").colors)
+        )
+    )

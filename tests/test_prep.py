@@ -20,6 +20,7 @@ from depthg.errors import ConfigError, DataError
 
 # ---- sharding ----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [0, 1, 7, 10])
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_shards_cover_every_item_once(n, world):
@@ -42,6 +43,7 @@ def test_resolve_rank_from_args_and_torchrun_env(monkeypatch):
 
 # ---- the stage runner ----------------------------------------------------------------------------------------------
 
+
 def _toy_stage(tmp_path, params, *, overwrite=False, rank=0, world=1, n=6):
     """A stage whose item i writes out/<i>.txt; returns (result, items processed)."""
     out = tmp_path / "stage"
@@ -52,9 +54,21 @@ def _toy_stage(tmp_path, params, *, overwrite=False, rank=0, world=1, n=6):
         for i in batch:
             (out / f"{i}.txt").write_text(json.dumps(params))
 
-    res = run_stage(out, "toy", "train", params, n, done=lambda i: (out / f"{i}.txt").is_file(),
-                    remove=lambda i: (out / f"{i}.txt").unlink(missing_ok=True), process=process,
-                    overwrite=overwrite, rank=rank, world=world, batch_size=4, progress=False)
+    res = run_stage(
+        out,
+        "toy",
+        "train",
+        params,
+        n,
+        done=lambda i: (out / f"{i}.txt").is_file(),
+        remove=lambda i: (out / f"{i}.txt").unlink(missing_ok=True),
+        process=process,
+        overwrite=overwrite,
+        rank=rank,
+        world=world,
+        batch_size=4,
+        progress=False,
+    )
     return res, calls
 
 
@@ -95,9 +109,18 @@ def test_overwrite_removes_old_outputs_before_recording(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(out, "toy", "train", {"a": 2}, 6, done=lambda i: (out / f"{i}.txt").is_file(),
-                  remove=lambda i: (out / f"{i}.txt").unlink(missing_ok=True), process=die, overwrite=True,
-                  progress=False)
+        run_stage(
+            out,
+            "toy",
+            "train",
+            {"a": 2},
+            6,
+            done=lambda i: (out / f"{i}.txt").is_file(),
+            remove=lambda i: (out / f"{i}.txt").unlink(missing_ok=True),
+            process=die,
+            overwrite=True,
+            progress=False,
+        )
     res, calls = _toy_stage(tmp_path, {"a": 2})
     assert res.processed == 6
 
@@ -116,11 +139,21 @@ def test_sharded_stage_processes_each_item_once(tmp_path):
 def test_mismatched_manifest_names_the_difference(tmp_path):
     record_run(tmp_path, "toy", "val", {"model": "a"})
     with pytest.raises(DataError, match="model: 'a' -> 'b'"):
-        run_stage(tmp_path, "toy", "val", {"model": "b"}, 1, done=lambda i: True, remove=lambda i: None,
-                  process=lambda b: None, progress=False)
+        run_stage(
+            tmp_path,
+            "toy",
+            "val",
+            {"model": "b"},
+            1,
+            done=lambda i: True,
+            remove=lambda i: None,
+            process=lambda b: None,
+            progress=False,
+        )
 
 
 # ---- five-crop geometry ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("hw", [(7, 9), (10, 10), (11, 6), (480, 640), (5, 3)])
 def test_five_crop_matches_torchvision(hw):
@@ -146,8 +179,14 @@ def test_image_label_depth_cropped_identically(tmp_path):
     image = np.stack([r, c, (r * 7 + c) % 256], -1).astype(np.uint8)
     label = ((r * W + c) % 30 - 1).astype(np.int64)  # includes -1 (ignore)
     depth = (r * W + c).astype(np.float32) + 0.5
-    item = {"key": "k", "image": Image.fromarray(image), "label": label, "depth": depth, "depth_units": "metres",
-            "depth_bits": 16}
+    item = {
+        "key": "k",
+        "image": Image.fromarray(image),
+        "label": label,
+        "depth": depth,
+        "depth_units": "metres",
+        "depth_bits": 16,
+    }
     write_item_crops(item, 2, tmp_path, "train", 0.5, dataset="toy")
     for k, (top, left, h, w) in enumerate(five_crop_boxes(H, W)):
         p = crop_paths(tmp_path, "train", 5 * 2 + k)  # n = 5 i + k
@@ -172,6 +211,7 @@ def test_label_out_of_uint8_range_is_refused(tmp_path):
 
 # ---- the five-crop stage through the CLI -------------------------------------------------------------------------
 
+
 def test_fivecrop_stage_cli(cityscapes_tree, capsys):
     data = str(cityscapes_tree.data_dir)
     assert main(["fivecrop", "--dataset", "cityscapes", "--data-dir", data, "--no-progress"]) == 0
@@ -195,8 +235,20 @@ def test_fivecrop_stage_cli(cityscapes_tree, capsys):
 def test_fivecrop_sharded_ranks(synthetic_tree, capsys):
     data = str(synthetic_tree.data_dir)
     for rank in (0, 1):
-        args = ["fivecrop", "--dataset", "synthetic", "--data-dir", data, "--splits", "train", "--rank", str(rank),
-                "--world", "2", "--no-progress"]
+        args = [
+            "fivecrop",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            data,
+            "--splits",
+            "train",
+            "--rank",
+            str(rank),
+            "--world",
+            "2",
+            "--no-progress",
+        ]
         assert main(args) == 0
         assert "2 computed, 0 already done, 2 items in this shard" in capsys.readouterr().out
     files = sorted(int(p.stem) for p in (five_crop_dir("synthetic", data) / "img" / "train").glob("*.png"))
@@ -205,12 +257,16 @@ def test_fivecrop_sharded_ranks(synthetic_tree, capsys):
 
 # ---- CLI errors and check -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, message", [
-    (["fivecrop", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["depth", "--dataset", "cocostuff27", "--data-dir", "/nonexistent/depthg-data"], "does not exist"),
-    (["knn", "--dataset", "cityscapes"], "cityscapes"),
-    (["fivecrop", "--dataset", "synthetic", "--rank", "2", "--world", "2"], "--rank 2 / --world 2"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fivecrop", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["depth", "--dataset", "cocostuff27", "--data-dir", "/nonexistent/depthg-data"], "does not exist"),
+        (["knn", "--dataset", "cityscapes"], "cityscapes"),
+        (["fivecrop", "--dataset", "synthetic", "--rank", "2", "--world", "2"], "--rank 2 / --world 2"),
+    ],
+)
 def test_cli_bad_input_is_one_clear_line(argv, message, data_dir, capsys):
     if "--data-dir" not in argv:
         argv = [*argv, "--data-dir", str(data_dir)]  # an empty data root: the dataset folder is missing
@@ -225,13 +281,16 @@ def test_check_reports_and_suggests(synthetic_tree, capsys):
     assert main(["check", "--dataset", "synthetic", "--data-dir", data]) == 1  # the kNN file is missing
     out = capsys.readouterr().out
     assert "train: 4 images; labels for 4/4; depth for 4/4; kNN files: none" in out
-    assert f"prep knn --dataset synthetic --data-dir {data} --splits train --backbone vit_tiny_patch8 " \
-           "--weights random --res 112 --crop none --k 4 --num-neighbors 3" in out  # the preset's values
+    assert (
+        f"prep knn --dataset synthetic --data-dir {data} --splits train --backbone vit_tiny_patch8 "
+        "--weights bundled --res 112 --crop none --k 4 --num-neighbors 3" in out
+    )  # the preset's values
     assert "only 4 training items" in out and "data.num_neighbors=3" in out  # 4 items cannot give 7 neighbours
     assert "<model." not in out and "<data." not in out and "five-crop" not in out  # the preset does not crop
     assert "prep depth --dataset" not in out  # the synthetic world has exact depth
-    fake_data.make_knn(synthetic_tree.data_dir, "synthetic", "train", 4, backbone="vit_tiny_patch8", res=112,
-                       crop="none")
+    fake_data.make_knn(
+        synthetic_tree.data_dir, "synthetic", "train", 4, backbone="vit_tiny_patch8", res=112, crop="none"
+    )
     assert main(["check", "--dataset", "synthetic", "--data-dir", data]) == 0
     assert "everything training and evaluation need is prepared" in capsys.readouterr().out
 
@@ -242,8 +301,21 @@ def test_check_on_a_missing_or_misplaced_tree_exits_non_zero(data_dir, capsys):
     assert "train: MISSING" in out and str(data_dir / "cocostuff") in out and "get the dataset" in out
     assert "the train and val splits" in out  # one line for one cause
     (data_dir / "photos" / "train").mkdir(parents=True)  # imgs/ left out of the directory layout
-    assert main(["check", "--dataset", "directory:photos", "--data-dir", str(data_dir), "--preset", "synthetic",
-                 "model.n_classes=3"]) == 1
+    assert (
+        main(
+            [
+                "check",
+                "--dataset",
+                "directory:photos",
+                "--data-dir",
+                str(data_dir),
+                "--preset",
+                "synthetic",
+                "model.n_classes=3",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert str(data_dir / "photos" / "imgs" / "train") in out and "MISSING" in out
 
@@ -256,8 +328,21 @@ def test_check_of_potsdam_lists_no_five_crop(potsdam_tree, capsys):
 
 
 def test_knn_stage_stops_with_the_fix_on_a_small_set(synthetic_tree, capsys):
-    argv = ["knn", "--dataset", "synthetic", "--data-dir", str(synthetic_tree.data_dir), "--crop", "none",
-            "--splits", "train", "--weights", "random", "--backbone", "vit_tiny_patch8"]
+    argv = [
+        "knn",
+        "--dataset",
+        "synthetic",
+        "--data-dir",
+        str(synthetic_tree.data_dir),
+        "--crop",
+        "none",
+        "--splits",
+        "train",
+        "--weights",
+        "random",
+        "--backbone",
+        "vit_tiny_patch8",
+    ]
     assert main(argv + ["--k", "30", "--num-neighbors", "2"]) == 2
     err = capsys.readouterr().err
     assert "data.num_neighbors (2) < k <= 4" in err and "--k 4" in err
@@ -274,8 +359,21 @@ def test_fivecrop_without_depth_points_to_the_depth_stage(potsdamraw_tree, capsy
 
 def test_fivecrop_directory_without_labels(data_dir):
     tree = fake_data.make_directory(data_dir, labels=False, depth=("ours",))
-    assert main(["fivecrop", "--dataset", "directory:mydir", "--data-dir", str(data_dir), "--splits", "val",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fivecrop",
+                "--dataset",
+                "directory:mydir",
+                "--data-dir",
+                str(data_dir),
+                "--splits",
+                "val",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     root = five_crop_dir("directory:mydir", data_dir)
     assert root == data_dir / "mydir" / "derived" / "five_crop_0.5"
     assert len(list((root / "img" / "val").glob("*.png"))) == 5 * len(tree.keys["val"])
@@ -296,17 +394,24 @@ def test_reference_depth_of_a_crop_keeps_the_full_images_8bit_values(coco_tree):
     for k in range(5):
         item = crops[k]
         expected = five_crop(src["depth"], 0.5)[k]
-        ref = depth_tensor(item["depth"], item["depth"].shape[0], fidelity="reference", dataset="cocostuff27",
-                           is_8bit=item["depth_bits"] == 8, value_range=item["depth_range"])[0].numpy()
+        ref = depth_tensor(
+            item["depth"],
+            item["depth"].shape[0],
+            fidelity="reference",
+            dataset="cocostuff27",
+            is_8bit=item["depth_bits"] == 8,
+            value_range=item["depth_range"],
+        )[0].numpy()
         h, w = expected.shape
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2  # depth_tensor centre-crops to a square
-        assert np.array_equal(ref, expected[top:top + side, left:left + side].astype(np.float32))
-        paper = depth_tensor(item["depth"], side, fidelity="paper", dataset="cocostuff27",
-                             is_8bit=False, value_range=item["depth_range"])
+        assert np.array_equal(ref, expected[top : top + side, left : left + side].astype(np.float32))
+        paper = depth_tensor(
+            item["depth"], side, fidelity="paper", dataset="cocostuff27", is_8bit=False, value_range=item["depth_range"]
+        )
         e = expected.astype(np.float32)
         norm = (e - e.min()) / (e.max() - e.min())  # min-max over the whole crop, before the square centre crop
-        assert np.allclose(paper[0].numpy(), norm[top:top + side, left:left + side], atol=1e-4)
+        assert np.allclose(paper[0].numpy(), norm[top : top + side, left : left + side], atol=1e-4)
 
 
 def test_training_on_a_missing_dataset_names_the_data_not_the_crops(data_dir):

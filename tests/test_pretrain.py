@@ -20,8 +20,9 @@ from depthg.training.pretrain import (
     schedules,
 )
 
-TINY = dict(n_images=6, res=32, global_px=32, local_px=16, n_local=2, iterations=4, batch_size=3, out_dim=32,
-            patch_weight=1.0)
+TINY = dict(
+    n_images=6, res=32, global_px=32, local_px=16, n_local=2, iterations=4, batch_size=3, out_dim=32, patch_weight=1.0
+)
 
 
 def _run(tmp_path, name, **kw):

@@ -20,11 +20,13 @@ from depthg.training.train import build_training, train
 
 
 def _cfg(data_dir, *extra):
-    return load_preset("synthetic", [f"data.data_dir={data_dir}", "train.threads=1", "eval.crf=false",
-                                     "data.batch_size=4", *extra])
+    return load_preset(
+        "synthetic", [f"data.data_dir={data_dir}", "train.threads=1", "eval.crf=false", "data.batch_size=4", *extra]
+    )
 
 
 # ---- item 2: precision ------------------------------------------------------------------------------------------
+
 
 def test_reference_presets_are_fp32_without_tf32():
     for name in ("cocostuff27_vits8", "cocostuff27_vitb8", "cityscapes_vitb8", "potsdam_vits8"):
@@ -49,6 +51,7 @@ def test_bf16_feature_gap_is_measured_on_cpu():
 
 # ---- item 3: checkpoint selection as the release ---------------------------------------------------------------
 
+
 def test_reference_presets_select_checkpoints_as_the_release():
     assert load_preset("cocostuff27_vits8").train.select == "release"
     assert load_preset("cocostuff27_vits8").train.val_every == 100
@@ -60,8 +63,15 @@ def test_reference_presets_select_checkpoints_as_the_release():
 
 @pytest.mark.slow
 def test_release_selection_keeps_top2_and_reports_them_beside_the_last_step(synthetic_world, tmp_path):
-    cfg = _cfg(synthetic_world, "train.iterations=6", "train.val_every=2", "train.select=release",
-               "eval.max_images=4", "eval.crf=true", "eval.crf_workers=1")
+    cfg = _cfg(
+        synthetic_world,
+        "train.iterations=6",
+        "train.val_every=2",
+        "train.select=release",
+        "eval.max_images=4",
+        "eval.crf=true",
+        "eval.crf_workers=1",
+    )
     result = train_and_evaluate(cfg, run_name="sel", results_dir=str(tmp_path), progress=False)
     run = result.run_dir
     metrics = json.loads((run / "metrics.json").read_text())
@@ -96,6 +106,7 @@ def test_last_step_runs_have_no_release_selected_key(synthetic_world, tmp_path):
 
 # ---- item 6: five-crop encoding and partial batches --------------------------------------------------------------
 
+
 def test_reference_five_crops_are_jpeg_quality_75(coco_tree):
     run_fivecrop("cocostuff27", coco_tree.data_dir, ["train"], fidelity="reference", progress=False)
     ds = five_crop_dataset("cocostuff27", coco_tree.data_dir, "train")
@@ -128,8 +139,9 @@ def test_kept_partial_batch_is_present_resumable_and_rank_aware():
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2], "the last partial batch of each epoch is kept"
     assert sorted(i for b in batches[:3] for i, _ in b) == list(range(n)) and {e for _, e in batches[3][:1]} == {1}
     assert list(ResumableBatchSampler(n, B, seed=3, start=2, total=6, drop_last=False)) == batches[2:]
-    ranks = [list(ResumableBatchSampler(n, B, seed=3, start=0, total=6, rank=r, world=2, drop_last=False))
-             for r in range(2)]
+    ranks = [
+        list(ResumableBatchSampler(n, B, seed=3, start=0, total=6, rank=r, world=2, drop_last=False)) for r in range(2)
+    ]
     for it in range(6):
         assert sorted(ranks[0][it] + ranks[1][it]) == sorted(batches[it])
         assert not set(ranks[0][it]) & set(ranks[1][it])
@@ -143,8 +155,9 @@ def test_reference_training_sees_the_partial_batch(synthetic_world, tmp_path, mo
     from depthg.training import train as train_mod
 
     real = train_mod.iteration
-    monkeypatch.setattr(train_mod, "iteration", lambda run, batch: (sizes.append(batch["img"].shape[0]),
-                                                                    real(run, batch))[1])
+    monkeypatch.setattr(
+        train_mod, "iteration", lambda run, batch: (sizes.append(batch["img"].shape[0]), real(run, batch))[1]
+    )
     # 64 training items, batch 12: 5 full batches and a partial one of 4 per epoch
     cfg = _cfg(synthetic_world, "train.iterations=6", "data.batch_size=12", "fidelity.partial_batch=reference")
     train(cfg, run_name="partial", results_dir=str(tmp_path), progress=False)
@@ -153,9 +166,16 @@ def test_reference_training_sees_the_partial_batch(synthetic_world, tmp_path, mo
 
 # ---- item 7: 3D-LHP wiring ---------------------------------------------------------------------------------------
 
+
 def _lhp_cfg(data_dir, wiring, *extra):
-    return _cfg(data_dir, "loss.lhp=true", "loss.depth_feat_weight=0.2", "train.iterations=3",
-                f"fidelity.lhp_wiring={wiring}", *extra)
+    return _cfg(
+        data_dir,
+        "loss.lhp=true",
+        "loss.depth_feat_weight=0.2",
+        "train.iterations=3",
+        f"fidelity.lhp_wiring={wiring}",
+        *extra,
+    )
 
 
 @pytest.mark.slow
@@ -185,8 +205,12 @@ def test_reference_lhp_draws_its_own_coords_and_counts_only_with_dfc(tmp_path, m
     f, f_pos = torch.randn(B, C, h, h, generator=g), torch.randn(B, C, h, h, generator=g)
     depth = torch.rand(B, 1, 112, 112, generator=g) + 0.1
     label = torch.zeros(B, 112, 112, dtype=torch.long)
-    for wiring, dfc, n_calls, has_lhp in (("reference", True, 4, True), ("paper", True, 2, True),
-                                          ("reference", False, 2, False), ("paper", False, 2, True)):
+    for wiring, dfc, n_calls, has_lhp in (
+        ("reference", True, 4, True),
+        ("paper", True, 2, True),
+        ("reference", False, 2, False),
+        ("paper", False, 2, True),
+    ):
         cfg = _lhp_cfg(tmp_path, wiring, f"loss.dfc={dfc}")  # the step needs no data
         _, step, _ = build_training(cfg, torch.device("cpu"))
         calls.clear()

@@ -48,20 +48,24 @@ def _payloads(marker: Path) -> dict[str, bytes]:
     bodies = {
         # the bypass: an allowed module plus a dotted name walks to the builtins dict, then to eval
         "numpy.dtypes + __builtins__.get -> eval": _call(eval_, code),
-        "numpy.dtypes + __builtins__.__getitem__ -> exec": _call(_call(_g(
-            "numpy.dtypes", "__builtins__.__getitem__"), _u("exec")), code),
-        "dotted name on an allowed placeholder name": _call(_call(_g(
-            "omegaconf.dictconfig", "DictConfig.__init__.__builtins__.get"), _u("eval")), code),
-        "dotted name on a torch rebuild function": _call(_call(_g(
-            "torch._utils", "_rebuild_tensor.__builtins__.get"), _u("eval")), code),
+        "numpy.dtypes + __builtins__.__getitem__ -> exec": _call(
+            _call(_g("numpy.dtypes", "__builtins__.__getitem__"), _u("exec")), code
+        ),
+        "dotted name on an allowed placeholder name": _call(
+            _call(_g("omegaconf.dictconfig", "DictConfig.__init__.__builtins__.get"), _u("eval")), code
+        ),
+        "dotted name on a torch rebuild function": _call(
+            _call(_g("torch._utils", "_rebuild_tensor.__builtins__.get"), _u("eval")), code
+        ),
         "os.system": _call(_g("os", "system"), shell),
         "posix.system": _call(_g("posix", "system"), shell),
         "subprocess.call": _call(_g("subprocess", "getoutput"), shell),
         "builtins.eval": _call(_g("builtins", "eval"), code),
         "builtins.exec": _call(_g("builtins", "exec"), code),
         "getattr chain Path(marker).touch()": _call(_call(_g("builtins", "getattr"), path, _u("touch"))),
-        "builtins.__import__ + getattr": _call(_call(_g("builtins", "getattr"), _call(_g("builtins", "__import__"),
-                                               _u("os")), _u("system")), shell),
+        "builtins.__import__ + getattr": _call(
+            _call(_g("builtins", "getattr"), _call(_g("builtins", "__import__"), _u("os")), _u("system")), shell
+        ),
         "dotted method pathlib.Path.touch": _call(_g("pathlib", "Path.touch"), path),
     }
     return {name: b"\x80\x04" + body + b"." for name, body in bodies.items()}
@@ -81,8 +85,9 @@ def _torch_file(path: Path, pickle_bytes: bytes) -> Path:
 @pytest.fixture
 def payload_files(tmp_path):
     marker = tmp_path / "pwned"
-    files = {name: _torch_file(tmp_path / f"evil{i}.pt", data) for i, (name, data) in enumerate(
-        _payloads(marker).items())}
+    files = {
+        name: _torch_file(tmp_path / f"evil{i}.pt", data) for i, (name, data) in enumerate(_payloads(marker).items())
+    }
     return marker, files
 
 
@@ -132,8 +137,18 @@ def test_eval_blocks_every_payload(payload_files, tmp_path, capsys):
 @pytest.mark.slow
 def test_train_resume_and_model_weights_block_every_payload(payload_files, synthetic_world, tmp_path, capsys):
     marker, files = payload_files
-    common = ["train", "--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=1",
-              "train.threads=1", "--results-dir", str(tmp_path), "--no-eval", "--no-progress"]
+    common = [
+        "train",
+        "--preset",
+        "synthetic",
+        f"data.data_dir={synthetic_world}",
+        "train.iterations=1",
+        "train.threads=1",
+        "--results-dir",
+        str(tmp_path),
+        "--no-eval",
+        "--no-progress",
+    ]
     last = tmp_path / "runs" / "resumed" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
 
@@ -151,7 +166,35 @@ def test_train_resume_and_model_weights_block_every_payload(payload_files, synth
 
 def test_prep_knn_weights_blocks_every_payload(payload_files, synthetic_world, capsys):
     marker, files = payload_files
-    _assert_blocked(marker, files, lambda p: main(
-        ["prep", "knn", "--dataset", "synthetic", "--data-dir", str(synthetic_world), "--splits", "val",
-         "--crop", "none", "--backbone", "vit_tiny_patch8", "--res", "112", "--k", "5", "--num-neighbors", "4", "--weights", str(p),
-         "--device", "cpu", "--no-progress"]), capsys)
+    _assert_blocked(
+        marker,
+        files,
+        lambda p: main(
+            [
+                "prep",
+                "knn",
+                "--dataset",
+                "synthetic",
+                "--data-dir",
+                str(synthetic_world),
+                "--splits",
+                "val",
+                "--crop",
+                "none",
+                "--backbone",
+                "vit_tiny_patch8",
+                "--res",
+                "112",
+                "--k",
+                "5",
+                "--num-neighbors",
+                "4",
+                "--weights",
+                str(p),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        ),
+        capsys,
+    )

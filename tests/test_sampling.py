@@ -66,7 +66,7 @@ def test_fps_distinct_farthest_and_batched_equals_single():
     for b in range(3):
         assert len(set(idx[b].tolist())) == 20
         _brute_force_fps_check(points[b], idx[b])
-        assert torch.equal(idx[b], sampling.farthest_point_sample(points[b:b + 1], 20)[0])
+        assert torch.equal(idx[b], sampling.farthest_point_sample(points[b : b + 1], 20)[0])
 
 
 def test_fps_start_options_and_seed():

@@ -6,16 +6,44 @@ from depthg.errors import ConfigError, TrainingError
 from depthg.training.schedules import Schedule, num_iterations
 
 # paper_reproduction.sh presets (METHOD.md §7.2)
-COCO_VITS = dict(dfc_weight=0.19, dfc_shift=0.03, samples=11, depth_loss_decay=True, decay_every_steps=250,
-                 depth_loss_decay_factor=0.6, fps_sample_decay=True, fps_sample_decay_every_steps=1000,
-                 fps_sample_decay_factor=0.9)
-COCO_VITB = dict(dfc_weight=0.16026274975444096, dfc_shift=0.035909146298813595, samples=12,
-                 depth_loss_decay=True, decay_every_steps=300, depth_loss_decay_factor=0.64, fps_sample_decay=True,
-                 fps_sample_decay_every_steps=1000, fps_sample_decay_factor=1.0)
-CITYSCAPES = dict(dfc_weight=0.09, dfc_shift=0.03, samples=11, depth_loss_decay=True, decay_every_steps=400,
-                  depth_loss_decay_factor=0.8)
-POTSDAM = dict(dfc_weight=0.13, dfc_shift=0.14, samples=11, depth_loss_decay=True, decay_every_steps=200,
-               depth_loss_decay_factor=1.0)
+COCO_VITS = dict(
+    dfc_weight=0.19,
+    dfc_shift=0.03,
+    samples=11,
+    depth_loss_decay=True,
+    decay_every_steps=250,
+    depth_loss_decay_factor=0.6,
+    fps_sample_decay=True,
+    fps_sample_decay_every_steps=1000,
+    fps_sample_decay_factor=0.9,
+)
+COCO_VITB = dict(
+    dfc_weight=0.16026274975444096,
+    dfc_shift=0.035909146298813595,
+    samples=12,
+    depth_loss_decay=True,
+    decay_every_steps=300,
+    depth_loss_decay_factor=0.64,
+    fps_sample_decay=True,
+    fps_sample_decay_every_steps=1000,
+    fps_sample_decay_factor=1.0,
+)
+CITYSCAPES = dict(
+    dfc_weight=0.09,
+    dfc_shift=0.03,
+    samples=11,
+    depth_loss_decay=True,
+    decay_every_steps=400,
+    depth_loss_decay_factor=0.8,
+)
+POTSDAM = dict(
+    dfc_weight=0.13,
+    dfc_shift=0.14,
+    samples=11,
+    depth_loss_decay=True,
+    decay_every_steps=200,
+    depth_loss_decay_factor=1.0,
+)
 
 
 def _run(schedule, iterations):
@@ -48,8 +76,8 @@ def test_coco_vits_reference_table():
     assert set(samples[2001:]) == {7}
     weight_changes = _changes([u[0] for u in used])
     assert weight_changes == [251, 501, 751, 1001, 1251, 1501, 1751, 2001, 2251], "decays after it 250, 500, ..."
-    assert used[-1][0] == pytest.approx(0.19 * 0.6 ** 9) and used[-1][0] == pytest.approx(1.9e-3, rel=0.01)
-    assert used[-1][1] == pytest.approx(0.03 * 0.6 ** 9)
+    assert used[-1][0] == pytest.approx(0.19 * 0.6**9) and used[-1][0] == pytest.approx(1.9e-3, rel=0.01)
+    assert used[-1][1] == pytest.approx(0.03 * 0.6**9)
 
 
 def test_coco_vitb_decays_every_100_iterations():

@@ -20,9 +20,14 @@ ABSOLUTE = re.compile(r"(?<![\w.])(/(?:work|tmp|home|root|Users|usr|opt|var|mnt)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_only_checked_outputs_are_stored(path):
     nb = json.loads(path.read_text())
-    extra = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("outputs")
-             and not "".join(c["source"]).lstrip().startswith(CHECKED)]
-    assert not extra, f"{path.name}: cells {extra} store outputs nbval does not check; run `python -m depthg reproduce --store`"
+    extra = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code" and c.get("outputs") and not "".join(c["source"]).lstrip().startswith(CHECKED)
+    ]
+    assert not extra, (
+        f"{path.name}: cells {extra} store outputs nbval does not check; run `python -m depthg reproduce --store`"
+    )
     images = [i for i, c in enumerate(nb["cells"]) for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert not images, f"{path.name}: cells {images} store figures (they belong in results/figures/)"
 

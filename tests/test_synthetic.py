@@ -82,9 +82,11 @@ def test_shadows_and_lighting_gradient(scenes):
             continue
         grey = s["image"].astype(float).mean(2)
         shade = s["shading"]
-        ok += (grey[shadowed].mean() < 0.9 * grey[lit].mean()  # haze lifts far shadows a little
-               and shade[shadowed].mean() < 0.7 * shade[lit].mean()
-               and np.ptp(shade[lit]) > 0.05)  # the lamp's fall-off: a gradient across the lit ground
+        ok += (
+            grey[shadowed].mean() < 0.9 * grey[lit].mean()  # haze lifts far shadows a little
+            and shade[shadowed].mean() < 0.7 * shade[lit].mean()
+            and np.ptp(shade[lit]) > 0.05
+        )  # the lamp's fall-off: a gradient across the lit ground
     assert ok >= 0.85 * len(scenes), ok
 
 
@@ -95,7 +97,7 @@ def test_texture_shared_by_wall_and_box(scenes):
         if box_id is None:
             continue
         mat = _objects(s)[box_id]["material"]
-        on_box = (s["instance"] == box_id)
+        on_box = s["instance"] == box_id
         on_wall = (s["label"] == WALL) & (s["material"] == mat)
         assert np.all(s["label"][on_box] == BOX)
         if on_box.sum() >= 20 and on_wall.sum() >= 20:

@@ -21,27 +21,49 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cfg(data_dir, *extra):
-    return load_preset("synthetic", [f"data.data_dir={data_dir}", "train.threads=1", "eval.crf=false",
-                                     "data.batch_size=4", *extra])
+    return load_preset(
+        "synthetic", [f"data.data_dir={data_dir}", "train.threads=1", "eval.crf=false", "data.batch_size=4", *extra]
+    )
 
 
 def _cli(args, env_extra, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **env_extra)
-    return subprocess.Popen([sys.executable, "-m", "depthg", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "depthg", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def _head(ckpt):
     state = checkpoints.load_training_state(ckpt)
-    return state, {**state["head"], **{"cp." + k: v for k, v in state["cluster_probe"].items()},
-                   **{"lp." + k: v for k, v in state["linear_probe"].items()}}
+    return state, {
+        **state["head"],
+        **{"cp." + k: v for k, v in state["cluster_probe"].items()},
+        **{"lp." + k: v for k, v in state["linear_probe"].items()},
+    }
 
 
 @pytest.mark.slow
 def test_sigkill_and_resume_matches_uninterrupted_run(synthetic_world, tmp_path):
-    common = ["--preset", "synthetic", f"data.data_dir={synthetic_world}", "train.iterations=12",
-              "train.checkpoint_every=3", "train.log_every=1", "train.threads=1", "data.batch_size=4",
-              "--results-dir", str(tmp_path), "--no-eval", "--no-progress"]
+    common = [
+        "--preset",
+        "synthetic",
+        f"data.data_dir={synthetic_world}",
+        "train.iterations=12",
+        "train.checkpoint_every=3",
+        "train.log_every=1",
+        "train.threads=1",
+        "data.batch_size=4",
+        "--results-dir",
+        str(tmp_path),
+        "--no-eval",
+        "--no-progress",
+    ]
     ref = _cli(["train", *common, "--run-name", "full"], {})
     out, _ = ref.communicate(timeout=600)
     assert ref.returncode == 0, out
@@ -130,8 +152,16 @@ def test_resume_refuses_a_different_config(synthetic_world, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_hold_identical_weights(synthetic_world, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-           str(ROOT / "tests" / "ddp_worker.py"), str(synthetic_world), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(synthetic_world),
+        str(tmp_path),
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))

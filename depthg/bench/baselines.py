@@ -46,8 +46,9 @@ def fps_lean(points: np.ndarray, n: int, start: int = 0) -> np.ndarray:
     return np.array(picks)
 
 
-def fps_coords_release_style(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str,
-                             start: Tensor) -> Tensor:
+def fps_coords_release_style(
+    depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str, start: Tensor
+) -> Tensor:
     """:func:`depthg.model.sampling.fps_coords` with the FPS run image by image in numpy on the host, as the release.
 
     start: LongTensor[B], the first pick of each image.
@@ -57,16 +58,27 @@ def fps_coords_release_style(depth: Tensor, grid_hw: tuple[int, int], side: int,
     return sampling.indices_to_coords(torch.from_numpy(idx).to(depth.device), grid_hw, side, fidelity=fidelity)
 
 
-def correlation_loss_release_style(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor | None,
-                                   coords1: Tensor, coords2: Tensor, terms: losses.CorrelationTerms, *,
-                                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def correlation_loss_release_style(
+    f1: Tensor,
+    f2: Tensor,
+    z1: Tensor,
+    z2: Tensor,
+    d1: Tensor | None,
+    coords1: Tensor,
+    coords2: Tensor,
+    terms: losses.CorrelationTerms,
+    *,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """The terms of :func:`depthg.model.losses.correlation_loss` formed as the release forms them (module docstring)."""
     t = terms
     flags = dict(pointwise=t.pointwise, zero_clamp=t.zero_clamp, stabilize=t.stabilize)
     f1s, z1s = sampling.sample(f1, coords1), sampling.sample(z1, coords1)  # [B,C,S,S], [B,K,S,S]
     f2s, z2s = sampling.sample(f2, coords2), sampling.sample(z2, coords2)
-    out = {"intra": losses.stego_term(f1s, f1s, z1s, z1s, t.pos_intra_shift, **flags).mean(),
-           "inter": losses.stego_term(f1s, f2s, z1s, z2s, t.pos_inter_shift, **flags).mean()}
+    out = {
+        "intra": losses.stego_term(f1s, f1s, z1s, z1s, t.pos_intra_shift, **flags).mean(),
+        "inter": losses.stego_term(f1s, f2s, z1s, z2s, t.pos_inter_shift, **flags).mean(),
+    }
     rounds = []
     for _ in range(t.neg_samples):
         perm = losses.super_perm(f1.shape[0], generator=generator, device=f1.device)
@@ -77,11 +89,17 @@ def correlation_loss_release_style(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tenso
         out["dfc"] = z1s.new_zeros(())
     elif t.dfc_target == "paper":
         dd = sampling.sample(sampling.pool_depth(sampling.normalize_depth(d1.float()), z1.shape[-2:]), coords1)
-        out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper",
-                                               zero_clamp=t.zero_clamp)[0].mean()
+        out["dfc"] = losses.depth_feature_term(z1s, z1s, dd, dd, t.dfc_shift, target="paper", zero_clamp=t.zero_clamp)[
+            0
+        ].mean()
     else:  # the release recomputes Corr(z~, z~) for this term
-        out["dfc"] = losses.depth_feature_term(z1s, z1s, d1, d1, t.dfc_shift, target="reference",
-                                               zero_clamp=t.zero_clamp)[0].mean()
-    out["total"] = (t.pos_intra_weight * out["intra"] + t.pos_inter_weight * out["inter"]
-                    + t.neg_inter_weight * out["neg"] + t.dfc_weight * out["dfc"])
+        out["dfc"] = losses.depth_feature_term(
+            z1s, z1s, d1, d1, t.dfc_shift, target="reference", zero_clamp=t.zero_clamp
+        )[0].mean()
+    out["total"] = (
+        t.pos_intra_weight * out["intra"]
+        + t.pos_inter_weight * out["inter"]
+        + t.neg_inter_weight * out["neg"]
+        + t.dfc_weight * out["dfc"]
+    )
     return out

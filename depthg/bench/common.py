@@ -29,8 +29,11 @@ def synchronizer(device: torch.device | str) -> Callable[[], None]:
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def paired_times(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device | str = "cpu",
-                 ) -> dict[str, list[float]]:
+def paired_times(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, list[float]]:
     """Wall times in seconds of each ``fn`` over ``repeats`` rounds, the candidates interleaved within a round.
 
     One warm-up call each first. Interleaving means a burst of load from other processes on a shared machine hits

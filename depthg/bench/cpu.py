@@ -31,29 +31,48 @@ from depthg.bench.common import command, machine, median_ratio, paired_times
 from depthg.model import losses, sampling
 
 # The COCO ViT-S/8 preset's loss weights (config presets, METHOD.md §7.2).
-PAPER_TERMS = losses.CorrelationTerms(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36,
-                                      pos_inter_shift=0.025, neg_inter_weight=0.7, neg_inter_shift=0.761,
-                                      neg_samples=5, dfc_weight=0.19, dfc_shift=0.03)
+PAPER_TERMS = losses.CorrelationTerms(
+    pos_intra_weight=0.58,
+    pos_intra_shift=0.07,
+    pos_inter_weight=0.36,
+    pos_inter_shift=0.025,
+    neg_inter_weight=0.7,
+    neg_inter_shift=0.761,
+    neg_samples=5,
+    dfc_weight=0.19,
+    dfc_shift=0.03,
+)
 
 
 def _ms(times: list[float]) -> str:
     return f"{statistics.median(times) * 1e3:9.2f} ms"
 
 
-@command("fps", help="batched torch FPS vs per-image numpy loops", args=[
-    (("--batch",), dict(type=int, default=32)), (("--grid",), dict(type=int, default=28)),
-    (("--side",), dict(type=int, default=11, help="S; S*S samples")), (("--repeats",), dict(type=int, default=7)),
-    (("--device",), dict(default="cpu"))])
+@command(
+    "fps",
+    help="batched torch FPS vs per-image numpy loops",
+    args=[
+        (("--batch",), dict(type=int, default=32)),
+        (("--grid",), dict(type=int, default=28)),
+        (("--side",), dict(type=int, default=11, help="S; S*S samples")),
+        (("--repeats",), dict(type=int, default=7)),
+        (("--device",), dict(default="cpu")),
+    ],
+)
 def bench_fps(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     depth = torch.rand(args.batch, 1, args.grid, args.grid, generator=gen) * 255
     points = sampling.depth_to_points(depth, fidelity="reference").to(args.device)  # [B,N,3]
-    n, host = args.side ** 2, points.cpu().numpy()
-    print(f"FPS: B={args.batch}, N={args.grid}x{args.grid}={args.grid ** 2} points, {n} samples, "
-          f"device={args.device}, {machine()}")
-    candidates = {"torch": lambda: sampling.farthest_point_sample(points, n),
-                  "release": lambda: np.stack([fps_release_style(p, n) for p in host]),
-                  "lean": lambda: np.stack([fps_lean(p, n) for p in host])}
+    n, host = args.side**2, points.cpu().numpy()
+    print(
+        f"FPS: B={args.batch}, N={args.grid}x{args.grid}={args.grid**2} points, {n} samples, "
+        f"device={args.device}, {machine()}"
+    )
+    candidates = {
+        "torch": lambda: sampling.farthest_point_sample(points, n),
+        "release": lambda: np.stack([fps_release_style(p, n) for p in host]),
+        "lean": lambda: np.stack([fps_lean(p, n) for p in host]),
+    }
     times = paired_times(candidates, args.repeats, args.device)
     idx = sampling.farthest_point_sample(points, n).cpu().numpy()
     print(f"  batched torch (one call)        {_ms(times['torch'])}   median of {args.repeats} interleaved rounds")
@@ -65,11 +84,20 @@ def bench_fps(args: argparse.Namespace) -> dict:
     return {"torch_ms": statistics.median(times["torch"]) * 1e3, "ratio_release": ratios["release"]}
 
 
-@command("loss", help="FPS + correlation loss forward+backward at paper shapes, both fidelities, vs release-style",
-         args=[(("--batch",), dict(type=int, default=32)), (("--channels",), dict(type=int, default=384)),
-               (("--dim",), dict(type=int, default=70)), (("--grid",), dict(type=int, default=28)),
-               (("--side",), dict(type=int, default=11)), (("--neg",), dict(type=int, default=5)),
-               (("--repeats",), dict(type=int, default=5)), (("--device",), dict(default="cpu"))])
+@command(
+    "loss",
+    help="FPS + correlation loss forward+backward at paper shapes, both fidelities, vs release-style",
+    args=[
+        (("--batch",), dict(type=int, default=32)),
+        (("--channels",), dict(type=int, default=384)),
+        (("--dim",), dict(type=int, default=70)),
+        (("--grid",), dict(type=int, default=28)),
+        (("--side",), dict(type=int, default=11)),
+        (("--neg",), dict(type=int, default=5)),
+        (("--repeats",), dict(type=int, default=5)),
+        (("--device",), dict(default="cpu")),
+    ],
+)
 def bench_loss(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     B, C, K, h, S, dev = args.batch, args.channels, args.dim, args.grid, args.side, args.device
@@ -77,19 +105,22 @@ def bench_loss(args: argparse.Namespace) -> dict:
     f1, f2 = (torch.randn(B, C, h, h, generator=gen).to(dev) for _ in range(2))
     z1, z2 = (torch.randn(B, K, h, h, generator=gen).to(dev).requires_grad_(True) for _ in range(2))
     d1, d2 = (torch.rand(B, 1, res, res, generator=gen).mul(255).floor().to(dev) for _ in range(2))
-    print(f"correlation loss fwd+bwd with FPS coords of image and partner: B={B}, C={C}, K={K}, {h}x{h}, S={S}, "
-          f"{args.neg} negatives, DFC on, device={dev}, {machine()}")
+    print(
+        f"correlation loss fwd+bwd with FPS coords of image and partner: B={B}, C={C}, K={K}, {h}x{h}, S={S}, "
+        f"{args.neg} negatives, DFC on, device={dev}, {machine()}"
+    )
     out = {}
     for fidelity in ("paper", "reference"):
         terms = dataclasses.replace(PAPER_TERMS, neg_samples=args.neg, dfc_target=fidelity)
         # paper: a random first pick per image (fps_start=paper), reference: index 0; the same for both sides
-        start = (torch.randint(h * h, (B,), generator=gen) if fidelity == "paper" else torch.zeros(B, dtype=torch.long))
+        start = torch.randint(h * h, (B,), generator=gen) if fidelity == "paper" else torch.zeros(B, dtype=torch.long)
         out[fidelity] = _loss_round(f1, f2, z1, z2, d1, d2, terms, start, S, args.repeats, dev)
     return out
 
 
-def _loss_round(f1, f2, z1, z2, d1, d2, terms: losses.CorrelationTerms, start: torch.Tensor, S: int, repeats: int,
-                dev: str) -> dict:
+def _loss_round(
+    f1, f2, z1, z2, d1, d2, terms: losses.CorrelationTerms, start: torch.Tensor, S: int, repeats: int, dev: str
+) -> dict:
     """One fidelity of ``bench loss``: ours against the release-style FPS + loss, paired rounds; prints a line."""
     h, fidelity = f1.shape[-1], terms.dfc_target
 
@@ -106,37 +137,61 @@ def _loss_round(f1, f2, z1, z2, d1, d2, terms: losses.CorrelationTerms, start: t
         return result["total"].item()
 
     def ours_loss(c1, c2):
-        return losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,
-                                       generator=torch.Generator().manual_seed(1))
+        return losses.correlation_loss(
+            f1, f2, z1, z2, d1, d2, c1, c2, terms, generator=torch.Generator().manual_seed(1)
+        )
 
     def release_loss(c1, c2):
-        return correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,
-                                              generator=torch.Generator().manual_seed(1))
+        return correlation_loss_release_style(
+            f1, f2, z1, z2, d1, c1, c2, terms, generator=torch.Generator().manual_seed(1)
+        )
 
-    times = paired_times({"ours": lambda: run(ours_loss, ours_coords),
-                          "release": lambda: run(release_loss, release_coords),
-                          "ours_fps": ours_coords, "release_fps": release_coords}, repeats, dev)
+    times = paired_times(
+        {
+            "ours": lambda: run(ours_loss, ours_coords),
+            "release": lambda: run(release_loss, release_coords),
+            "ours_fps": ours_coords,
+            "release_fps": release_coords,
+        },
+        repeats,
+        dev,
+    )
     ratio = median_ratio(times["release"], times["ours"])
     ours_value, release_value = run(ours_loss, ours_coords), run(release_loss, release_coords)
-    print(f"  {fidelity:<9} ours {_ms(times['ours'])} (FPS {_ms(times['ours_fps']).strip()})   release-style "
-          f"{_ms(times['release'])} (FPS {_ms(times['release_fps']).strip()})   ratio {ratio:5.2f}x   "
-          f"loss {ours_value:.6f} vs {release_value:.6f}")
-    return {"ours_ms": statistics.median(times["ours"]) * 1e3, "release_ms": statistics.median(times["release"]) * 1e3,
-            "ratio": ratio, "loss_diff": abs(ours_value - release_value)}
+    print(
+        f"  {fidelity:<9} ours {_ms(times['ours'])} (FPS {_ms(times['ours_fps']).strip()})   release-style "
+        f"{_ms(times['release'])} (FPS {_ms(times['release_fps']).strip()})   ratio {ratio:5.2f}x   "
+        f"loss {ours_value:.6f} vs {release_value:.6f}"
+    )
+    return {
+        "ours_ms": statistics.median(times["ours"]) * 1e3,
+        "release_ms": statistics.median(times["release"]) * 1e3,
+        "ratio": ratio,
+        "loss_diff": abs(ours_value - release_value),
+    }
 
 
-@command("knn", help="chunked top-k cosine kNN on random features: wall time and peak extra memory", args=[
-    (("--n",), dict(type=int, default=50_000)), (("--dim",), dict(type=int, default=384)),
-    (("--k",), dict(type=int, default=30)), (("--chunk",), dict(type=int, default=None)),
-    (("--device",), dict(default="cpu"))])
+@command(
+    "knn",
+    help="chunked top-k cosine kNN on random features: wall time and peak extra memory",
+    args=[
+        (("--n",), dict(type=int, default=50_000)),
+        (("--dim",), dict(type=int, default=384)),
+        (("--k",), dict(type=int, default=30)),
+        (("--chunk",), dict(type=int, default=None)),
+        (("--device",), dict(default="cpu")),
+    ],
+)
 def bench_knn(args):
     # lazy: each benchmark loads only what it measures
     from depthg.data.knn import benchmark_knn
 
     print(f"kNN: {machine()}")
     r = benchmark_knn(args.n, args.dim, args.k, args.chunk, args.device, verbose=False)
-    print(f"  N={args.n} x {args.dim}, top-{args.k}, chunk={r['chunk']} rows: {r['seconds']:.1f} s, peak extra "
-          f"memory {r['peak_extra_rss_mb']:.0f} MB (target < 1024 MB)")
+    print(
+        f"  N={args.n} x {args.dim}, top-{args.k}, chunk={r['chunk']} rows: {r['seconds']:.1f} s, peak extra "
+        f"memory {r['peak_extra_rss_mb']:.0f} MB (target < 1024 MB)"
+    )
 
 
 def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
@@ -161,8 +216,11 @@ def _train_iterations_per_s(cfg, batch_size, res, iterations, warmup, device):
     return iterations / (time.perf_counter() - t0)
 
 
-@command("train", help="training iterations/s: synthetic preset on CPU; paper COCO ViT-S/8 setting on a GPU", args=[
-    (("--iterations",), dict(type=int, default=20))])
+@command(
+    "train",
+    help="training iterations/s: synthetic preset on CPU; paper COCO ViT-S/8 setting on a GPU",
+    args=[(("--iterations",), dict(type=int, default=20))],
+)
 def bench_train(args):
     # lazy: each benchmark loads only what it measures
     from depthg.presets import load_preset
@@ -170,23 +228,35 @@ def bench_train(args):
     print(f"train: {machine()}")
     cfg = load_preset("synthetic", ["loss.depth_sampling=fps"])
     ips = _train_iterations_per_s(cfg, cfg.data.batch_size, cfg.data.res, args.iterations, 3, torch.device("cpu"))
-    print(f"  CPU, synthetic preset (B={cfg.data.batch_size}, {cfg.data.res} px, {cfg.model.backbone}, "
-          f"S={cfg.loss.feature_samples}, FPS): {ips:.2f} it/s = {ips * cfg.data.batch_size:.1f} images/s")
+    print(
+        f"  CPU, synthetic preset (B={cfg.data.batch_size}, {cfg.data.res} px, {cfg.model.backbone}, "
+        f"S={cfg.loss.feature_samples}, FPS): {ips:.2f} it/s = {ips * cfg.data.batch_size:.1f} images/s"
+    )
     if not torch.cuda.is_available():
-        print("  GPU: no CUDA device here; the paper setting (COCO ViT-S/8, B=32, 224 px, 11x11 FPS, 5 negatives) "
-              "was not measured")
+        print(
+            "  GPU: no CUDA device here; the paper setting (COCO ViT-S/8, B=32, 224 px, 11x11 FPS, 5 negatives) "
+            "was not measured"
+        )
         return
     cfg = load_preset("cocostuff27_vits8", ["model.weights=random", "train.bf16=true"])
     ips = _train_iterations_per_s(cfg, 32, 224, args.iterations, 5, torch.device("cuda"))
     peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"  GPU {torch.cuda.get_device_name()}, COCO ViT-S/8 paper setting (B=32, 224 px, S=11 FPS, 5 negatives, "
-          f"bf16 backbone, random weights): {ips:.2f} it/s, peak memory {peak:.2f} GiB; the paper's 2,334 "
-          f"iterations take {2334 / ips / 60:.1f} min (target >= 10 it/s)")
+    print(
+        f"  GPU {torch.cuda.get_device_name()}, COCO ViT-S/8 paper setting (B=32, 224 px, S=11 FPS, 5 negatives, "
+        f"bf16 backbone, random weights): {ips:.2f} it/s, peak memory {peak:.2f} GiB; the paper's 2,334 "
+        f"iterations take {2334 / ips / 60:.1f} min (target >= 10 it/s)"
+    )
 
 
-@command("crf", help="DenseCRF evaluation throughput with 1 and 2 worker processes", args=[
-    (("--images",), dict(type=int, default=16)), (("--res",), dict(type=int, default=320)),
-    (("--classes",), dict(type=int, default=27))])
+@command(
+    "crf",
+    help="DenseCRF evaluation throughput with 1 and 2 worker processes",
+    args=[
+        (("--images",), dict(type=int, default=16)),
+        (("--res",), dict(type=int, default=320)),
+        (("--classes",), dict(type=int, default=27)),
+    ],
+)
 def bench_crf(args):
     # lazy: each benchmark loads only what it measures
     from depthg.data.synthetic import render_scene
@@ -197,8 +267,9 @@ def bench_crf(args):
     images = np.stack([s["image"] for s in scenes])  # uint8 [N,R,R,3]
     g = torch.Generator().manual_seed(0)
     onehot = torch.nn.functional.one_hot(torch.from_numpy(np.stack([s["label"] for s in scenes])), args.classes)
-    logits = onehot.permute(0, 3, 1, 2).float() * 2 + torch.randn(args.images, args.classes, args.res, args.res,
-                                                                    generator=g)
+    logits = onehot.permute(0, 3, 1, 2).float() * 2 + torch.randn(
+        args.images, args.classes, args.res, args.res, generator=g
+    )
     logits = torch.nn.functional.avg_pool2d(logits, 8)  # the code grid of a /8 ViT, upsampled inside the CRF
     for workers in (1, 2):
         with CRFPool(workers) as pool:
@@ -206,7 +277,7 @@ def bench_crf(args):
             t0 = time.perf_counter()
             pool(images, logits)
             dt = time.perf_counter() - t0
-        print(f"  {workers} worker(s): {args.images / dt:.2f} images/s ({args.res}x{args.res}, {args.classes} "
-              f"classes, 10 mean-field iterations)")
-
-
+        print(
+            f"  {workers} worker(s): {args.images / dt:.2f} images/s ({args.res}x{args.res}, {args.classes} "
+            f"classes, 10 mean-field iterations)"
+        )

@@ -42,8 +42,14 @@ def source_item(i: int, size: tuple[int, int] = COCO_SIZE, n_classes: int = 27) 
     label = np.kron(rng.integers(0, n_classes, (6, 8)), np.ones((-(-H // 6), -(-W // 8)), np.int64))[:H, :W]
     ramp = np.linspace(20.0, 2.0, H, dtype=np.float32)[:, None]
     depth = ramp + 3 * _smooth(rng, size, (6, 8), 1)[..., 0]
-    return {"key": f"{i:012d}", "image": Image.fromarray(rgb.clip(0, 255).astype(np.uint8)), "label": label,
-            "depth": depth.astype(np.float32), "depth_units": "metres", "depth_bits": 16}
+    return {
+        "key": f"{i:012d}",
+        "image": Image.fromarray(rgb.clip(0, 255).astype(np.uint8)),
+        "label": label,
+        "depth": depth.astype(np.float32),
+        "depth_units": "metres",
+        "depth_bits": 16,
+    }
 
 
 def _write(args: tuple[int, str, tuple[int, int]]) -> None:
@@ -51,8 +57,15 @@ def _write(args: tuple[int, str, tuple[int, int]]) -> None:
     write_item_crops(source_item(i, size), i, Path(root), "train", 0.5, dataset=DATASET)
 
 
-def write_training_set(data_dir: str | os.PathLike, n_sources: int, *, size: tuple[int, int] = COCO_SIZE,
-                       backbone: str = "vit_small_patch8", knn_res: int = 224, workers: int = 0) -> int:
+def write_training_set(
+    data_dir: str | os.PathLike,
+    n_sources: int,
+    *,
+    size: tuple[int, int] = COCO_SIZE,
+    backbone: str = "vit_small_patch8",
+    knn_res: int = 224,
+    workers: int = 0,
+) -> int:
     """Write ``n_sources`` items as 5 * n_sources training crops and a random kNN file; returns the crop count.
 
     ``workers`` > 0 writes in that many processes (0: in this one).
@@ -68,6 +81,15 @@ def write_training_set(data_dir: str | os.PathLike, n_sources: int, *, size: tup
     n = N_CROPS * n_sources
     rng = np.random.default_rng(0)
     nns = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, 7))], axis=1)  # self + 7 partners
-    save_knn(knn_path(DATASET, "train", backbone, "five", knn_res, data_dir), nns, dataset=DATASET, split="train",
-             backbone=backbone, weights="random", res=knn_res, crop="five", knn_features="reference")
+    save_knn(
+        knn_path(DATASET, "train", backbone, "five", knn_res, data_dir),
+        nns,
+        dataset=DATASET,
+        split="train",
+        backbone=backbone,
+        weights="random",
+        res=knn_res,
+        crop="five",
+        knn_features="reference",
+    )
     return n

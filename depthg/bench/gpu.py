@@ -51,8 +51,11 @@ PAPER_ITERATIONS = 2334  # 7000 legacy global steps (METHOD.md §2.4)
 # Evaluation split sizes. Cityscapes: METHOD.md §6.2. COCO-Stuff-27 (STEGO's curated val list) and Potsdam-3
 # (labelled_test.txt): the usual counts of those lists, not verified here; override with --eval-images.
 EVAL_IMAGES = {"cocostuff27": 2175, "cityscapes": 500, "potsdam": 5400}
-PAPER_TABLES = {"COCO-Stuff-27 (ViT-S/8 and ViT-B/8)": ("cocostuff27_vits8", "cocostuff27_vitb8"),
-                "Cityscapes-27 (ViT-B/8)": ("cityscapes_vitb8",), "Potsdam-3 (ViT-S/8)": ("potsdam_vits8",)}
+PAPER_TABLES = {
+    "COCO-Stuff-27 (ViT-S/8 and ViT-B/8)": ("cocostuff27_vits8", "cocostuff27_vitb8"),
+    "Cityscapes-27 (ViT-B/8)": ("cityscapes_vitb8",),
+    "Potsdam-3 (ViT-S/8)": ("potsdam_vits8",),
+}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -75,12 +78,36 @@ class Sizes:
     crf_images: int
 
 
-FULL = Sizes(backbones=(("ViT-S/8", "vit_small_patch8"), ("ViT-B/8", "vit_base_patch8")), batch=32, res=224,
-             side=11, warmup=3, iterations=10, sources=600, source_size=COCO_SIZE, loader_batches=40, eval_res=320,
-             eval_batch=8, eval_batches=8, crf_images=32)
-REDUCED = Sizes(backbones=(("ViT-T/8 (reduced)", "vit_tiny_patch8"),), batch=2, res=32, side=2, warmup=1,
-                iterations=2, sources=4, source_size=(48, 64), loader_batches=3, eval_res=32, eval_batch=2,
-                eval_batches=1, crf_images=2)
+FULL = Sizes(
+    backbones=(("ViT-S/8", "vit_small_patch8"), ("ViT-B/8", "vit_base_patch8")),
+    batch=32,
+    res=224,
+    side=11,
+    warmup=3,
+    iterations=10,
+    sources=600,
+    source_size=COCO_SIZE,
+    loader_batches=40,
+    eval_res=320,
+    eval_batch=8,
+    eval_batches=8,
+    crf_images=32,
+)
+REDUCED = Sizes(
+    backbones=(("ViT-T/8 (reduced)", "vit_tiny_patch8"),),
+    batch=2,
+    res=32,
+    side=2,
+    warmup=1,
+    iterations=2,
+    sources=4,
+    source_size=(48, 64),
+    loader_batches=3,
+    eval_res=32,
+    eval_batch=2,
+    eval_batches=1,
+    crf_images=2,
+)
 PHASES = ("data", "backbone", "head_losses", "optimiser")
 
 
@@ -109,9 +136,17 @@ class _Timer:
 
 def _bench_config(backbone: str, sizes: Sizes, overrides: tuple[str, ...] = ()) -> Config:
     """The COCO ViT-S/8 paper preset at the bench's sizes with random weights of ``backbone``."""
-    return load_preset("cocostuff27_vits8", ["model.weights=random", f"model.backbone={backbone}",
-                                             f"data.batch_size={sizes.batch}", f"data.res={sizes.res}",
-                                             f"loss.feature_samples={sizes.side}", *overrides])
+    return load_preset(
+        "cocostuff27_vits8",
+        [
+            "model.weights=random",
+            f"model.backbone={backbone}",
+            f"data.batch_size={sizes.batch}",
+            f"data.res={sizes.res}",
+            f"loss.feature_samples={sizes.side}",
+            *overrides,
+        ],
+    )
 
 
 def _precision(device: torch.device, precision: str) -> dict[str, bool]:
@@ -151,9 +186,17 @@ def train_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str
             timer.mark("start")
             feats, _ = run.model.features(torch.cat([batch["img"], batch["img_pos"]]))  # one pass, as training
             timer.mark("backbone")
-            out = run.ddp_step(feats[:B], feats[B:], batch["depth"], batch["depth_pos"], batch["label"],
-                               samples=sched.samples, dfc_weight=sched.dfc_weight, dfc_shift=sched.dfc_shift,
-                               generator=run.generator)
+            out = run.ddp_step(
+                feats[:B],
+                feats[B:],
+                batch["depth"],
+                batch["depth_pos"],
+                batch["label"],
+                samples=sched.samples,
+                dfc_weight=sched.dfc_weight,
+                dfc_shift=sched.dfc_shift,
+                generator=run.generator,
+            )
             for opt in run.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -183,8 +226,13 @@ def train_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str
     finally:
         _restore_precision(old)
     split = {k: statistics.median(s[k] for s in splits) for k in ("backbone", "head_losses", "optimiser")}
-    return {"iterations_per_s": 1 / seconds, "images_per_s": B / seconds, "ms_per_iteration": seconds * 1e3,
-            "peak_memory_gib": peak, "split_ms": split}
+    return {
+        "iterations_per_s": 1 / seconds,
+        "images_per_s": B / seconds,
+        "ms_per_iteration": seconds * 1e3,
+        "peak_memory_gib": peak,
+        "split_ms": split,
+    }
 
 
 def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.device) -> dict:
@@ -193,13 +241,27 @@ def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.devi
     from depthg.data.pairs import build_train_set
 
     # the generated tree's depth is not ZoeDepth's: the loader's cost is the same, so the depth-model check is off
-    cfg = load_preset("cocostuff27_vits8", [f"data.data_dir={data_dir}", f"data.res={sizes.res}",
-                                            f"data.batch_size={sizes.batch}", "data.allow_other_depth_model=true"])
+    cfg = load_preset(
+        "cocostuff27_vits8",
+        [
+            f"data.data_dir={data_dir}",
+            f"data.res={sizes.res}",
+            f"data.batch_size={sizes.batch}",
+            "data.allow_other_depth_model=true",
+        ],
+    )
     dataset = build_train_set(cfg)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=sizes.batch, shuffle=True, drop_last=True, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
-        generator=torch.Generator().manual_seed(0))
+        dataset,
+        batch_size=sizes.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(0),
+    )
     sync, it = synchronizer(device), iter(loader)
     next(it)  # worker start-up is not throughput
     t0 = time.perf_counter()
@@ -208,9 +270,13 @@ def loader_timing(data_dir: Path, sizes: Sizes, workers: int, device: torch.devi
     sync()
     seconds = time.perf_counter() - t0
     del batch, it, loader
-    return {"workers": workers, "items_on_disk": len(dataset), "batches": sizes.loader_batches,
-            "images_per_s": sizes.loader_batches * sizes.batch / seconds,
-            "ms_per_batch": seconds / sizes.loader_batches * 1e3}
+    return {
+        "workers": workers,
+        "items_on_disk": len(dataset),
+        "batches": sizes.loader_batches,
+        "images_per_s": sizes.loader_batches * sizes.batch / seconds,
+        "ms_per_batch": seconds / sizes.loader_batches * 1e3,
+    }
 
 
 def eval_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str, workers: int | None) -> dict:
@@ -263,23 +329,43 @@ def loss_and_fps_timing(sizes: Sizes, device: torch.device, channels: int, dim: 
     z1, z2 = (torch.randn(B, dim, h, h, generator=g).to(device).requires_grad_(True) for _ in range(2))
     d1, d2 = (torch.rand(B, 1, sizes.res, sizes.res, generator=g).mul(255).to(device) for _ in range(2))
     points = sampling.depth_to_points(sampling.pool_depth(d1, (h, h)), fidelity="reference")
-    terms = losses.CorrelationTerms(pos_intra_weight=0.58, pos_intra_shift=0.07, pos_inter_weight=0.36,
-                                    pos_inter_shift=0.025, neg_inter_weight=0.7, neg_inter_shift=0.761,
-                                    dfc_weight=0.19, dfc_shift=0.03, dfc_target="reference")
+    terms = losses.CorrelationTerms(
+        pos_intra_weight=0.58,
+        pos_intra_shift=0.07,
+        pos_inter_weight=0.36,
+        pos_inter_shift=0.025,
+        neg_inter_weight=0.7,
+        neg_inter_shift=0.761,
+        dfc_weight=0.19,
+        dfc_shift=0.03,
+        dfc_target="reference",
+    )
 
     def run(loss_fn: Callable) -> None:
         c1, c2 = (sampling.fps_coords(d, (h, h), S, fidelity="reference", start=0) for d in (d1, d2))
         loss_fn(c1, c2)["total"].backward()
 
-    ours = lambda c1, c2: losses.correlation_loss(f1, f2, z1, z2, d1, d2, c1, c2, terms,
-                                                  generator=torch.Generator().manual_seed(1))
-    release = lambda c1, c2: correlation_loss_release_style(f1, f2, z1, z2, d1, c1, c2, terms,
-                                                            generator=torch.Generator().manual_seed(1))
-    times = paired_times({"fps": lambda: sampling.farthest_point_sample(points, S * S),
-                          "ours": lambda: run(ours), "release": lambda: run(release)}, repeats, device)
-    return {"fps_ms": statistics.median(times["fps"]) * 1e3, "loss_ms": statistics.median(times["ours"]) * 1e3,
-            "release_style_loss_ms": statistics.median(times["release"]) * 1e3,
-            "loss_ratio": median_ratio(times["release"], times["ours"])}
+    ours = lambda c1, c2: losses.correlation_loss(
+        f1, f2, z1, z2, d1, d2, c1, c2, terms, generator=torch.Generator().manual_seed(1)
+    )
+    release = lambda c1, c2: correlation_loss_release_style(
+        f1, f2, z1, z2, d1, c1, c2, terms, generator=torch.Generator().manual_seed(1)
+    )
+    times = paired_times(
+        {
+            "fps": lambda: sampling.farthest_point_sample(points, S * S),
+            "ours": lambda: run(ours),
+            "release": lambda: run(release),
+        },
+        repeats,
+        device,
+    )
+    return {
+        "fps_ms": statistics.median(times["fps"]) * 1e3,
+        "loss_ms": statistics.median(times["ours"]) * 1e3,
+        "release_style_loss_ms": statistics.median(times["release"]) * 1e3,
+        "loss_ratio": median_ratio(times["release"], times["ours"]),
+    }
 
 
 def projections(train: dict, evaluation: dict, eval_images: dict[str, int], stand_in: str | None = None) -> dict:
@@ -302,11 +388,13 @@ def projections(train: dict, evaluation: dict, eval_images: dict[str, int], stan
             crf_ips = evaluation[label].get("crf_images_per_s")
             train_min = PAPER_ITERATIONS * ms / 6e4
             eval_min = eval_images[cfg.data.dataset] / crf_ips / 60 if crf_ips else None
-            run[precision] = {"train_min": train_min, "eval_min": eval_min,
-                              "total_min": train_min + (eval_min or 0.0)}
+            run[precision] = {"train_min": train_min, "eval_min": eval_min, "total_min": train_min + (eval_min or 0.0)}
         runs[name] = run
-    tables = {table: {prec: sum(runs[p][prec]["total_min"] for p in presets) for prec in PRECISIONS}
-              for table, presets in PAPER_TABLES.items() if all(p in runs for p in presets)}
+    tables = {
+        table: {prec: sum(runs[p][prec]["total_min"] for p in presets) for prec in PRECISIONS}
+        for table, presets in PAPER_TABLES.items()
+        if all(p in runs for p in presets)
+    }
     return {"iterations": PAPER_ITERATIONS, "eval_images": eval_images, "runs": runs, "tables": tables}
 
 
@@ -315,17 +403,30 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def run_bench(device: torch.device, sizes: Sizes, out_dir: Path, *, workers: int, eval_images: dict[str, int],
-              data_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:
+def run_bench(
+    device: torch.device,
+    sizes: Sizes,
+    out_dir: Path,
+    *,
+    workers: int,
+    eval_images: dict[str, int],
+    data_dir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Everything in the module docstring; returns the record it writes to ``out_dir/<device>.json`` (+ .md)."""
     t_start = time.perf_counter()
     record: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (reduced sizes)",
-        "mode": "full" if sizes == FULL else "reduced", "torch": torch.__version__, "cuda": torch.version.cuda,
-        "cpu_count": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "sizes": dataclasses.asdict(sizes), "precisions": {"fp32": "TF32 off (reference)",
-                                                           "bf16": "backbone under bf16 autocast (paper)"},
-        "train": {}, "evaluation": {}}
+        "mode": "full" if sizes == FULL else "reduced",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "sizes": dataclasses.asdict(sizes),
+        "precisions": {"fp32": "TF32 off (reference)", "bf16": "backbone under bf16 autocast (paper)"},
+        "train": {},
+        "evaluation": {},
+    }
     with tempfile.TemporaryDirectory(prefix="depthg-bench-data-") as tmp:
         # the on-disk set first: its writer processes fork before this process touches CUDA
         root = Path(data_dir or tmp)
@@ -340,21 +441,29 @@ def run_bench(device: torch.device, sizes: Sizes, out_dir: Path, *, workers: int
                 record["train"][label][precision] = r
                 log(f"  train {label} {precision}: {r['iterations_per_s']:.2f} it/s, {r['images_per_s']:.1f} images/s")
             eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, res=sizes.eval_res))
-            record["evaluation"][label] = {p: eval_timing(eval_cfg, sizes, device, p, workers if p == "fp32" else None)
-                                           for p in PRECISIONS}
+            record["evaluation"][label] = {
+                p: eval_timing(eval_cfg, sizes, device, p, workers if p == "fp32" else None) for p in PRECISIONS
+            }
             log(f"  eval {label}: {record['evaluation'][label]['fp32']}")
-        record["loss_fps"] = loss_and_fps_timing(sizes, device, channels=384 if sizes == FULL else 16,
-                                                 dim=70 if sizes == FULL else 8, repeats=5 if sizes == FULL else 2)
+        record["loss_fps"] = loss_and_fps_timing(
+            sizes,
+            device,
+            channels=384 if sizes == FULL else 16,
+            dim=70 if sizes == FULL else 8,
+            repeats=5 if sizes == FULL else 2,
+        )
         record["loader"] = loader_timing(root, sizes, workers, device)
-    record["loader"]["step_images_per_s"] = {label: {p: record["train"][label][p]["images_per_s"] for p in PRECISIONS}
-                                             for label in record["train"]}
+    record["loader"]["step_images_per_s"] = {
+        label: {p: record["train"][label][p]["images_per_s"] for p in PRECISIONS} for label in record["train"]
+    }
     for label in record["train"]:
         for precision in PRECISIONS:
             r = record["train"][label][precision]
             r["split_ms"]["data"] = record["loader"]["ms_per_batch"]  # overlaps the step when workers keep up
     stand_in = None if sizes == FULL else sizes.backbones[0][0]
-    record["projection"] = projections(record["train"], {k: v["fp32"] for k, v in record["evaluation"].items()},
-                                       eval_images, stand_in)
+    record["projection"] = projections(
+        record["train"], {k: v["fp32"] for k, v in record["evaluation"].items()}, eval_images, stand_in
+    )
     record["wall_s"] = time.perf_counter() - t_start
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = device_slug(device)
@@ -369,49 +478,75 @@ def _f(x: float | None, spec: str = ".2f") -> str:
 
 def markdown(r: dict) -> str:
     """The record as a short markdown report."""
-    lines = [f"# Speed on {r['device']} ({r['mode']}, torch {r['torch']}, {r['date_utc']} UTC)", "",
-             f"Batch {r['sizes']['batch']}, {r['sizes']['res']} px, S={r['sizes']['side']} FPS, DFC on, random "
-             f"weights. fp32 = {r['precisions']['fp32']}; bf16 = {r['precisions']['bf16']}.", "",
-             "| backbone | precision | it/s | images/s | peak GiB | data ms | backbone ms | head+losses ms | "
-             "optimiser ms |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Speed on {r['device']} ({r['mode']}, torch {r['torch']}, {r['date_utc']} UTC)",
+        "",
+        f"Batch {r['sizes']['batch']}, {r['sizes']['res']} px, S={r['sizes']['side']} FPS, DFC on, random "
+        f"weights. fp32 = {r['precisions']['fp32']}; bf16 = {r['precisions']['bf16']}.",
+        "",
+        "| backbone | precision | it/s | images/s | peak GiB | data ms | backbone ms | head+losses ms | optimiser ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, by_precision in r["train"].items():
         for precision, t in by_precision.items():
             s = t["split_ms"]
-            lines.append(f"| {label} | {precision} | {_f(t['iterations_per_s'])} | {_f(t['images_per_s'], '.1f')} | "
-                         f"{_f(t['peak_memory_gib'])} | {_f(s['data'], '.1f')} | {_f(s['backbone'], '.1f')} | "
-                         f"{_f(s['head_losses'], '.1f')} | {_f(s['optimiser'], '.1f')} |")
+            lines.append(
+                f"| {label} | {precision} | {_f(t['iterations_per_s'])} | {_f(t['images_per_s'], '.1f')} | "
+                f"{_f(t['peak_memory_gib'])} | {_f(s['data'], '.1f')} | {_f(s['backbone'], '.1f')} | "
+                f"{_f(s['head_losses'], '.1f')} | {_f(s['optimiser'], '.1f')} |"
+            )
     ld = r["loader"]
-    lines += ["", f"Loader ({ld['workers']} workers, {ld['items_on_disk']} five-crops on disk): "
-                  f"{ld['images_per_s']:.1f} images/s; the step consumes "
-              + ", ".join(f"{lab} {p} {v:.1f}" for lab, d in ld["step_images_per_s"].items() for p, v in d.items())
-              + " images/s.", "",
-              "| backbone | eval precision | images/s (flip) | with DenseCRF |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Loader ({ld['workers']} workers, {ld['items_on_disk']} five-crops on disk): "
+        f"{ld['images_per_s']:.1f} images/s; the step consumes "
+        + ", ".join(f"{lab} {p} {v:.1f}" for lab, d in ld["step_images_per_s"].items() for p, v in d.items())
+        + " images/s.",
+        "",
+        "| backbone | eval precision | images/s (flip) | with DenseCRF |",
+        "|---|---|---|---|",
+    ]
     for label, by_precision in r["evaluation"].items():
         for precision, e in by_precision.items():
-            lines.append(f"| {label} | {precision} | {_f(e['images_per_s'], '.1f')} | "
-                         f"{_f(e.get('crf_images_per_s'), '.2f')} |")
+            lines.append(
+                f"| {label} | {precision} | {_f(e['images_per_s'], '.1f')} | {_f(e.get('crf_images_per_s'), '.2f')} |"
+            )
     lf = r["loss_fps"]
-    lines += ["", f"FPS (B={r['sizes']['batch']}, S={r['sizes']['side']}): {lf['fps_ms']:.2f} ms per call; FPS + "
-                  f"correlation loss fwd+bwd {lf['loss_ms']:.2f} ms against {lf['release_style_loss_ms']:.2f} ms "
-                  f"release-style ({lf['loss_ratio']:.1f}x).", "",
-              f"Projected minutes ({r['projection']['iterations']} iterations + evaluation with CRF):", "",
-              "| run or table | fp32 | bf16 |", "|---|---|---|"]
+    lines += [
+        "",
+        f"FPS (B={r['sizes']['batch']}, S={r['sizes']['side']}): {lf['fps_ms']:.2f} ms per call; FPS + "
+        f"correlation loss fwd+bwd {lf['loss_ms']:.2f} ms against {lf['release_style_loss_ms']:.2f} ms "
+        f"release-style ({lf['loss_ratio']:.1f}x).",
+        "",
+        f"Projected minutes ({r['projection']['iterations']} iterations + evaluation with CRF):",
+        "",
+        "| run or table | fp32 | bf16 |",
+        "|---|---|---|",
+    ]
     for name, run in r["projection"]["runs"].items():
         lines.append(f"| {name} | {_f(run['fp32']['total_min'], '.1f')} | {_f(run['bf16']['total_min'], '.1f')} |")
     for name, t in r["projection"]["tables"].items():
         lines.append(f"| table: {name} | {_f(t['fp32'], '.1f')} | {_f(t['bf16'], '.1f')} |")
     if r["mode"] == "reduced":
-        lines += ["", "Reduced run (no CUDA): every preset is projected from the one tiny model at tiny sizes; these "
-                      "figures check the command, they say nothing about a GPU or the paper's sizes."]
+        lines += [
+            "",
+            "Reduced run (no CUDA): every preset is projected from the one tiny model at tiny sizes; these "
+            "figures check the command, they say nothing about a GPU or the paper's sizes.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-@command("gpu", help="the prepared GPU check (reduced sizes without CUDA): writes results/bench/<device>.json + .md",
-         args=[(("--out",), dict(default=None, help="output folder (default results/bench)")),
-               (("--reduced",), dict(action="store_true", help="the reduced sizes even on a GPU")),
-               (("--workers",), dict(type=int, default=None, help="loader and CRF workers (default: cores)")),
-               (("--eval-images",), dict(default=None, help="JSON object, dataset -> evaluation images")),
-               (("--data-dir",), dict(default=None, help="keep the generated training set here"))])
+@command(
+    "gpu",
+    help="the prepared GPU check (reduced sizes without CUDA): writes results/bench/<device>.json + .md",
+    args=[
+        (("--out",), dict(default=None, help="output folder (default results/bench)")),
+        (("--reduced",), dict(action="store_true", help="the reduced sizes even on a GPU")),
+        (("--workers",), dict(type=int, default=None, help="loader and CRF workers (default: cores)")),
+        (("--eval-images",), dict(default=None, help="JSON object, dataset -> evaluation images")),
+        (("--data-dir",), dict(default=None, help="keep the generated training set here")),
+    ],
+)
 def bench_gpu(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = FULL if device.type == "cuda" and not args.reduced else REDUCED
@@ -421,9 +556,14 @@ def bench_gpu(args: argparse.Namespace) -> dict:
     eval_images = {**EVAL_IMAGES, **json.loads(args.eval_images or "{}")}
     out = Path(args.out) if args.out else results_root() / "bench"
     print(f"bench gpu: {device} ({'full' if sizes == FULL else 'reduced'} sizes), {workers} workers")
-    record = run_bench(device, sizes, out, workers=workers, eval_images=eval_images,
-                       data_dir=Path(args.data_dir) if args.data_dir else None)
+    record = run_bench(
+        device,
+        sizes,
+        out,
+        workers=workers,
+        eval_images=eval_images,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
     print(markdown(record))
     print(f"wrote {out / device_slug(device)}.json and .md in {record['wall_s']:.0f} s")
     return record
-

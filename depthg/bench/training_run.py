@@ -24,16 +24,28 @@ def bench_run(cfg: Config, device: torch.device, precision: str | None = None) -
     model, step, optimizers = build_training(cfg, device)
     if precision is not None:
         model.backbone.autocast = precision == "bf16"
-    return Run(cfg=cfg, device=device, info=DistInfo(), run_dir=Path("-"), model=model, step=step, ddp_step=step,
-               optimizers=optimizers, schedule=make_schedule(cfg).start(),
-               generator=torch.Generator(device=device).manual_seed(0))
+    return Run(
+        cfg=cfg,
+        device=device,
+        info=DistInfo(),
+        run_dir=Path("-"),
+        model=model,
+        step=step,
+        ddp_step=step,
+        optimizers=optimizers,
+        schedule=make_schedule(cfg).start(),
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
 
 
 def random_batch(B: int, res: int, n_classes: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Images, kNN partners, labels and 0..255 depth maps of the real shapes, drawn at random, on ``device``."""
     g = torch.Generator().manual_seed(0)
-    batch = {"img": torch.randn(B, 3, res, res, generator=g), "img_pos": torch.randn(B, 3, res, res, generator=g),
-             "label": torch.randint(0, n_classes, (B, res, res), generator=g),
-             "depth": torch.rand(B, 1, res, res, generator=g) * 255,
-             "depth_pos": torch.rand(B, 1, res, res, generator=g) * 255}
+    batch = {
+        "img": torch.randn(B, 3, res, res, generator=g),
+        "img_pos": torch.randn(B, 3, res, res, generator=g),
+        "label": torch.randint(0, n_classes, (B, res, res), generator=g),
+        "depth": torch.rand(B, 1, res, res, generator=g) * 255,
+        "depth_pos": torch.rand(B, 1, res, res, generator=g) * 255,
+    }
     return {k: v.to(device) for k, v in batch.items()}

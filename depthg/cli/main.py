@@ -13,30 +13,38 @@ from functools import partial
 
 from depthg.errors import DepthGError
 
-
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the DepthG head and probes from a preset",
-                       description="Train a preset. Overrides are section.key=value, e.g. loss.dfc=false "
-                                   "train.iterations=100 fidelity=reference. A folder of your own images: "
-                                   "--preset synthetic data.dataset=directory:<folder> model.n_classes=N, with "
-                                   "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
-                                   "<folder>/labels/{train,val}/<stem>.png) prepared by `python -m depthg prep "
-                                   "check --dataset directory:<folder> --preset synthetic`; small sets also need "
-                                   "data.num_neighbors < items and data.batch_size <= items. The run folder "
-                                   "is results/runs/<dataset>-<preset>-seed<seed>; one of another config is "
-                                   "refused unless --overwrite.")
+    p = sub.add_parser(
+        "train",
+        help="train the DepthG head and probes from a preset",
+        description="Train a preset. Overrides are section.key=value, e.g. loss.dfc=false "
+        "train.iterations=100 fidelity=reference. A folder of your own images: "
+        "--preset synthetic data.dataset=directory:<folder> model.n_classes=N, with "
+        "<data root>/<folder>/imgs/{train,val}/*.{jpg,png} (labels optional: "
+        "<folder>/labels/{train,val}/<stem>.png) prepared by `python -m depthg prep "
+        "check --dataset directory:<folder> --preset synthetic`; small sets also need "
+        "data.num_neighbors < items and data.batch_size <= items. The run folder "
+        "is results/runs/<dataset>-<preset>-seed<seed>; one of another config is "
+        "refused unless --overwrite.",
+    )
     p.add_argument("--preset", default="synthetic", help="named preset (see `python -m depthg presets`)")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value")
     p.add_argument("--config", help="a resolved config.json to start from instead of a preset")
-    p.add_argument("--run-name", help="name of the run folder under results/runs/ (default: dataset, preset and "
-                                      "seed, e.g. synthetic-seed0, potsdamraw-potsdam_vits8-seed0)")
+    p.add_argument(
+        "--run-name",
+        help="name of the run folder under results/runs/ (default: dataset, preset and "
+        "seed, e.g. synthetic-seed0, potsdamraw-potsdam_vits8-seed0)",
+    )
     p.add_argument("--results-dir", help="results root (default: $DEPTHG_RESULTS_DIR or <repo>/results)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a run folder that holds another config's run "
-                                                            "or results committed to the repository")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run folder that holds another config's run or results committed to the repository",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -48,33 +56,50 @@ def _run_train(args) -> int:
     from depthg.evaluation.experiment import train_and_evaluate
     from depthg.presets import load_preset
 
-    cfg = Config.from_json(args.config).with_overrides(args.overrides) if args.config else \
-        load_preset(args.preset, args.overrides)
-    result = train_and_evaluate(cfg, run_name=args.run_name, results_dir=args.results_dir, resume=args.resume,
-                                evaluate_at_end=not args.no_eval, progress=not args.no_progress,
-                                overwrite=args.overwrite)
+    cfg = (
+        Config.from_json(args.config).with_overrides(args.overrides)
+        if args.config
+        else load_preset(args.preset, args.overrides)
+    )
+    result = train_and_evaluate(
+        cfg,
+        run_name=args.run_name,
+        results_dir=args.results_dir,
+        resume=args.resume,
+        evaluate_at_end=not args.no_eval,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     print(f"run folder: {result.run_dir}")
     if result.metrics:
         # lazy: torch and the library load only when a command runs, so --help stays fast
         from depthg.runs import format_metrics
+
         print(format_metrics(result.metrics))
     return 0
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint with the STEGO protocol",
-                       description="Evaluate this project's checkpoint or an authors' released STEGO/DepthG "
-                                   "Lightning .ckpt: 320 px centre crop, flip averaging, DenseCRF, Hungarian "
-                                   "matching for the cluster probe, linear-probe metrics.")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint with the STEGO protocol",
+        description="Evaluate this project's checkpoint or an authors' released STEGO/DepthG "
+        "Lightning .ckpt: 320 px centre crop, flip averaging, DenseCRF, Hungarian "
+        "matching for the cluster probe, linear-probe metrics.",
+    )
     p.add_argument("checkpoint", help="path to a .pt checkpoint of this project or a released .ckpt")
     p.add_argument("--crf", dest="crf", action="store_true", default=None, help="run DenseCRF (default: config)")
     p.add_argument("--no-crf", dest="crf", action="store_false", help="skip DenseCRF")
-    p.add_argument("--preset", help="preset whose data/eval settings to use for a released checkpoint "
-                                    "(default: inferred from its hyper-parameters)")
+    p.add_argument(
+        "--preset",
+        help="preset whose data/eval settings to use for a released checkpoint "
+        "(default: inferred from its hyper-parameters)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value (e.g. data.data_dir=...)")
     p.add_argument("--split", default="val")
-    p.add_argument("--run-name", help="name of the results folder under results/runs/ (default: eval- and the "
-                                      "training run's name)")
+    p.add_argument(
+        "--run-name", help="name of the results folder under results/runs/ (default: eval- and the training run's name)"
+    )
     p.add_argument("--results-dir", help="results root")
     p.add_argument("--overwrite", action="store_true", help="replace a results folder of another config")
     p.set_defaults(func=_run_eval)
@@ -86,10 +111,17 @@ def _run_eval(args) -> int:
     from depthg.runs import format_metrics
 
     # the metrics are printed as soon as they exist, before they are written (a full disk loses nothing)
-    out = evaluate_checkpoint(args.checkpoint, crf=args.crf, preset=args.preset, overrides=args.overrides,
-                              split=args.split, run_name=args.run_name, results_dir=args.results_dir,
-                              report=lambda metrics: print(format_metrics(metrics), flush=True),
-                              overwrite=args.overwrite)
+    out = evaluate_checkpoint(
+        args.checkpoint,
+        crf=args.crf,
+        preset=args.preset,
+        overrides=args.overrides,
+        split=args.split,
+        run_name=args.run_name,
+        results_dir=args.results_dir,
+        report=lambda metrics: print(format_metrics(metrics), flush=True),
+        overwrite=args.overwrite,
+    )
     print(f"results folder: {out.run_dir}")
     return 0
 
@@ -97,10 +129,20 @@ def _run_eval(args) -> int:
 def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="run the four notebooks with papermill on the synthetic default")
     p.add_argument("--results-dir", help="results root")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="a papermill parameter passed to every notebook")
-    p.add_argument("--store", action="store_true",
-                   help="also copy the executed notebooks over notebooks/ (maintainers, after changing the code)")
+    p.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a papermill parameter passed to every notebook",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="also copy the executed notebooks over notebooks/ (maintainers, after changing the code)",
+    )
     p.set_defaults(func=_run_reproduce)
 
 
@@ -131,12 +173,18 @@ def _run_presets(args) -> int:
 
 
 def _add_tables(sub) -> None:
-    p = sub.add_parser("tables", help="reproduce the paper's main tables (what notebooks/05_paper_tables runs)",
-                       description="Published numbers, the authors' released checkpoints evaluated here, and this "
-                                   "project's reference and paper retrains over seeds, into results/paper_<dataset>."
-                                   "{csv,md}. Prints the runs, iterations, images and a measured time estimate first.")
-    p.add_argument("--dataset", default="synthetic", help="cocostuff27 | cityscapes | potsdam | potsdamraw | "
-                                                          "synthetic | all (every paper table)")
+    p = sub.add_parser(
+        "tables",
+        help="reproduce the paper's main tables (what notebooks/05_paper_tables runs)",
+        description="Published numbers, the authors' released checkpoints evaluated here, and this "
+        "project's reference and paper retrains over seeds, into results/paper_<dataset>."
+        "{csv,md}. Prints the runs, iterations, images and a measured time estimate first.",
+    )
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="cocostuff27 | cityscapes | potsdam | potsdamraw | synthetic | all (every paper table)",
+    )
     p.add_argument("--backbones", help="comma-separated, e.g. vit_base_patch8 (default: the paper's for the dataset)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--fidelities", default="reference,paper", help="reference, paper or both")
@@ -162,15 +210,29 @@ def _run_tables(args) -> int:
     from depthg.notebook import as_list, prepare, resolve_config
     from depthg.reporting import paper_plan, paper_tables
 
-    configure = partial(resolve_config, data_dir=args.data_dir, weights=args.weights, iterations=args.iterations,
-                        device=args.device, threads=args.threads, max_images=args.max_images, crf=args.crf,
-                        overrides=args.overrides)
+    configure = partial(
+        resolve_config,
+        data_dir=args.data_dir,
+        weights=args.weights,
+        iterations=args.iterations,
+        device=args.device,
+        threads=args.threads,
+        max_images=args.max_images,
+        crf=args.crf,
+        overrides=args.overrides,
+    )
     cases = paper_plan.paper_cases(args.dataset, as_list(args.backbones))
     for case in cases:  # an unprepared dataset stops here, naming the prep commands
         prepare(case.dataset, args.data_dir, cfg=configure(case.dataset, preset=case.preset))
-    plan = paper_plan.plan_tables(cases, configure, seeds=as_list(args.seeds, int),
-                                  fidelities=as_list(args.fidelities), released_checkpoints=args.released_checkpoints,
-                                  results_dir=args.results_dir, reuse=args.reuse)
+    plan = paper_plan.plan_tables(
+        cases,
+        configure,
+        seeds=as_list(args.seeds, int),
+        fidelities=as_list(args.fidelities),
+        released_checkpoints=args.released_checkpoints,
+        results_dir=args.results_dir,
+        reuse=args.reuse,
+    )
     warm = None if args.no_estimate else paper_plan.speed_config(plan)
     print(plan.describe(None if warm is None else paper_plan.measure_speed(warm)), flush=True)
     out = paper_tables.run_tables(plan, progress=not args.no_progress)
@@ -213,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in _STORAGE_ERRORS:
             raise
         # a full disk or a read-only folder: atomic writes left the previous files intact
-        print(f"error: cannot write {e.filename or 'an output'}: {e.strerror}; free space or choose a writable "
-              f"--results-dir / --data-dir (what was written before stays valid).", file=sys.stderr)
+        print(
+            f"error: cannot write {e.filename or 'an output'}: {e.strerror}; free space or choose a writable "
+            f"--results-dir / --data-dir (what was written before stays valid).",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,8 +6,15 @@ of this package (``depthg.data.stage`` for the ``prep`` command line) must not l
 
 from importlib import import_module
 
-_EXPORTS = {"source_dataset": "datasets", "DatasetInfo": "labels", "dataset_info": "labels", "EvalSet": "pairs",
-            "TrainPairs": "pairs", "build_eval_set": "pairs", "build_train_set": "pairs"}
+_EXPORTS = {
+    "source_dataset": "datasets",
+    "DatasetInfo": "labels",
+    "dataset_info": "labels",
+    "EvalSet": "pairs",
+    "TrainPairs": "pairs",
+    "build_eval_set": "pairs",
+    "build_train_set": "pairs",
+}
 __all__ = sorted(_EXPORTS)
 
 

@@ -45,9 +45,11 @@ def _prep(stage: str, name: str, extra: str = "") -> str:
 
 def _root(path: Path, name: str) -> Path:
     if not path.is_dir():
-        raise DataError(f"dataset {name!r}: {path} does not exist. Put the dataset there in the layout of "
-                        f"METHOD.md §1.1 (STEGO's preprocessed download), or point data.data_dir / DEPTHG_DATA_DIR "
-                        f"at the folder that holds it.")
+        raise DataError(
+            f"dataset {name!r}: {path} does not exist. Put the dataset there in the layout of "
+            f"METHOD.md §1.1 (STEGO's preprocessed download), or point data.data_dir / DEPTHG_DATA_DIR "
+            f"at the folder that holds it."
+        )
     return path
 
 
@@ -109,8 +111,16 @@ class SourceDataset(Dataset):
     """Full-resolution items of one split. Subclasses list the keys (:meth:`_set_keys`) and say where an item's
     image and label files are (:meth:`image_path`, :meth:`label_path`) and how to read them."""
 
-    def __init__(self, name: str, split: str, *, with_depth: bool, n_classes: int | None = None,
-                 derived_name: str | None = None, data_dir=None):
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        *,
+        with_depth: bool,
+        n_classes: int | None = None,
+        derived_name: str | None = None,
+        data_dir=None,
+    ):
         self.name, self.split, self.with_depth = name, split, with_depth
         # directory sets without a given class count accept any stored id 0..254 (255 = ignore)
         self.n_classes = dataset_info(name, n_classes=n_classes).n_classes or 255
@@ -128,8 +138,10 @@ class SourceDataset(Dataset):
 
     def _set_keys(self, keys: list[str], where: Path) -> None:
         if not keys:
-            raise DataError(f"dataset {self.name!r} split {self.split!r} has no items in {where}; check the layout "
-                            f"(METHOD.md §1.1) and data.data_dir.")
+            raise DataError(
+                f"dataset {self.name!r} split {self.split!r} has no items in {where}; check the layout "
+                f"(METHOD.md §1.1) and data.data_dir."
+            )
         self._keys = keys
         self.item_ids = list(keys)
 
@@ -167,35 +179,57 @@ class SourceDataset(Dataset):
         label = None if label_path is None else self.read_label(label_path)
         size = (image.height, image.width)
         if label is not None and label.shape != size:
-            raise DataError(f"label file {label_path} is {label.shape} but its image {self.image_path(i)} is {size}; "
-                            f"the label does not belong to this image: restore it from the dataset download.")
-        item = dict(key=key, image=image, label=label, depth=None, depth_bits=None, depth_units=None,
-                    depth_range=None, depth_model=None)
+            raise DataError(
+                f"label file {label_path} is {label.shape} but its image {self.image_path(i)} is {size}; "
+                f"the label does not belong to this image: restore it from the dataset download."
+            )
+        item = dict(
+            key=key,
+            image=image,
+            label=label,
+            depth=None,
+            depth_bits=None,
+            depth_units=None,
+            depth_range=None,
+            depth_model=None,
+        )
         if self.with_depth:
             paths = self.depth_paths(i)
             if self.prefer_released_depth:  # the authors' maps first (reference presets), then ours
                 paths = paths[1:] + paths[:1]
             path = next((p for p in paths if p.is_file()), None)
             if path is None:
-                raise DataError(f"{self.name}/{self.split} item {key!r} has no depth map (looked for "
-                                f"{', '.join(map(str, paths))}); create them with {self.depth_hint}.")
+                raise DataError(
+                    f"{self.name}/{self.split} item {key!r} has no depth map (looked for "
+                    f"{', '.join(map(str, paths))}); create them with {self.depth_hint}."
+                )
             depth, meta = read_depth(path, with_meta=True)
             if depth.shape != size:
-                raise DataError(f"depth file {path} is {depth.shape} but its image is {size}; regenerate it with "
-                                f"{self.depth_regen_hint}.")
+                raise DataError(
+                    f"depth file {path} is {depth.shape} but its image is {size}; regenerate it with "
+                    f"{self.depth_regen_hint}."
+                )
             crop = meta.get("five_crop") or {}
-            source_range = (crop["source_min"], crop["source_max"], crop.get("source_bits")) \
-                if "source_min" in crop else None
-            item.update(depth=depth, depth_bits=meta["bits"], depth_units=meta.get("units"), depth_range=source_range,
-                        depth_model=depth_model_of(meta))
+            source_range = (
+                (crop["source_min"], crop["source_max"], crop.get("source_bits")) if "source_min" in crop else None
+            )
+            item.update(
+                depth=depth,
+                depth_bits=meta["bits"],
+                depth_units=meta.get("units"),
+                depth_range=source_range,
+                depth_model=depth_model_of(meta),
+            )
         return item
 
 
 class CocoStuff27(SourceDataset):
     """cocostuff/: curated train list (subset None) / val list subset 7 (METHOD.md §1.1, DG src/data.py:318-324)."""
 
-    _LISTS = {"train": ("train2017", "Coco164kFull_Stuff_Coarse.txt"),
-              "val": ("val2017", "Coco164kFull_Stuff_Coarse_7.txt")}
+    _LISTS = {
+        "train": ("train2017", "Coco164kFull_Stuff_Coarse.txt"),
+        "val": ("val2017", "Coco164kFull_Stuff_Coarse_7.txt"),
+    }
 
     def __init__(self, data_dir, split: str, *, with_depth: bool = True):
         super().__init__("cocostuff27", split, with_depth=with_depth, data_dir=data_dir)
@@ -250,8 +284,13 @@ class Potsdam(SourceDataset):
         if raw:
             self.root = _root(data_root(data_dir) / "potsdamraw" / "processed", name)
             stems = [p.stem for p in _root(self.root / "imgs", name).glob("*.mat")]
-            self._set_keys(sorted((s for s in stems if re.fullmatch(r"\d+_\d+_\d+", s)),
-                                  key=lambda s: tuple(int(x) for x in s.split("_"))), self.root / "imgs")
+            self._set_keys(
+                sorted(
+                    (s for s in stems if re.fullmatch(r"\d+_\d+_\d+", s)),
+                    key=lambda s: tuple(int(x) for x in s.split("_")),
+                ),
+                self.root / "imgs",
+            )
         else:
             self.root = _root(data_root(data_dir) / "potsdam", name)
             split_list = self.root / _split_value(self._LISTS, split, name)
@@ -276,10 +315,23 @@ class Folder(SourceDataset):
     """A folder of images: ``<stem>.{jpg,png}`` in ``img_dir``, labels ``<stem>.png`` in ``label_dir`` (optional,
     mapped by ``map_label(raw, n_classes, path)``), numeric stems in numeric order."""
 
-    def __init__(self, name, split, img_dir: Path, label_dir: Path | None, map_label, *, with_depth: bool,
-                 n_classes=None, derived_name=None, data_dir=None, suffixes=_IMAGE_SUFFIXES):
-        super().__init__(name, split, with_depth=with_depth, n_classes=n_classes, derived_name=derived_name,
-                         data_dir=data_dir)
+    def __init__(
+        self,
+        name,
+        split,
+        img_dir: Path,
+        label_dir: Path | None,
+        map_label,
+        *,
+        with_depth: bool,
+        n_classes=None,
+        derived_name=None,
+        data_dir=None,
+        suffixes=_IMAGE_SUFFIXES,
+    ):
+        super().__init__(
+            name, split, with_depth=with_depth, n_classes=n_classes, derived_name=derived_name, data_dir=data_dir
+        )
         self.img_dir, self.label_dir, self.map_label = _root(img_dir, f"{name}/{split}"), label_dir, map_label
         # temporary files of a killed writer (depthg.files.is_temp) are not items
         files = {p.stem: p for p in self.img_dir.iterdir() if p.suffix.lower() in suffixes and not is_temp(p)}
@@ -299,15 +351,32 @@ class Folder(SourceDataset):
 def _directory(folder: str, data_dir, split: str, with_depth: bool, n_classes: int | None) -> Folder:
     root = _root(data_root(data_dir) / folder, f"directory:{folder}")
     labels = root / "labels" / split if (root / "labels").is_dir() else None
-    return Folder(f"directory:{folder}", split, root / "imgs" / split, labels, L.map_plain, with_depth=with_depth,
-                  n_classes=n_classes, derived_name=folder, data_dir=data_dir)
+    return Folder(
+        f"directory:{folder}",
+        split,
+        root / "imgs" / split,
+        labels,
+        L.map_plain,
+        with_depth=with_depth,
+        n_classes=n_classes,
+        derived_name=folder,
+        data_dir=data_dir,
+    )
 
 
 def _synthetic(data_dir, split: str, with_depth: bool) -> Folder:
     """<data>/synthetic/{img,label,depth}/<split>/<n:05d>.png (depthg.data.synthetic)."""
     root = _root(data_root(data_dir) / "synthetic", "synthetic")
-    ds = Folder("synthetic", split, root / "img" / split, root / "label" / split, L.map_plain,
-                with_depth=with_depth, data_dir=data_dir, suffixes=(".png",))
+    ds = Folder(
+        "synthetic",
+        split,
+        root / "img" / split,
+        root / "label" / split,
+        L.map_plain,
+        with_depth=with_depth,
+        data_dir=data_dir,
+        suffixes=(".png",),
+    )
     ds.depth_locations.append((root / "depth" / split, "{}.png"))
     ds.depth_hint = "`python -m depthg prep synthetic` with the world's --n-train/--n-val/--res/--seed"
     ds.depth_regen_hint = f"{ds.depth_hint} after deleting that file (missing scenes are rendered again)"
@@ -323,20 +392,25 @@ def _check_synthetic_split(ds: Folder, root: Path, split: str) -> None:
         recorded = json.loads(manifest.read_text()) if manifest.is_file() else {}
         expected = int(recorded[f"n_{split}"]) if f"n_{split}" in recorded else None
     except (ValueError, TypeError) as e:
-        raise DataError(f"synthetic manifest {manifest} is damaged ({type(e).__name__}: {e}); rerun "
-                        f"`python -m depthg prep synthetic` with the world's parameters.") from None
+        raise DataError(
+            f"synthetic manifest {manifest} is damaged ({type(e).__name__}: {e}); rerun "
+            f"`python -m depthg prep synthetic` with the world's parameters."
+        ) from None
     if expected is None:
         return
     missing = sorted(set(f"{i:05d}" for i in range(expected)) - set(ds.keys()))
     if missing:
         paths = ", ".join(str(root / "img" / split / f"{k}.png") for k in missing[:5])
-        raise DataError(f"synthetic {split} split has {expected - len(missing)} of its {expected} images; missing "
-                        f"{paths}{' ...' if len(missing) > 5 else ''}. Rerun `python -m depthg prep synthetic` "
-                        f"with the world's --n-train/--n-val/--res/--seed: it renders the missing scenes.")
+        raise DataError(
+            f"synthetic {split} split has {expected - len(missing)} of its {expected} images; missing "
+            f"{paths}{' ...' if len(missing) > 5 else ''}. Rerun `python -m depthg prep synthetic` "
+            f"with the world's --n-train/--n-val/--res/--seed: it renders the missing scenes."
+        )
 
 
-def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True,
-                      n_classes: int | None = None) -> Folder:
+def five_crop_dataset(
+    name: str, data_dir, split: str, *, ratio: float = 0.5, with_depth: bool = True, n_classes: int | None = None
+) -> Folder:
     """The five-crop set of ``name`` (METHOD.md §1.4): ours, else the release's ``cropped/`` set."""
     derived_name = dataset_folder(name)
     # = depthg.data.fivecrop.five_crop_dir (not imported: the prep stages depend on this module, not the reverse)
@@ -344,26 +418,41 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     legacy = data_root(data_dir) / "cropped" / f"{derived_name}_five_crop_{ratio:g}"
     root = ours if (ours / "img" / split).is_dir() else legacy
     if not (root / "img" / split).is_dir():
-        raise DataError(f"no five-crop set for {name}/{split} (looked in {ours} and {legacy}); create it with "
-                        f"{_prep('fivecrop', name, f' --splits {split} --ratio {ratio:g}')}.")
+        raise DataError(
+            f"no five-crop set for {name}/{split} (looked in {ours} and {legacy}); create it with "
+            f"{_prep('fivecrop', name, f' --splits {split} --ratio {ratio:g}')}."
+        )
     is_legacy = root == legacy
     label_dir = root / "label" / split
-    ds = Folder(name, split, root / "img" / split, label_dir if label_dir.is_dir() else None, L.map_cropped,
-                with_depth=with_depth, n_classes=n_classes, derived_name=derived_name, data_dir=data_dir,
-                suffixes=(".jpg",) if is_legacy else (".png", ".jpg"))  # ours: PNG, or JPEG in reference
+    ds = Folder(
+        name,
+        split,
+        root / "img" / split,
+        label_dir if label_dir.is_dir() else None,
+        L.map_cropped,
+        with_depth=with_depth,
+        n_classes=n_classes,
+        derived_name=derived_name,
+        data_dir=data_dir,
+        suffixes=(".jpg",) if is_legacy else (".png", ".jpg"),
+    )  # ours: PNG, or JPEG in reference
     missing = sorted(set(range(len(ds))) - {int(k) for k in ds.keys() if k.isdigit()})
     if missing:
-        raise DataError(f"five-crop set {root / 'img' / split} lacks crop(s) {missing[:10]}; rerun "
-                        f"{_prep('fivecrop', name, f' --splits {split}')}.")
+        raise DataError(
+            f"five-crop set {root / 'img' / split} lacks crop(s) {missing[:10]}; rerun "
+            f"{_prep('fivecrop', name, f' --splits {split}')}."
+        )
     # which source item each crop index stands for: the order file the five-crop stage writes (for the release's
     # set, one the user writes: its source items in the release's order); without it the order is unknown
     order_file = root / f"order_{split}.txt"
     ds.order_source = str(order_file)
     ds.item_ids = five_crop_ids(read_order_file(order_file)) if order_file.is_file() else None
     if ds.item_ids is not None and len(ds.item_ids) != len(ds):
-        raise DataError(f"order file {order_file} lists {len(ds.item_ids) // 5} source items for {len(ds)} crops; "
-                        f"it belongs to another crop set: rerun {_prep('fivecrop', name, f' --splits {split}')} "
-                        f"with --overwrite.")
+        raise DataError(
+            f"order file {order_file} lists {len(ds.item_ids) // 5} source items for {len(ds)} crops; "
+            f"it belongs to another crop set: rerun {_prep('fivecrop', name, f' --splits {split}')} "
+            f"with --overwrite."
+        )
     # the crops carry their own depth: ours 16-bit <n>.png, the release's 8-bit <n>_zoedepth.png
     ds.depth_locations = [(root / "depth" / split, "{}_zoedepth.png" if is_legacy else "{}.png")]
     ds.depth_hint = _prep("depth", name) + " then " + _prep("fivecrop", name, " --overwrite")
@@ -371,8 +460,15 @@ def five_crop_dataset(name: str, data_dir, split: str, *, ratio: float = 0.5, wi
     return ds
 
 
-def source_dataset(name: str, data_dir=None, split: str = "train", *, with_depth: bool = True,
-                   n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
+def source_dataset(
+    name: str,
+    data_dir=None,
+    split: str = "train",
+    *,
+    with_depth: bool = True,
+    n_classes: int | None = None,
+    depth_model: str = "",
+) -> SourceDataset:
     """Full-resolution items of ``split`` of dataset ``name`` (see the module docstring). ``depth_model`` equal to
     the release's (ZoeD_M12_N) reads the authors' released depth maps before ours, where both exist."""
     ds = _source_dataset(name, data_dir, split, with_depth=with_depth, n_classes=n_classes)
@@ -385,8 +481,10 @@ def _source_dataset(name: str, data_dir, split: str, *, with_depth: bool, n_clas
     dataset_info(name, n_classes=n_classes if base == "directory" else None)  # unknown name -> DataError
     if base == "directory":
         if ":" not in name:
-            raise DataError("name a directory dataset 'directory:<folder>', the folder under the data root that "
-                            "holds imgs/<split>/.")
+            raise DataError(
+                "name a directory dataset 'directory:<folder>', the folder under the data root that "
+                "holds imgs/<split>/."
+            )
         return _directory(dataset_folder(name), data_dir, split, with_depth, n_classes)
     if base == "synthetic":
         return _synthetic(data_dir, split, with_depth)
@@ -400,8 +498,17 @@ def effective_crop(name: str, crop: str) -> str:
     return "none" if name in _UNCROPPED else crop
 
 
-def train_source(name: str, data_dir=None, split: str = "train", *, crop: str = "five", ratio: float = 0.5,
-                 with_depth: bool = True, n_classes: int | None = None, depth_model: str = "") -> SourceDataset:
+def train_source(
+    name: str,
+    data_dir=None,
+    split: str = "train",
+    *,
+    crop: str = "five",
+    ratio: float = 0.5,
+    with_depth: bool = True,
+    n_classes: int | None = None,
+    depth_model: str = "",
+) -> SourceDataset:
     """The items training (and the kNN stage) uses: the five-crop set, or the source set when not cropped."""
     if effective_crop(name, crop) == "five":
         dataset_info(name, n_classes=n_classes)

@@ -81,15 +81,21 @@ def write_release_8bit(png_path: Path, depth: np.ndarray, meta: dict) -> None:
     """The release's 8-bit map plus our sidecar (which model made it); sidecar first, PNG last, as write_depth."""
     if not np.isfinite(depth).all():
         raise DataError(f"refusing to write depth {png_path}: it holds non-finite values (NaN/inf)")
-    write_text(sidecar_path(png_path), json.dumps({**meta, "encoding": "release8", "height": int(depth.shape[0]),
-                                                   "width": int(depth.shape[1])}, indent=1))
+    write_text(
+        sidecar_path(png_path),
+        json.dumps(
+            {**meta, "encoding": "release8", "height": int(depth.shape[0]), "width": int(depth.shape[1])}, indent=1
+        ),
+    )
     with atomic_write(png_path) as tmp:
         Image.fromarray(release_8bit(depth), mode="L").save(tmp, format="PNG")
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def load_depth_model(model: str, device: torch.device):
@@ -100,8 +106,10 @@ def load_depth_model(model: str, device: torch.device):
         raise WeightsError("depth estimation needs the `transformers` package: pip install 'depthg[depth]'.") from e
     local = Path(model).expanduser()
     if model.startswith(("/", ".", "~")) and not local.is_dir():
-        raise WeightsError(f"depth model directory {local} does not exist; pass a folder made by save_pretrained "
-                           f"(config.json, weights, preprocessor_config.json) or a Hugging Face model id.")
+        raise WeightsError(
+            f"depth model directory {local} does not exist; pass a folder made by save_pretrained "
+            f"(config.json, weights, preprocessor_config.json) or a Hugging Face model id."
+        )
     source = str(local) if local.is_dir() else model
     try:
         with hub_session() as online:  # no network: the cache or an immediate error, not minutes of retries
@@ -113,15 +121,17 @@ def load_depth_model(model: str, device: torch.device):
             f"`hf download {model} --local-dir <dir>`, copy <dir> here and pass it: `python -m depthg prep depth "
             f"--model <dir>`, or `papermill notebooks/01_data_prep.ipynb ... -p depth_model <dir>`; or copy a "
             f"filled Hugging Face cache ($HF_HOME, default ~/.cache/huggingface). Set HF_HUB_OFFLINE=1 to skip the "
-            f"network check.") from e
+            f"network check."
+        ) from e
     return processor, net.eval().to(device)
 
 
 class DepthEstimator:
     """A transformers depth model that maps RGB images to depth maps (larger = farther) at the input size."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str = "auto", output_kind: str = "auto",
-                 eps: float = 0.1):
+    def __init__(
+        self, model: str = DEFAULT_MODEL, *, device: str = "auto", output_kind: str = "auto", eps: float = 0.1
+    ):
         if output_kind not in ("auto", "disparity", "metric"):
             raise ConfigError(f"output kind must be auto, disparity or metric, got {output_kind!r}.")
         if eps <= 0:
@@ -137,12 +147,19 @@ class DepthEstimator:
 
     def sidecar(self) -> dict:
         """What the sidecar of every map records about how it was made."""
-        meta = {"model": self.model_id, "model_type": self.net.config.model_type, "output_kind": self.kind,
-                "upsampling": "bicubic to the input image size (processor post-processing)",
-                "flip_tta": self.flip_tta}
+        meta = {
+            "model": self.model_id,
+            "model_type": self.net.config.model_type,
+            "output_kind": self.kind,
+            "upsampling": "bicubic to the input image size (processor post-processing)",
+            "flip_tta": self.flip_tta,
+        }
         if self.kind == "disparity":
-            meta.update(normalisation="per-image min-max of the disparity to n in [0,1]",
-                        conversion="depth = 1 / (n + eps)", eps=self.eps)
+            meta.update(
+                normalisation="per-image min-max of the disparity to n in [0,1]",
+                conversion="depth = 1 / (n + eps)",
+                eps=self.eps,
+            )
         else:
             meta.update(normalisation="none", conversion="none (metric depth, clamped at 0)")
         return meta
@@ -157,8 +174,9 @@ class DepthEstimator:
         out = self.net(pixel_values=pixels)
         if self.flip_tta:
             flipped = self.net(pixel_values=pixels.flip(-1))
-            post = self.processor.post_process_depth_estimation(out, source_sizes=sizes, target_sizes=sizes,
-                                                                outputs_flipped=flipped)
+            post = self.processor.post_process_depth_estimation(
+                out, source_sizes=sizes, target_sizes=sizes, outputs_flipped=flipped
+            )
         else:
             post = self.processor.post_process_depth_estimation(out, target_sizes=sizes)
         return [p["predicted_depth"].reshape(size).float() for p, size in zip(post, sizes)]
@@ -182,10 +200,22 @@ class DepthEstimator:
         return [d.cpu().numpy().astype(np.float32) for d in depth]
 
 
-
-def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, output_kind: str = "auto",
-              eps: float = 0.1, batch_size: int = 4, device: str = "auto", encoding: str = "float16", rank: int = 0,
-              world: int = 1, overwrite: bool = False, progress: bool = True) -> list[tuple[str, StageResult]]:
+def run_depth(
+    dataset: str,
+    data_dir,
+    splits,
+    *,
+    model: str = DEFAULT_MODEL,
+    output_kind: str = "auto",
+    eps: float = 0.1,
+    batch_size: int = 4,
+    device: str = "auto",
+    encoding: str = "float16",
+    rank: int = 0,
+    world: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[tuple[str, StageResult]]:
     """The depth stage over ``splits``: depth for every source image of this rank (i % world == rank).
 
     ``encoding``: "float16" (our 16-bit PNG + sidecar) or "release8" (the release's 8-bit maps, reference presets).
@@ -222,10 +252,28 @@ def run_depth(dataset: str, data_dir, splits, *, model: str = DEFAULT_MODEL, out
                 else:
                     write_depth(paths[i], depth, source=est.model_id, units=est.units, extra=extra)
 
-        results.append((split, run_stage(
-            root, "depth", split, params, len(keys),
-            done=lambda i, paths=paths: paths[i].is_file() and sidecar_path(paths[i]).is_file(),
-            remove=lambda i, paths=paths: [p.unlink(missing_ok=True) for p in (paths[i], sidecar_path(paths[i]))],
-            process=process, check=load, overwrite=overwrite, rank=rank, world=world, batch_size=batch_size,
-            desc=f"depth {dataset}/{split}", progress=progress)))
+        results.append(
+            (
+                split,
+                run_stage(
+                    root,
+                    "depth",
+                    split,
+                    params,
+                    len(keys),
+                    done=lambda i, paths=paths: paths[i].is_file() and sidecar_path(paths[i]).is_file(),
+                    remove=lambda i, paths=paths: [
+                        p.unlink(missing_ok=True) for p in (paths[i], sidecar_path(paths[i]))
+                    ],
+                    process=process,
+                    check=load,
+                    overwrite=overwrite,
+                    rank=rank,
+                    world=world,
+                    batch_size=batch_size,
+                    desc=f"depth {dataset}/{split}",
+                    progress=progress,
+                ),
+            )
+        )
     return results

@@ -33,8 +33,9 @@ FORMAT_16 = "depthg-depth16"
 # twin is Intel/zoedepth-nyu, so a config asking for that model accepts them (depthg.data.pairs).
 RELEASED_MAPS_MODEL = "Intel/zoedepth-nyu"
 _MAX16 = 65535
-_PREP_HINT = ("create it with `python -m depthg prep depth ...` (or `python -m depthg prep synthetic` for the "
-              "synthetic world)")
+_PREP_HINT = (
+    "create it with `python -m depthg prep depth ...` (or `python -m depthg prep synthetic` for the synthetic world)"
+)
 
 
 def sidecar_path(png_path: str | os.PathLike) -> Path:
@@ -69,8 +70,14 @@ def write_depth(
     v = np.zeros(d.shape, np.uint16) if span == 0 else np.round((d - lo) / span * _MAX16).astype(np.uint16)
     meta = dict(extra or {})
     meta.update(
-        format=FORMAT_16, min=lo, max=hi, units=units, source=source, larger_is_farther=True,
-        height=int(d.shape[0]), width=int(d.shape[1]),
+        format=FORMAT_16,
+        min=lo,
+        max=hi,
+        units=units,
+        source=source,
+        larger_is_farther=True,
+        height=int(d.shape[0]),
+        width=int(d.shape[1]),
     )
     # Sidecar first, PNG last, each atomically: a PNG without its sidecar never counts as finished, so a killed
     # writer leaves no map that looks done. uint16 -> PIL mode "I;16", a 16-bit grayscale PNG (level 1: fast,
@@ -115,8 +122,10 @@ def read_depth(png_path: str | os.PathLike, *, with_meta: bool = False):
         lo, hi = meta["min"], meta["max"]
         depth = (lo + v / _MAX16 * (hi - lo)).astype(np.float32)
         if (meta.get("height"), meta.get("width")) not in ((None, None), depth.shape):
-            raise DataError(f"depth file {png_path} is {depth.shape} but its sidecar says "
-                            f"({meta['height']}, {meta['width']}); {_PREP_HINT}")
+            raise DataError(
+                f"depth file {png_path} is {depth.shape} but its sidecar says "
+                f"({meta['height']}, {meta['width']}); {_PREP_HINT}"
+            )
         meta["bits"] = 16
     elif img.mode in ("L", "RGB", "RGBA", "P"):
         a = np.asarray(img.convert("L") if img.mode == "P" else img)
@@ -125,8 +134,9 @@ def read_depth(png_path: str | os.PathLike, *, with_meta: bool = False):
                 raise DataError(f"depth file {png_path} is a colour image, not a depth map; {_PREP_HINT}")
             a = a[..., 0]
         depth = a.astype(np.float32)
-        meta = dict(format="zoedepth8", bits=8, min=0.0, max=255.0, units="relative", source="zoedepth",
-                    larger_is_farther=True)
+        meta = dict(
+            format="zoedepth8", bits=8, min=0.0, max=255.0, units="relative", source="zoedepth", larger_is_farther=True
+        )
         side = sidecar_path(png_path)
         if side.is_file():  # 8-bit maps of our depth stage (release encoding) say which model made them
             try:
@@ -173,15 +183,17 @@ def _to_uint8_semantics(depth: np.ndarray, value_range: tuple[float, float] | No
     return np.floor(norm * np.float32(255)).astype(np.float32)
 
 
-def depth_for_training(depth: np.ndarray, *, fidelity: str, dataset: str, is_8bit: bool = False,
-                       value_range: tuple | None = None) -> np.ndarray:
+def depth_for_training(
+    depth: np.ndarray, *, fidelity: str, dataset: str, is_8bit: bool = False, value_range: tuple | None = None
+) -> np.ndarray:
     """Full-resolution depth float [H,W] -> the float32 [H,W] depth the training loader uses.
 
     paper:     per-image min-max to [0,1], larger = farther (a constant map gives zeros).
     reference: the release's 8-bit values 0..255 = floor(norm * 255) (METHOD.md §1.3, §1.6); an input that already
                is a release 8-bit file (``is_8bit``, from ``read_depth(..., with_meta=True)[1]["bits"] == 8``) is
                used as is; a five-crop of a full map is normalised with the full map's ``value_range``
-               (min, max, bits of the source, from the crop's sidecar), as the release crops its 8-bit files. For ``dataset == "potsdam"`` the release's bug: to_tensor gives v/255, the int cast keeps
+               (min, max, bits of the source, from the crop's sidecar), as the release crops its 8-bit files. For
+               ``dataset == "potsdam"`` the release's bug: to_tensor gives v/255, the int cast keeps
                only v == 255, so the result is 1 at the per-image maximum and 0 elsewhere (METHOD.md §1.6, §4.6).
     """
     depth = np.asarray(depth)

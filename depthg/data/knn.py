@@ -52,6 +52,7 @@ CHUNK_BUDGET_BYTES = 256 * 2**20  # similarity rows held at once, float32
 
 # ---- pure functions ----------------------------------------------------------------------------------------------
 
+
 def pool_features(feats: torch.Tensor) -> torch.Tensor:
     """Patch features [B,C,h,w] -> unit vectors [B,C]: mean over the grid, then L2 norm (precompute_knns.py:15-21)."""
     assert feats.dim() == 4, f"expected [B,C,h,w], got {tuple(feats.shape)}"
@@ -86,22 +87,37 @@ def topk_cosine(feats: torch.Tensor, k: int, chunk_size: int | None = None, *, p
     assert c > 0, f"chunk size must be positive, got {c}"
     out = torch.empty(N, k, dtype=torch.int64)
     for start in tqdm(range(0, N, c), desc="knn top-k", unit="chunk", disable=not progress):
-        sim = feats[start:start + c] @ feats.T  # [c,N]
-        out[start:start + c] = sim.topk(k, dim=1).indices.cpu()
+        sim = feats[start : start + c] @ feats.T  # [c,N]
+        out[start : start + c] = sim.topk(k, dim=1).indices.cpu()
         del sim
     return out
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
 
-def extract_features(backbone, image, indices: list[int], *, res: int, fidelity: str, seed: int, batch_size: int,
-                     device: torch.device, progress: bool = True) -> np.ndarray:
+
+def extract_features(
+    backbone,
+    image,
+    indices: list[int],
+    *,
+    res: int,
+    fidelity: str,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+) -> np.ndarray:
     """Pooled unit features float32 [len(indices), C] of ``image(i)`` for the given item indices."""
 
     out = []
-    for start in tqdm(range(0, len(indices), batch_size), desc=f"knn features [{len(indices)} items]",
-                      unit="batch", disable=not progress):
-        idx = indices[start:start + batch_size]
+    for start in tqdm(
+        range(0, len(indices), batch_size),
+        desc=f"knn features [{len(indices)} items]",
+        unit="batch",
+        disable=not progress,
+    ):
+        idx = indices[start : start + batch_size]
         x = torch.stack([image_tensor(image(i), res, interpolation=fidelity) for i in idx]).to(device)  # [B,3,R,R]
         feats, _ = backbone(x, attention=False)  # [B,C,h,w], eval mode (the backbone is always eval)
         if fidelity == "reference":
@@ -111,6 +127,7 @@ def extract_features(backbone, image, indices: list[int], *, res: int, fidelity:
 
 
 # ---- the stage ---------------------------------------------------------------------------------------------------
+
 
 def _shard_path(final: Path, rank: int, world: int) -> Path:
     return final.parent / "shards" / f"{final.stem}.rank{rank}of{world}.npz"
@@ -139,11 +156,17 @@ def _load_shards(paths: list[Path], params: dict, n: int) -> tuple[np.ndarray, s
     return feats, source
 
 
-def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, device: torch.device,
-           progress: bool) -> Path | None:
+def _merge(
+    final: Path, params: dict, n: int, k: int, chunk_size: int | None, device: torch.device, progress: bool
+) -> Path | None:
     """Under the caller's lock: merge a complete, matching set of shards into the kNN file; None if there is none."""
-    worlds = sorted({int(m[1]) for p in final.parent.glob(f"shards/{final.stem}.rank*of*.npz")
-                     if (m := re.search(r"of(\d+)\.npz$", p.name))})
+    worlds = sorted(
+        {
+            int(m[1])
+            for p in final.parent.glob(f"shards/{final.stem}.rank*of*.npz")
+            if (m := re.search(r"of(\d+)\.npz$", p.name))
+        }
+    )
     for world in worlds:
         paths = [_shard_path(final, r, world) for r in range(world)]
         loaded = _load_shards(paths, params, n) if all(p.is_file() for p in paths) else None
@@ -151,9 +174,19 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
             continue
         feats, source = loaded
         nns = topk_cosine(torch.from_numpy(feats).to(device), k, chunk_size, progress=progress).numpy()
-        save_knn(final, nns, dataset=params["dataset"], split=params["split"], backbone=params["backbone"],
-                 weights=source, res=params["res"], crop=params["crop"], knn_features=params["fidelity"],
-                 order=params["order"], order_source=params["order_source"])
+        save_knn(
+            final,
+            nns,
+            dataset=params["dataset"],
+            split=params["split"],
+            backbone=params["backbone"],
+            weights=source,
+            res=params["res"],
+            crop=params["crop"],
+            knn_features=params["fidelity"],
+            order=params["order"],
+            order_source=params["order_source"],
+        )
         for p in paths:
             p.unlink(missing_ok=True)
         if not any(paths[0].parent.iterdir()):
@@ -162,34 +195,65 @@ def _merge(final: Path, params: dict, n: int, k: int, chunk_size: int | None, de
     return None
 
 
-def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_patch8", weights: str = "hub",
-            res: int = 224, crop: str = "five", ratio: float = 0.5, k: int = 30, chunk_size: int | None = None,
-            batch_size: int = 32, device: str = "auto", fidelity: str = "paper", seed: int = 0, bf16: bool = False,
-            merge_only: bool = False, rank: int = 0, world: int = 1, overwrite: bool = False,
-            progress: bool = True) -> Path | None:
+def run_knn(
+    dataset: str,
+    data_dir,
+    split: str,
+    *,
+    backbone: str = "vit_small_patch8",
+    weights: str = "hub",
+    res: int = 224,
+    crop: str = "five",
+    ratio: float = 0.5,
+    k: int = 30,
+    chunk_size: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    fidelity: str = "paper",
+    seed: int = 0,
+    bf16: bool = False,
+    merge_only: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path | None:
     """The kNN stage of one split for this rank; returns the kNN file once it exists, else None (shards missing).
 
     ``bf16``: the backbone's bf16 autocast on CUDA (train.bf16); fp32 otherwise, as the release."""
 
     check_fidelity(fidelity, "--fidelity")
     if res < 1 or batch_size < 1 or (chunk_size is not None and chunk_size < 1):
-        raise ConfigError(f"--res, --batch-size and --chunk-size must be >= 1 (got {res}, {batch_size}, "
-                          f"{chunk_size}).")
+        raise ConfigError(f"--res, --batch-size and --chunk-size must be >= 1 (got {res}, {batch_size}, {chunk_size}).")
     crop = effective_crop(dataset, crop)  # Potsdam is never cropped (METHOD.md §1.1)
     items = train_source(dataset, data_dir, split, crop=crop, ratio=ratio, with_depth=False)  # training's order
     n, image = len(items), lambda i: items[i]["image"]
     order = items.order_identity()  # the kNN file indexes these items in this order (depthg.data.item_order)
     if order is None:
-        raise DataError(f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
-                        f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
-                        f"{dataset} --overwrite` or write that file (the source keys in crop order).")
+        raise DataError(
+            f"the crop set of {dataset}/{split} has no order file {items.order_source}, so the items "
+            f"its kNN file would index are unknown; rerun `python -m depthg prep fivecrop --dataset "
+            f"{dataset} --overwrite` or write that file (the source keys in crop order)."
+        )
     final = knn_path(dataset_folder(dataset), split, backbone, crop, res, data_dir)
     if not 0 < k <= n:
         raise ConfigError(f"--k {k} neighbours need 1 <= k <= {n} (the items of {dataset}/{split}); lower --k.")
-    params = {"dataset": dataset, "split": split, "backbone": backbone, "weights": str(weights), "res": res,
-              "crop": crop, "ratio": ratio if crop == "five" else None, "k": k, "fidelity": fidelity, "seed": seed,
-              "n_items": n, "precision": "bf16" if bf16 else "fp32", "order": order,
-              "order_source": items.order_source}
+    params = {
+        "dataset": dataset,
+        "split": split,
+        "backbone": backbone,
+        "weights": str(weights),
+        "res": res,
+        "crop": crop,
+        "ratio": ratio if crop == "five" else None,
+        "k": k,
+        "fidelity": fidelity,
+        "seed": seed,
+        "n_items": n,
+        "precision": "bf16" if bf16 else "fp32",
+        "order": order,
+        "order_source": items.order_source,
+    }
     params = json.loads(json.dumps(params))  # as read back from the manifest and the shards, for comparisons
     dev = resolve_device(device)
     keep = check_run(final.parent, "knn", final.stem, params, overwrite=overwrite)
@@ -200,11 +264,26 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
     if not merge_only and _shard_params(mine) != params:  # a finished shard of these parameters is kept
         # the weights are loaded (and checked) before anything is replaced or recorded: a bad --weights costs
         # neither the old kNN file nor its manifest entry
-        net = DinoBackbone(backbone, weights, autocast=bf16).to(dev)  # "random" weights use a fixed seed: same net on all ranks
-        feats = extract_features(net, image, list(shard(n, rank, world)), res=res, fidelity=fidelity, seed=seed,
-                                 batch_size=batch_size, device=dev, progress=progress)
-        _save_shard(mine, list(shard(n, rank, world)), feats,  # atomic: replaces an older shard
-                    {"params": params, "weights_source": net.weights_source})
+        net = DinoBackbone(backbone, weights, autocast=bf16).to(
+            dev
+        )  # "random" weights use a fixed seed: same net on all ranks
+        feats = extract_features(
+            net,
+            image,
+            list(shard(n, rank, world)),
+            res=res,
+            fidelity=fidelity,
+            seed=seed,
+            batch_size=batch_size,
+            device=dev,
+            progress=progress,
+        )
+        _save_shard(
+            mine,
+            list(shard(n, rank, world)),
+            feats,  # atomic: replaces an older shard
+            {"params": params, "weights_source": net.weights_source},
+        )
     with stage_lock(final.parent, f".{final.stem}.merge.lock"):
         if final.is_file() and recorded_params(final.parent, final.stem) == params:  # another rank merged it
             return final
@@ -213,8 +292,10 @@ def run_knn(dataset: str, data_dir, split: str, *, backbone: str = "vit_small_pa
         if merged is not None:
             record_run(final.parent, "knn", final.stem, params)
     if merged is None and merge_only:
-        raise DataError(f"cannot merge {final.name}: no complete set of feature shards with these parameters in "
-                        f"{final.parent / 'shards'}; run `python -m depthg prep knn` on every rank first.")
+        raise DataError(
+            f"cannot merge {final.name}: no complete set of feature shards with these parameters in "
+            f"{final.parent / 'shards'}; run `python -m depthg prep knn` on every rank first."
+        )
     return merged
 
 
@@ -228,6 +309,7 @@ def _shard_params(path: Path) -> dict | None:
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------------------
+
 
 def _proc_status_kib(field: str) -> int:
     """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident of this process image)."""
@@ -265,17 +347,27 @@ def _bench_worker(n: int, dim: int, k: int, chunk: int | None, device: str) -> d
     seconds = time.perf_counter() - t0
     peak_kib = _proc_status_kib("VmHWM")
     self_first = (nns[:, 0] == torch.arange(n)).float().mean().item()  # sanity: each vector is its own 1st NN
-    out = {"n": n, "dim": dim, "k": k, "chunk": chunk, "device": str(dev), "seconds": round(seconds, 3),
-           "peak_extra_rss_mb": round(max(0, peak_kib - base_kib) / 1024, 1), "hwm_reset": hwm_reset,
-           "features_mb": round(n * dim * 4 / 2**20, 1), "similarity_block_mb": round(chunk * n * 4 / 2**20, 1),
-           "self_first": self_first}
+    out = {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "chunk": chunk,
+        "device": str(dev),
+        "seconds": round(seconds, 3),
+        "peak_extra_rss_mb": round(max(0, peak_kib - base_kib) / 1024, 1),
+        "hwm_reset": hwm_reset,
+        "features_mb": round(n * dim * 4 / 2**20, 1),
+        "similarity_block_mb": round(chunk * n * 4 / 2**20, 1),
+        "self_first": self_first,
+    }
     if dev.type == "cuda":
         out["peak_extra_cuda_mb"] = round((torch.cuda.max_memory_allocated() - base_cuda) / 2**20, 1)
     return out
 
 
-def benchmark_knn(n: int = 50_000, dim: int = 384, k: int = 30, chunk: int | None = None, device: str = "cpu",
-                  verbose: bool = True) -> dict:
+def benchmark_knn(
+    n: int = 50_000, dim: int = 384, k: int = 30, chunk: int | None = None, device: str = "cpu", verbose: bool = True
+) -> dict:
     """Wall time and peak extra memory of the chunked top-k on n random unit vectors of ``dim`` channels.
 
     Memory (Linux): in a fresh Python process, the kernel's peak resident set (VmHWM, reset just before the top-k
@@ -284,10 +376,13 @@ def benchmark_knn(n: int = 50_000, dim: int = 384, k: int = 30, chunk: int | Non
     reset is not permitted (``hwm_reset`` False) the figure is an upper bound. On CUDA also the peak of torch's
     allocator above what was allocated before. Target: under 1 GB for 50k x 384 with k = 30.
     """
-    code = (f"import json; from depthg.data.knn import _bench_worker; "
-            f"print(json.dumps(_bench_worker({n}, {dim}, {k}, {chunk!r}, {device!r})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[2])
+    code = (
+        f"import json; from depthg.data.knn import _bench_worker; "
+        f"print(json.dumps(_bench_worker({n}, {dim}, {k}, {chunk!r}, {device!r})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"knn benchmark failed:\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -52,9 +52,20 @@ def legacy_knn_path(dataset: str, split: str, backbone: str, crop: str, res: int
     return data_root(data_dir) / "nns" / f"nns_{legacy_model_type(backbone)}_{dataset}_{split}_{crop}_{res}.npz"
 
 
-def save_knn(path: str | os.PathLike, nns: np.ndarray, *, dataset: str, split: str, backbone: str, weights: str,
-             res: int, crop: str, knn_features: str, order: str | None = None,
-             order_source: str | None = None) -> Path:
+def save_knn(
+    path: str | os.PathLike,
+    nns: np.ndarray,
+    *,
+    dataset: str,
+    split: str,
+    backbone: str,
+    weights: str,
+    res: int,
+    crop: str,
+    knn_features: str,
+    order: str | None = None,
+    order_source: str | None = None,
+) -> Path:
     """Write ``nns`` int [N,k] with its metadata; written to a temporary name and renamed (never half a file).
 
     ``order`` is the identity of the ordered items the rows index (depthg.data.item_order) and ``order_source`` the
@@ -64,8 +75,19 @@ def save_knn(path: str | os.PathLike, nns: np.ndarray, *, dataset: str, split: s
     n = nns.shape[0]
     if nns.size and (nns.min() < 0 or nns.max() >= n):
         raise DataError(f"refusing to write kNN file {path}: indices must lie in 0..{n - 1}")
-    meta = dict(format=FORMAT, dataset=dataset, split=split, backbone=backbone, weights=str(weights), res=int(res),
-                crop=crop, knn_features=knn_features, n_items=int(n), order=order, order_source=order_source)
+    meta = dict(
+        format=FORMAT,
+        dataset=dataset,
+        split=split,
+        backbone=backbone,
+        weights=str(weights),
+        res=int(res),
+        crop=crop,
+        knn_features=knn_features,
+        n_items=int(n),
+        order=order,
+        order_source=order_source,
+    )
     path = Path(path)
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy appends no second .npz
         np.savez_compressed(fh, nns=nns.astype(np.int64), meta=np.array(json.dumps(meta)))
@@ -100,9 +122,11 @@ def load_knn(path: str | os.PathLike, *, expect: dict | None = None) -> tuple[np
 def _legacy_meta(path: Path) -> dict:
     m = _LEGACY_NAME.match(path.name)
     if m is None:
-        raise DataError(f"kNN file {path} has no metadata and its name does not follow the release's "
-                        f"nns_<model_type>_<dataset>_<split>_<crop>_<res>.npz; recreate it with "
-                        f"`python -m depthg prep knn`.")
+        raise DataError(
+            f"kNN file {path} has no metadata and its name does not follow the release's "
+            f"nns_<model_type>_<dataset>_<split>_<crop>_<res>.npz; recreate it with "
+            f"`python -m depthg prep knn`."
+        )
     rest = m["rest"]
     model_type = next((t for t in _LEGACY_MODEL_TYPES if rest.startswith(t + "_")), rest.split("_", 1)[0])
     crop = m["crop"]
@@ -111,9 +135,17 @@ def _legacy_meta(path: Path) -> dict:
     if order_file.is_file():
         keys = read_order_file(order_file)
         order = order_identity(five_crop_ids(keys) if crop == "five" else keys)
-    return dict(format="release", dataset=rest[len(model_type) + 1:], split=m["split"], backbone=model_type,
-                res=int(m["res"]), crop="none" if crop == "None" else crop, legacy=True, order=order,
-                order_source=str(order_file))
+    return dict(
+        format="release",
+        dataset=rest[len(model_type) + 1 :],
+        split=m["split"],
+        backbone=model_type,
+        res=int(m["res"]),
+        crop="none" if crop == "None" else crop,
+        legacy=True,
+        order=order,
+        order_source=str(order_file),
+    )
 
 
 def _check(path: Path, meta: dict, nns: np.ndarray, expect: dict) -> None:
@@ -130,36 +162,50 @@ def _check(path: Path, meta: dict, nns: np.ndarray, expect: dict) -> None:
         if key == "backbone" and meta.get("legacy"):
             want = legacy_model_type(str(want))
         if str(have) != str(want):
-            raise DataError(f"kNN file {path} was computed for {key}={have!r} but training asks for {key}={want!r}; "
-                            f"use the matching file or create one with `python -m depthg prep knn` "
-                            f"(its --{key.replace('_', '-')} option).")
+            raise DataError(
+                f"kNN file {path} was computed for {key}={have!r} but training asks for {key}={want!r}; "
+                f"use the matching file or create one with `python -m depthg prep knn` "
+                f"(its --{key.replace('_', '-')} option)."
+            )
     n = nns.shape[0]
     if n_items is not None and n != n_items:
-        raise DataError(f"kNN file {path} has {n} rows but the dataset has {n_items} items; it belongs to another "
-                        f"version of the data: recreate it with `python -m depthg prep knn --overwrite`.")
+        raise DataError(
+            f"kNN file {path} has {n} rows but the dataset has {n_items} items; it belongs to another "
+            f"version of the data: recreate it with `python -m depthg prep knn --overwrite`."
+        )
     if nns.size and (nns.min() < 0 or nns.max() >= n):
-        raise DataError(f"kNN file {path} holds indices outside 0..{n - 1} (found {nns.min()}..{nns.max()}); "
-                        f"recreate it with `python -m depthg prep knn --overwrite`.")
+        raise DataError(
+            f"kNN file {path} holds indices outside 0..{n - 1} (found {nns.min()}..{nns.max()}); "
+            f"recreate it with `python -m depthg prep knn --overwrite`."
+        )
 
 
 def _check_order(path: Path, meta: dict, order: str | None, order_source: str, command: str) -> None:
     """The kNN file's recorded item order must be the training items' (depthg.data.item_order)."""
     rebuild = f"rebuild it with {command}"
     if order is None:
-        raise DataError(f"the order of the training items is unknown ({order_source} does not exist), so kNN file "
-                        f"{path} cannot be checked against them; write {order_source} (the source item keys in the "
-                        f"order the crops were numbered) or rerun `python -m depthg prep fivecrop ... --overwrite`, "
-                        f"then {rebuild}.")
+        raise DataError(
+            f"the order of the training items is unknown ({order_source} does not exist), so kNN file "
+            f"{path} cannot be checked against them; write {order_source} (the source item keys in the "
+            f"order the crops were numbered) or rerun `python -m depthg prep fivecrop ... --overwrite`, "
+            f"then {rebuild}."
+        )
     have = meta.get("order")
     if have is None and meta.get("legacy"):
-        raise DataError(f"the release's kNN file {path} comes without the item order it was built on: write "
-                        f"{meta['order_source']} listing its items (source keys, one per line) in the release's order "
-                        f"(torchvision's os.listdir order for Cityscapes, the curated list's order for COCO), or "
-                        f"{rebuild}.")
+        raise DataError(
+            f"the release's kNN file {path} comes without the item order it was built on: write "
+            f"{meta['order_source']} listing its items (source keys, one per line) in the release's order "
+            f"(torchvision's os.listdir order for Cityscapes, the curated list's order for COCO), or "
+            f"{rebuild}."
+        )
     if have is None:
-        raise DataError(f"kNN file {path} records no item order (made before item identities were recorded), so "
-                        f"its indices cannot be matched to the training items ({order_source}); {rebuild}.")
+        raise DataError(
+            f"kNN file {path} records no item order (made before item identities were recorded), so "
+            f"its indices cannot be matched to the training items ({order_source}); {rebuild}."
+        )
     if have != order:
-        raise DataError(f"kNN file {path} indexes another item order ({meta.get('order_source') or 'its own'}, "
-                        f"sha256 {have[:12]}) than the training items ({order_source}, sha256 {order[:12]}): its "
-                        f"partners would belong to other images. Use the kNN file of these items or {rebuild}.")
+        raise DataError(
+            f"kNN file {path} indexes another item order ({meta.get('order_source') or 'its own'}, "
+            f"sha256 {have[:12]}) than the training items ({order_source}, sha256 {order[:12]}): its "
+            f"partners would belong to other images. Use the kNN file of these items or {rebuild}."
+        )

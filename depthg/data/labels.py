@@ -26,23 +26,42 @@ DATASET_NAMES = ("cocostuff27", "cityscapes", "potsdam", "potsdamraw", "director
 # Coarse 0-11 are the thing supercategories, 12-26 the stuff supercategories. Fine ids are COCO-Stuff's 0-based
 # label-map values (0 person ... 90 toothbrush are things, 91 banner ... 181 wood are stuff).
 _COCO_THINGS = {  # coarse id: fine id range (inclusive), things are contiguous blocks
-    0: (71, 76), 1: (77, 82), 2: (51, 60), 3: (61, 70), 4: (83, 90), 5: (43, 50),
-    6: (25, 32), 7: (15, 24), 8: (9, 14), 9: (0, 0), 10: (33, 42), 11: (1, 8),
+    0: (71, 76),
+    1: (77, 82),
+    2: (51, 60),
+    3: (61, 70),
+    4: (83, 90),
+    5: (43, 50),
+    6: (25, 32),
+    7: (15, 24),
+    8: (9, 14),
+    9: (0, 0),
+    10: (33, 42),
+    11: (1, 8),
 }
 _COCO_STUFF = {  # coarse id: fine ids, stuff supercategories are scattered over 91..181
-    12: (101, 102), 13: (100, 113, 114, 115, 116, 117), 14: (120, 121, 152, 169),
-    15: (97, 106, 107, 109, 111, 122, 129, 132, 155, 160, 164), 16: (99, 131, 138, 142),
-    17: (91, 92, 103, 104, 108, 130, 136, 140, 151, 166, 167), 18: tuple(range(170, 177)), 19: (179, 180),
-    20: (94, 95, 127, 150, 157, 165), 21: (110, 124, 125, 135, 139, 143, 144, 146, 148, 153, 158),
-    22: (93, 96, 118, 123, 128, 133, 141, 162, 168), 23: (105, 156), 24: (126, 134, 149, 159, 161, 181),
-    25: (98, 112, 137, 145, 163), 26: (119, 147, 154, 177, 178),
+    12: (101, 102),
+    13: (100, 113, 114, 115, 116, 117),
+    14: (120, 121, 152, 169),
+    15: (97, 106, 107, 109, 111, 122, 129, 132, 155, 160, 164),
+    16: (99, 131, 138, 142),
+    17: (91, 92, 103, 104, 108, 130, 136, 140, 151, 166, 167),
+    18: tuple(range(170, 177)),
+    19: (179, 180),
+    20: (94, 95, 127, 150, 157, 165),
+    21: (110, 124, 125, 135, 139, 143, 144, 146, 148, 153, 158),
+    22: (93, 96, 118, 123, 128, 133, 141, 162, 168),
+    23: (105, 156),
+    24: (126, 134, 149, 159, 161, 181),
+    25: (98, 112, 137, 145, 163),
+    26: (119, 147, 154, 177, 178),
 }
 
 
 def _coco_table() -> np.ndarray:
     table = np.full(182, -2, np.int64)  # -2: not yet assigned (checked below)
     for coarse, (lo, hi) in _COCO_THINGS.items():
-        table[lo:hi + 1] = coarse
+        table[lo : hi + 1] = coarse
     for coarse, fine in _COCO_STUFF.items():
         table[list(fine)] = coarse
     assert (table >= 0).all(), f"COCO fine ids without a coarse class: {np.flatnonzero(table < 0).tolist()}"
@@ -56,14 +75,62 @@ CITYSCAPES_FIRST_NONVOID = 7  # labelId 7 = road (DG src/data.py:475)
 POTSDAM_FINE_TO_COARSE = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}  # DG src/data.py:163-167; 255 -> ignore
 
 COCO27_CLASS_NAMES = (  # DG src/train_segmentation.py:47-54, in coarse-id order
-    "electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory", "animal", "outdoor", "person",
-    "sports", "vehicle", "ceiling", "floor", "food", "furniture", "rawmaterial", "textile", "wall", "window",
-    "building", "ground", "plant", "sky", "solid", "structural", "water",
+    "electronic",
+    "appliance",
+    "food",
+    "furniture",
+    "indoor",
+    "kitchen",
+    "accessory",
+    "animal",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
+    "ceiling",
+    "floor",
+    "food",
+    "furniture",
+    "rawmaterial",
+    "textile",
+    "wall",
+    "window",
+    "building",
+    "ground",
+    "plant",
+    "sky",
+    "solid",
+    "structural",
+    "water",
 )
 CITYSCAPES27_CLASS_NAMES = (  # labelIds 7..33 (DG src/train_segmentation.py:38-45)
-    "road", "sidewalk", "parking", "rail track", "building", "wall", "fence", "guard rail", "bridge", "tunnel",
-    "pole", "polegroup", "traffic light", "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "parking",
+    "rail track",
+    "building",
+    "wall",
+    "fence",
+    "guard rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 POTSDAM3_CLASS_NAMES = ("roads and cars", "buildings and clutter", "trees and vegetation")
 
@@ -91,11 +158,14 @@ def dataset_info(name: str, *, n_classes: int | None = None) -> DatasetInfo:
     if base == "directory":
         n = n_classes or 0
         return DatasetInfo(name, n, tuple(f"class {i}" for i in range(n)))
-    raise DataError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASET_NAMES)} "
-                    f"(directory as 'directory:<folder under the data root>').")
+    raise DataError(
+        f"unknown dataset {name!r}; valid datasets: {', '.join(DATASET_NAMES)} "
+        f"(directory as 'directory:<folder under the data root>')."
+    )
 
 
 # ---- mappings: raw array as stored -> int64 with -1 = ignore ----------------------------------------------------
+
 
 def _as_int(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     raw = np.asarray(raw)
@@ -109,8 +179,10 @@ def _as_int(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 def _bad_values(path, values, allowed: str) -> DataError:
     shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-    return DataError(f"label file {path} holds value(s) {shown} that are not {allowed}; the file is corrupt or "
-                     f"belongs to another dataset: replace it.")
+    return DataError(
+        f"label file {path} holds value(s) {shown} that are not {allowed}; the file is corrupt or "
+        f"belongs to another dataset: replace it."
+    )
 
 
 def map_cocostuff27(raw: np.ndarray, path: str | os.PathLike = "<array>") -> np.ndarray:
@@ -167,6 +239,7 @@ def check_range(label: np.ndarray, n_classes: int, path: str | os.PathLike = "<a
     """Refuse a mapped label holding a value that is neither a class 0..n_classes-1 nor ignore (-1)."""
     bad = (label < IGNORE) | (label >= n_classes)
     if bad.any():
-        raise _bad_values(path, np.unique(label[bad]).tolist(), f"(after the label mapping) classes 0..{n_classes - 1} "
-                         f"or ignore")
+        raise _bad_values(
+            path, np.unique(label[bad]).tolist(), f"(after the label mapping) classes 0..{n_classes - 1} or ignore"
+        )
     return label

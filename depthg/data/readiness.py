@@ -48,8 +48,9 @@ def check_command(cfg: Config, data_dir=None, preset: str | None = None) -> str:
     """The ``prep check`` command that reports on ``cfg``'s dataset in the same data root."""
     data_dir = data_dir or cfg.data.data_dir or None
     where = f" --data-dir {data_dir}" if data_dir else ""
-    return f"python -m depthg prep check --dataset {cfg.data.dataset}{where}" + (f" --preset {preset}" if preset
-                                                                                  else "")
+    return f"python -m depthg prep check --dataset {cfg.data.dataset}{where}" + (
+        f" --preset {preset}" if preset else ""
+    )
 
 
 def knn_k(n_items: int, num_neighbors: int, k: int | None = None, *, where: str = "") -> int:
@@ -63,12 +64,16 @@ def knn_k(n_items: int, num_neighbors: int, k: int | None = None, *, where: str 
         return k
     what = f" ({where})" if where else ""
     if n_items <= num_neighbors:
-        raise ConfigError(f"{n_items} training items{what} are too few for data.num_neighbors={num_neighbors}: the "
-                          f"kNN file needs num_neighbors < k <= {n_items}. Train with a smaller "
-                          f"data.num_neighbors (e.g. data.num_neighbors={max(n_items - 1, 1)}; also "
-                          f"data.batch_size <= {n_items}) and compute the file with --k {n_items}, or add images.")
-    raise ConfigError(f"--k {k}{what}: k counts the item itself and must satisfy data.num_neighbors "
-                      f"({num_neighbors}) < k <= {n_items} (the training items); pass --k {min(KNN_K, n_items)}.")
+        raise ConfigError(
+            f"{n_items} training items{what} are too few for data.num_neighbors={num_neighbors}: the "
+            f"kNN file needs num_neighbors < k <= {n_items}. Train with a smaller "
+            f"data.num_neighbors (e.g. data.num_neighbors={max(n_items - 1, 1)}; also "
+            f"data.batch_size <= {n_items}) and compute the file with --k {n_items}, or add images."
+        )
+    raise ConfigError(
+        f"--k {k}{what}: k counts the item itself and must satisfy data.num_neighbors "
+        f"({num_neighbors}) < k <= {n_items} (the training items); pass --k {min(KNN_K, n_items)}."
+    )
 
 
 def knn_file(cfg: Config, data_dir=None) -> Path:
@@ -87,23 +92,32 @@ def missing_steps(cfg: Config, data_dir=None) -> list[Step]:
             source_dataset(name, data_dir, split, with_depth=False, n_classes=n_classes)
         except DataError as e:
             problems.setdefault(str(e), []).append(split)
-    out = [Step("source", f"the {' and '.join(splits)} split{'s' * (len(splits) > 1)}", f"get the dataset: {e}")
-           for e, splits in problems.items()]
+    out = [
+        Step("source", f"the {' and '.join(splits)} split{'s' * (len(splits) > 1)}", f"get the dataset: {e}")
+        for e, splits in problems.items()
+    ]
     if any("train" in splits for splits in problems.values()):
         return out  # nothing else can be checked without the training images
     src = source_dataset(name, data_dir, "train", with_depth=True, n_classes=n_classes)
     no_depth = sum(not any(p.is_file() for p in src.depth_paths(i)) for i in range(len(src)))
     if no_depth:
-        out.append(Step("depth", f"depth maps for {no_depth}/{len(src)} training images",
-                        prep_command("depth", cfg, data_dir)))
+        out.append(
+            Step("depth", f"depth maps for {no_depth}/{len(src)} training images", prep_command("depth", cfg, data_dir))
+        )
     crop = effective_crop(name, d.crop_type)
     if crop == "five":
         try:
-            n_items = len(five_crop_dataset(name, data_dir, "train", ratio=d.crop_ratio, with_depth=False,
-                                            n_classes=n_classes))
+            n_items = len(
+                five_crop_dataset(name, data_dir, "train", ratio=d.crop_ratio, with_depth=False, n_classes=n_classes)
+            )
         except DataError:
-            out.append(Step("fivecrop", f"the five-crop training set (ratio {d.crop_ratio:g})",
-                            prep_command("fivecrop", cfg, data_dir, f" --ratio {d.crop_ratio:g}")))
+            out.append(
+                Step(
+                    "fivecrop",
+                    f"the five-crop training set (ratio {d.crop_ratio:g})",
+                    prep_command("fivecrop", cfg, data_dir, f" --ratio {d.crop_ratio:g}"),
+                )
+            )
             n_items = 5 * len(src)  # what the stage will write
     else:
         n_items = len(src)
@@ -111,15 +125,27 @@ def missing_steps(cfg: Config, data_dir=None) -> list[Step]:
         neighbours, problem = d.num_neighbors, ""
         if n_items <= neighbours:  # too small for data.num_neighbors: the stage would stop; say the fix here
             neighbours = max(n_items - 1, 1)
-            problem = (f"; only {n_items} training items, fewer than data.num_neighbors={d.num_neighbors} + 1: "
-                       f"train with data.num_neighbors={neighbours} (and data.batch_size <= {n_items})")
+            problem = (
+                f"; only {n_items} training items, fewer than data.num_neighbors={d.num_neighbors} + 1: "
+                f"train with data.num_neighbors={neighbours} (and data.batch_size <= {n_items})"
+            )
         k = knn_k(n_items, neighbours, where=f"{name}/train")
         weights = "" if cfg.model.weights == "hub" else f" --weights {cfg.model.weights}"
         ratio = f" --ratio {d.crop_ratio:g}" if crop == "five" else ""
-        out.append(Step("knn", f"the kNN file ({cfg.model.backbone}, {d.knn_res} px, k={k}){problem}", prep_command(
-            "knn", cfg, data_dir, f" --backbone {cfg.model.backbone}{weights} --res {d.knn_res} --crop {crop}"
-                                  f"{ratio} --k {k} --num-neighbors {neighbours} "
-                                  f"--fidelity {cfg.fidelity.knn_features}")))
+        out.append(
+            Step(
+                "knn",
+                f"the kNN file ({cfg.model.backbone}, {d.knn_res} px, k={k}){problem}",
+                prep_command(
+                    "knn",
+                    cfg,
+                    data_dir,
+                    f" --backbone {cfg.model.backbone}{weights} --res {d.knn_res} --crop {crop}"
+                    f"{ratio} --k {k} --num-neighbors {neighbours} "
+                    f"--fidelity {cfg.fidelity.knn_features}",
+                ),
+            )
+        )
     return out
 
 
@@ -129,8 +155,10 @@ def report(cfg: Config, data_dir=None, splits=("train", "val")) -> tuple[str, li
     d, name = cfg.data, cfg.data.dataset
     data_dir = data_dir or d.data_dir or None
     crop = effective_crop(name, d.crop_type)
-    lines = [f"dataset {name} under {data_root(data_dir)} (preset {cfg.name}: {cfg.model.backbone}, kNN at "
-             f"{d.knn_res} px, {'five-crop ' + format(d.crop_ratio, 'g') if crop == 'five' else 'not cropped'}):"]
+    lines = [
+        f"dataset {name} under {data_root(data_dir)} (preset {cfg.name}: {cfg.model.backbone}, kNN at "
+        f"{d.knn_res} px, {'five-crop ' + format(d.crop_ratio, 'g') if crop == 'five' else 'not cropped'}):"
+    ]
     for split in splits:
         try:
             src = source_dataset(name, data_dir, split, with_depth=False, n_classes=cfg.model.n_classes)
@@ -145,8 +173,12 @@ def report(cfg: Config, data_dir=None, splits=("train", "val")) -> tuple[str, li
             crops = derived_dir(dataset_folder(name), data_dir) / f"five_crop_{d.crop_ratio:g}" / "img" / split
             # PNG crops, or JPEG ones (fidelity.crop_format=reference)
             parts.append(f"five-crop {len(list(crops.glob('*.[pj][np]g'))) if crops.is_dir() else 0}/{5 * n}")
-        knn = sorted(p.name for p in knn_path(dataset_folder(name), split, cfg.model.backbone, crop, d.knn_res,
-                                             data_dir).parent.glob(f"nns_*_{split}_*.npz"))
+        knn = sorted(
+            p.name
+            for p in knn_path(dataset_folder(name), split, cfg.model.backbone, crop, d.knn_res, data_dir).parent.glob(
+                f"nns_*_{split}_*.npz"
+            )
+        )
         parts.append(f"kNN files: {', '.join(knn) or 'none'}")
         lines.append(f"  {split}: " + "; ".join(parts))
     missing = missing_steps(cfg, data_dir)

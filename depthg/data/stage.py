@@ -16,7 +16,6 @@ Outputs are written under temporary names and renamed, so an interrupted stage n
 finished; the next run deletes the temporary files of writers that are gone.
 """
 
-
 from __future__ import annotations
 
 import json
@@ -37,6 +36,7 @@ SPLITS = ("train", "val")
 
 # ---- sharding ----------------------------------------------------------------------------------------------------
 
+
 def resolve_rank(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
     """(rank, world): explicit values first, then torchrun's RANK / WORLD_SIZE, else a single process (0, 1)."""
     if world is None:
@@ -44,8 +44,9 @@ def resolve_rank(rank: int | None = None, world: int | None = None) -> tuple[int
     if rank is None:
         rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
     if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"--rank {rank} / --world {world} is not a valid shard: need world >= 1 and "
-                          f"0 <= rank < world.")
+        raise ConfigError(
+            f"--rank {rank} / --world {world} is not a valid shard: need world >= 1 and 0 <= rank < world."
+        )
     return rank, world
 
 
@@ -56,6 +57,7 @@ def shard(n_items: int, rank: int, world: int) -> range:
 
 
 # ---- manifest ----------------------------------------------------------------------------------------------------
+
 
 def _canonical(params: dict) -> dict:
     """JSON round trip, so tuples and lists (and int/float keys) compare as they will after reading back."""
@@ -95,10 +97,15 @@ def check_run(stage_dir: Path, stage: str, key: str, params: dict, *, overwrite:
     old = recorded_params(Path(stage_dir), key)
     params = _canonical(params)
     if old is not None and old != params and not overwrite:
-        changes = ", ".join(f"{k}: {old.get(k)!r} -> {params.get(k)!r}" for k in sorted(set(old) | set(params))
-                            if old.get(k) != params.get(k))
-        raise DataError(f"{stage} outputs for {key!r} in {stage_dir} were made with other parameters ({changes}); "
-                        f"rerun with --overwrite to replace them, or use the recorded parameters.")
+        changes = ", ".join(
+            f"{k}: {old.get(k)!r} -> {params.get(k)!r}"
+            for k in sorted(set(old) | set(params))
+            if old.get(k) != params.get(k)
+        )
+        raise DataError(
+            f"{stage} outputs for {key!r} in {stage_dir} were made with other parameters ({changes}); "
+            f"rerun with --overwrite to replace them, or use the recorded parameters."
+        )
     return old == params and not overwrite
 
 
@@ -113,6 +120,7 @@ def record_run(stage_dir: Path, stage: str, key: str, params: dict) -> None:
 
 
 # ---- the item loop -----------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -159,10 +167,17 @@ def run_stage(
             remove(i)
     record_run(stage_dir, stage, key, params)
     label = f"{desc} [rank {rank}/{world}]" if world > 1 else desc
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=label, unit="item", position=rank,
-              disable=not progress, leave=world == 1) as bar:
+    with tqdm(
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=label,
+        unit="item",
+        position=rank,
+        disable=not progress,
+        leave=world == 1,
+    ) as bar:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             process(batch)
             bar.update(len(batch))
     return StageResult(processed=len(todo), skipped=len(mine) - len(todo), total=len(mine))

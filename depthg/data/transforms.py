@@ -50,8 +50,9 @@ def label_tensor(label: np.ndarray, res: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(resize_crop(img, res), dtype=np.int64).copy())
 
 
-def depth_tensor(depth: np.ndarray, res: int, *, fidelity: str, dataset: str, is_8bit: bool,
-                 value_range: tuple | None = None) -> torch.Tensor:
+def depth_tensor(
+    depth: np.ndarray, res: int, *, fidelity: str, dataset: str, is_8bit: bool, value_range: tuple | None = None
+) -> torch.Tensor:
     """Full-resolution depth float32 [H,W] -> float32 [1,R,R] with the training semantics of ``fidelity``.
 
     paper: per-image min-max to [0,1]; reference: 0..255 (Potsdam: the release's truncation to ~0). The conversion

@@ -55,10 +55,12 @@ def crf_from_probabilities(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
     Numpy and pydensecrf only, so that it runs in a worker process without torch.
     """
-    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, \
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (
         f"image must be uint8 [H,W,3] RGB, got {image.dtype} {image.shape}"
-    assert probs.ndim == 3 and probs.shape[1:] == image.shape[:2], \
+    )
+    assert probs.ndim == 3 and probs.shape[1:] == image.shape[:2], (
         f"probabilities {probs.shape} must be [C,H,W] at the image size {image.shape[:2]}"
+    )
     n_classes, height, width = probs.shape
     crf = dcrf.DenseCRF2D(width, height, n_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))  # [C, H*W] = -log p
@@ -134,8 +136,9 @@ class CRFPool:
     def run(self, images: Any, logits: Any) -> tuple[list[np.ndarray | None], dict[int, str]]:
         """(Q [C,H,W] per item or None where lost, {item: reason} of the lost ones)."""
         images = _numpy(images)
-        assert images.ndim == 4 and len(images) == len(logits), \
+        assert images.ndim == 4 and len(images) == len(logits), (
             f"images {images.shape} must be [B,H,W,3] with one image per logit map ({len(logits)})"
+        )
         probs = upsampled_softmax(logits, images.shape[1:3])  # batched resize in the parent, on logits' device
         return self._run(crf_from_probabilities, list(zip(images, probs)))
 
@@ -160,15 +163,20 @@ class CRFPool:
                 if not todo:
                     break
                 if not w.send(("run", str(folder), todo[0])):  # died while idle: replace it, keep the item
-                    self._replace(w, f"CRF worker pid {w.process.pid} had died (exit code "
-                                     f"{w.process.exitcode}) while idle; started a new one")
+                    self._replace(
+                        w,
+                        f"CRF worker pid {w.process.pid} had died (exit code "
+                        f"{w.process.exitcode}) while idle; started a new one",
+                    )
                     continue
                 busy[w] = (todo.pop(0), time.monotonic())
             if not busy:  # every worker was replaced just now: dispatch again
                 continue
             deadline = min(t for _, t in busy.values()) + self.timeout
-            ready = mp_connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                                       timeout=max(0.0, deadline - time.monotonic()))
+            ready = mp_connection.wait(
+                [w.conn for w in busy] + [w.process.sentinel for w in busy],
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
             for w in list(busy):
                 i, started = busy[w]
                 if w.conn in ready or w.process.sentinel in ready:
@@ -234,8 +242,10 @@ def _raise_lost(lost: dict[int, str], n: int) -> None:
     if lost:
         i = min(lost)
         others = f" (and {len(lost) - 1} more of {n} items)" if len(lost) > 1 else ""
-        raise CRFError(f"CRF failed on item {i}: {lost[i]}{others}; raise eval.crf_timeout, use fewer "
-                       f"eval.crf_workers, or eval.crf_workers=0 (in-process)")
+        raise CRFError(
+            f"CRF failed on item {i}: {lost[i]}{others}; raise eval.crf_timeout, use fewer "
+            f"eval.crf_workers, or eval.crf_workers=0 (in-process)"
+        )
 
 
 def _in_process(fn: Callable, args: Sequence[tuple]) -> tuple[list, dict[int, str]]:
@@ -312,8 +322,9 @@ def _serve(conn, parent: int) -> None:
             return
 
 
-def batched_crf(images: Any, logits: Any, *, workers: int = 2, timeout: float = 120.0,
-                pool: CRFPool | None = None) -> np.ndarray:
+def batched_crf(
+    images: Any, logits: Any, *, workers: int = 2, timeout: float = 120.0, pool: CRFPool | None = None
+) -> np.ndarray:
     """images uint8 [B,H,W,3] RGB, logits [B,C,h,w] -> Q numpy float32 [B,C,H,W].
 
     Pass a long-lived `pool` to reuse its workers across batches; otherwise a pool lives for this call only.

@@ -41,16 +41,20 @@ def _bincount(index: torch.Tensor | np.ndarray, size: int) -> np.ndarray:
 class UnsupervisedMetrics:
     """Dataset-level accuracy / mIoU with Hungarian (or no) matching; `update` per batch, `compute` at the end."""
 
-    def __init__(self, n_classes: int, *, extra_clusters: int = 0, hungarian: bool = True,
-                 extra_rule: str = "one_to_one"):
+    def __init__(
+        self, n_classes: int, *, extra_clusters: int = 0, hungarian: bool = True, extra_rule: str = "one_to_one"
+    ):
         if n_classes < 1 or extra_clusters < 0:
-            raise ConfigError(f"UnsupervisedMetrics: n_classes={n_classes} must be >= 1 and "
-                              f"extra_clusters={extra_clusters} >= 0")
+            raise ConfigError(
+                f"UnsupervisedMetrics: n_classes={n_classes} must be >= 1 and extra_clusters={extra_clusters} >= 0"
+            )
         if extra_rule not in EXTRA_RULES:
             raise ConfigError(f"UnsupervisedMetrics: extra_rule={extra_rule!r} is not one of {EXTRA_RULES}")
         if extra_clusters and not hungarian:
-            raise ConfigError("UnsupervisedMetrics: extra_clusters > 0 needs hungarian=True (a linear probe "
-                              "predicts exactly n_classes classes; set extra_clusters=0)")
+            raise ConfigError(
+                "UnsupervisedMetrics: extra_clusters > 0 needs hungarian=True (a linear probe "
+                "predicts exactly n_classes classes; set extra_clusters=0)"
+            )
         self.n_classes = n_classes
         self.extra_clusters = extra_clusters
         self.hungarian = hungarian
@@ -67,14 +71,19 @@ class UnsupervisedMetrics:
     def update(self, preds: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Add a batch. Pixels whose label lies outside [0, n) (e.g. -1 or 255) are ignored."""
         if tuple(preds.shape) != tuple(target.shape):
-            raise DataError(f"UnsupervisedMetrics.update: predictions {tuple(preds.shape)} and labels "
-                            f"{tuple(target.shape)} differ in shape; resize one to the other first")
+            raise DataError(
+                f"UnsupervisedMetrics.update: predictions {tuple(preds.shape)} and labels "
+                f"{tuple(target.shape)} differ in shape; resize one to the other first"
+            )
         n, m = self.n_classes, self.n_clusters
         if isinstance(preds, torch.Tensor) or isinstance(target, torch.Tensor):
             preds = torch.as_tensor(preds)
             target = torch.as_tensor(target, device=preds.device)
-        integer = not preds.dtype.is_floating_point if isinstance(preds, torch.Tensor) else \
-            np.issubdtype(preds.dtype, np.integer)
+        integer = (
+            not preds.dtype.is_floating_point
+            if isinstance(preds, torch.Tensor)
+            else np.issubdtype(preds.dtype, np.integer)
+        )
         assert integer, f"predictions must be integer cluster ids (argmax), got dtype {preds.dtype}"
         preds, target = preds.reshape(-1), target.reshape(-1)  # [P]
         valid = (target >= 0) & (target < n)
@@ -82,17 +91,23 @@ class UnsupervisedMetrics:
             valid = valid & (preds >= 0) & (preds < n)  # the release drops preds >= n (METHOD.md §9 #14)
         preds, target = preds[valid], target[valid]
         if len(preds) and not (0 <= int(preds.min()) and int(preds.max()) < m):
-            raise ConfigError(f"UnsupervisedMetrics.update: predictions span [{int(preds.min())}, "
-                              f"{int(preds.max())}] but n_classes + extra_clusters = {m}; make them match the "
-                              f"cluster probe")
-        flat = preds.to(torch.int64) * n + target if isinstance(preds, torch.Tensor) else \
-            preds.astype(np.int64) * n + target  # [P'] row-major index into [M, n]
+            raise ConfigError(
+                f"UnsupervisedMetrics.update: predictions span [{int(preds.min())}, "
+                f"{int(preds.max())}] but n_classes + extra_clusters = {m}; make them match the "
+                f"cluster probe"
+            )
+        flat = (
+            preds.to(torch.int64) * n + target
+            if isinstance(preds, torch.Tensor)
+            else preds.astype(np.int64) * n + target
+        )  # [P'] row-major index into [M, n]
         self.stats += _bincount(flat, m * n).reshape(m, n)
 
     def merge(self, other: UnsupervisedMetrics) -> UnsupervisedMetrics:
         """Add another accumulator's statistics (e.g. another rank's or another worker's); returns self."""
-        assert other.stats.shape == self.stats.shape, \
+        assert other.stats.shape == self.stats.shape, (
             f"cannot merge metrics of shape {other.stats.shape} into {self.stats.shape}"
+        )
         self.stats += other.stats
         return self
 
@@ -100,8 +115,9 @@ class UnsupervisedMetrics:
         return {"stats": self.stats.copy()}
 
     def load_state_dict(self, state: dict) -> None:
-        assert state["stats"].shape == self.stats.shape, \
+        assert state["stats"].shape == self.stats.shape, (
             f"state has stats of shape {state['stats'].shape}, expected {self.stats.shape}"
+        )
         self.stats = np.asarray(state["stats"], dtype=np.int64).copy()
 
     def sync(self, device: torch.device | str = "cpu") -> None:

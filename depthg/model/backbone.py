@@ -64,13 +64,16 @@ _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/"
 # Our short names -> timm architecture + the exact checkpoint. DINO v1 URLs: DG src/modules.py:41-50 (ViT-S/8 is the
 # 300-epoch file there and in ST src/modules.py:38); DINOv2: facebookresearch/dinov2 README.
 BACKBONES: dict[str, BackboneSpec] = {
-    "vit_small_patch8": BackboneSpec("vit_small_patch8_224",
-                                     _DINO + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"),
+    "vit_small_patch8": BackboneSpec(
+        "vit_small_patch8_224", _DINO + "dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"
+    ),
     "vit_base_patch8": BackboneSpec("vit_base_patch8_224", _DINO + "dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth"),
-    "vit_small_patch16": BackboneSpec("vit_small_patch16_224",
-                                      _DINO + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"),
-    "vit_base_patch16": BackboneSpec("vit_base_patch16_224",
-                                     _DINO + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"),
+    "vit_small_patch16": BackboneSpec(
+        "vit_small_patch16_224", _DINO + "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth"
+    ),
+    "vit_base_patch16": BackboneSpec(
+        "vit_base_patch16_224", _DINO + "dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth"
+    ),
     "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2", _DINOV2 + "dinov2_vits14/dinov2_vits14_pretrain.pth"),
     "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2", _DINOV2 + "dinov2_vitb14/dinov2_vitb14_pretrain.pth"),
     # Synthetic world and tests: ViT-Ti width (192, 3 heads) at patch 8 with 4 blocks, so a 224 px forward takes
@@ -128,8 +131,14 @@ DOWNLOAD_TIMEOUT_S = 10.0  # per socket operation of a weights download
 class DinoBackbone(nn.Module):
     """Frozen DINO ViT: images [B,3,H,W] -> patch features [B,C,h,w] (+ last-block attention [B,nh,T,T])."""
 
-    def __init__(self, name: str = "vit_small_patch8", weights: str | Path = "hub", *, autocast: bool = True,
-                 autocast_cpu: bool = False):
+    def __init__(
+        self,
+        name: str = "vit_small_patch8",
+        weights: str | Path = "hub",
+        *,
+        autocast: bool = True,
+        autocast_cpu: bool = False,
+    ):
         super().__init__()
         spec = backbone_spec(name)
         self.name = name
@@ -144,9 +153,11 @@ class DinoBackbone(nn.Module):
         if bundled:
             weights = bundled_weights_path(name)
             if not weights.is_file():
-                raise WeightsError(f"backbone {name!r} has no bundled weights ({weights} is missing); use "
-                                   "model.weights='random', 'hub' or a file, or make them with `python -m depthg "
-                                   "prep pretrain`")
+                raise WeightsError(
+                    f"backbone {name!r} has no bundled weights ({weights} is missing); use "
+                    "model.weights='random', 'hub' or a file, or make them with `python -m depthg "
+                    "prep pretrain`"
+                )
         if isinstance(weights, str) and weights == "hub":
             path = hub_weights_file(name)
             self.vit = _empty_vit(spec, kwargs)
@@ -162,9 +173,11 @@ class DinoBackbone(nn.Module):
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise WeightsError(f"backbone weights file not found: {path} (model.weights must be 'hub', 'bundled', "
-                                   "'random' or the path of a DINO .pth, timm state dict or released STEGO/DepthG "
-                                   ".ckpt)")
+                raise WeightsError(
+                    f"backbone weights file not found: {path} (model.weights must be 'hub', 'bundled', "
+                    "'random' or the path of a DINO .pth, timm state dict or released STEGO/DepthG "
+                    ".ckpt)"
+                )
             self.vit = _empty_vit(spec, kwargs)
             self._load_file(path, f"bundled:{path.name}" if bundled else f"file:{path}", path.name)
         self.patch_size = self.vit.patch_embed.patch_size[0]
@@ -181,7 +194,7 @@ class DinoBackbone(nn.Module):
         self.weights_record = {"name": name, "sha256": digest}
 
     def precision(self, device: torch.device | str) -> str:
-        """"bf16" when the forward on ``device`` autocasts to bfloat16, else "fp32" (recorded in provenance)."""
+        """ "bf16" when the forward on ``device`` autocasts to bfloat16, else "fp32" (recorded in provenance)."""
         kind = torch.device(device).type
         return "bf16" if self.autocast and (kind == "cuda" or (kind == "cpu" and self.autocast_cpu)) else "fp32"
 
@@ -198,18 +211,25 @@ class DinoBackbone(nn.Module):
         model_state = self.vit.state_dict()
         patch_key = "patch_embed.proj.weight"
         if patch_key in state and state[patch_key].shape != model_state[patch_key].shape:
-            raise WeightsError(f"{source}: patch embedding {tuple(state[patch_key].shape)} does not fit backbone "
-                               f"{self.name!r} {tuple(model_state[patch_key].shape)}; choose the backbone the "
-                               "weights were trained with (model.backbone).")
+            raise WeightsError(
+                f"{source}: patch embedding {tuple(state[patch_key].shape)} does not fit backbone "
+                f"{self.name!r} {tuple(model_state[patch_key].shape)}; choose the backbone the "
+                "weights were trained with (model.backbone)."
+            )
         # timm's converter maps original DINOv2 names (mask_token, register_tokens) onto timm's; identity for DINO.
         state = timm.models.vision_transformer.checkpoint_filter_fn(state, self.vit)
         missing = sorted(set(model_state) - set(state))
         unexpected = sorted(set(state) - set(model_state))
-        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(model_state[k].shape)}" for k in model_state
-                 if k in state and state[k].shape != model_state[k].shape]
+        wrong = [
+            f"{k} {tuple(state[k].shape)} vs {tuple(model_state[k].shape)}"
+            for k in model_state
+            if k in state and state[k].shape != model_state[k].shape
+        ]
         if missing or unexpected or wrong:
-            raise WeightsError(f"{source}: not a {self.name!r} ViT state dict; missing keys {_few(missing)}, "
-                               f"unexpected keys {_few(unexpected)}, shape mismatches {_few(wrong)}.")
+            raise WeightsError(
+                f"{source}: not a {self.name!r} ViT state dict; missing keys {_few(missing)}, "
+                f"unexpected keys {_few(unexpected)}, shape mismatches {_few(wrong)}."
+            )
         self.vit.load_state_dict(state, strict=True)
         self.weights_source = source
 
@@ -218,8 +238,10 @@ class DinoBackbone(nn.Module):
         B, _, H, W = x.shape
         p = self.patch_size
         if H % p or W % p:
-            raise ConfigError(f"input size {H}x{W} is not a multiple of the patch size {p} of backbone "
-                              f"{self.name!r}; use a resolution divisible by {p}")
+            raise ConfigError(
+                f"input size {H}x{W} is not a multiple of the patch size {p} of backbone "
+                f"{self.name!r}; use a resolution divisible by {p}"
+            )
         h, w = H // p, W // p
         use_bf16 = self.precision(x.device) == "bf16"
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -273,8 +295,10 @@ def hub_weights_file(name: str) -> Path:
     """
     spec = backbone_spec(name)
     if spec.url is None:
-        raise WeightsError(f"backbone {name!r} has no released weights; use model.weights=random (as the "
-                           "synthetic presets do) or the path of a weights file")
+        raise WeightsError(
+            f"backbone {name!r} has no released weights; use model.weights=random (as the "
+            "synthetic presets do) or the path of a weights file"
+        )
     path = Path(torch.hub.get_dir()) / "checkpoints" / spec.file_name
     if path.is_file():
         return path
@@ -324,5 +348,12 @@ def bf16_feature_gap(name: str = "vit_small_patch8", *, res: int = 224, n_images
     bf16, _ = net(x, attention=False)
     cos = F.cosine_similarity(fp32, bf16, dim=1)  # [B,h,w]
     diff = (fp32 - bf16).abs().max().item()
-    return {"backbone": name, "res": res, "n_images": n_images, "cosine_mean": cos.mean().item(),
-            "cosine_min": cos.min().item(), "max_abs": diff, "max_abs_relative": diff / fp32.abs().max().item()}
+    return {
+        "backbone": name,
+        "res": res,
+        "n_images": n_images,
+        "cosine_mean": cos.mean().item(),
+        "cosine_min": cos.min().item(),
+        "max_abs": diff,
+        "max_abs_relative": diff / fp32.abs().max().item(),
+    }

@@ -32,7 +32,8 @@ class SegmentationHead(nn.Module):
         self.dropout = nn.Dropout2d(p=0.1)
         self.cluster1 = nn.Sequential(nn.Conv2d(in_channels, dim, 1))  # linear branch W1
         self.cluster2 = nn.Sequential(  # nonlinear branch W3·ReLU(W2·)
-            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(), nn.Conv2d(in_channels, dim, 1))
+            nn.Conv2d(in_channels, in_channels, 1), nn.ReLU(), nn.Conv2d(in_channels, dim, 1)
+        )
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.cluster1(self.dropout(f)) + self.cluster2(self.dropout(f))  # [B,K,h,w]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 _TRUE = ("1", "true", "yes", "on")
@@ -63,8 +63,10 @@ def hub_session() -> Iterator[bool]:
 def download_hint(repo_id: str, *, filename: str | None = None) -> str:
     """How to fetch ``repo_id`` elsewhere and hand it over, for every entry point."""
     target = f"{filename} " if filename else ""
-    return (f"on a machine with network run `hf download {repo_id} {target}--local-dir <dir>` (or fetch the file "
-            f"named above), copy it here and pass it: `python -m depthg prep knn --weights <file>`, "
-            f"`python -m depthg train model.weights=<file>` / `eval ... model.weights=<file>`, "
-            f"`papermill ... -p weights <file>` for the notebooks; or copy a filled Hugging Face cache "
-            f"($HF_HOME, default ~/.cache/huggingface). Set HF_HUB_OFFLINE=1 to skip the network check.")
+    return (
+        f"on a machine with network run `hf download {repo_id} {target}--local-dir <dir>` (or fetch the file "
+        f"named above), copy it here and pass it: `python -m depthg prep knn --weights <file>`, "
+        f"`python -m depthg train model.weights=<file>` / `eval ... model.weights=<file>`, "
+        f"`papermill ... -p weights <file>` for the notebooks; or copy a filled Hugging Face cache "
+        f"($HF_HOME, default ~/.cache/huggingface). Set HF_HUB_OFFLINE=1 to skip the network check."
+    )

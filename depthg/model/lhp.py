@@ -60,9 +60,17 @@ def _window_mask(h: int, w: int, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def lhp_weights(depth: Tensor, grid_hw: tuple[int, int], *, fidelity: str = "paper", neighbourhood: str = "knn3d",
-                k: int = 8, lifting: str | None = None, fov_deg: float = PAPER_FOV_DEG,
-                z_scale: float = PAPER_Z_SCALE) -> Tensor:
+def lhp_weights(
+    depth: Tensor,
+    grid_hw: tuple[int, int],
+    *,
+    fidelity: str = "paper",
+    neighbourhood: str = "knn3d",
+    k: int = 8,
+    lifting: str | None = None,
+    fov_deg: float = PAPER_FOV_DEG,
+    z_scale: float = PAPER_Z_SCALE,
+) -> Tensor:
     """Propagation weights [B,N,N] from depth [B,1,H,W] on the h x w feature grid (see the module docstring).
 
     ``lifting`` ("paper"|"reference", config aspect ``depth_lifting``) defaults to ``fidelity``; the reference

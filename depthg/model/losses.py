@@ -80,15 +80,29 @@ def distill(target: Tensor, cd: Tensor, shift: float, *, zero_clamp: bool = True
     return -clamped * (target - shift)
 
 
-def stego_term(f1: Tensor, f2: Tensor, c1: Tensor, c2: Tensor, shift: float, *, pointwise: bool = True,
-               zero_clamp: bool = True, stabilize: bool = False) -> Tensor:
+def stego_term(
+    f1: Tensor,
+    f2: Tensor,
+    c1: Tensor,
+    c2: Tensor,
+    shift: float,
+    *,
+    pointwise: bool = True,
+    zero_clamp: bool = True,
+    stabilize: bool = False,
+) -> Tensor:
     """STEGO's unreduced loss [B,h,w,i,j] for features f1/f2 [B,C,.,.] and codes c1/c2 [B,K,.,.] (METHOD.md §3.2).
 
     Equals the first output of the release's ``helper`` (golden a ``loss_pw*_zc*_st*``); the code correlation it
     also returned is :func:`correlation` (c1, c2).
     """
-    return distill(feature_target(f1, f2, pointwise=pointwise), correlation(c1, c2), shift,
-                   zero_clamp=zero_clamp, stabilize=stabilize)
+    return distill(
+        feature_target(f1, f2, pointwise=pointwise),
+        correlation(c1, c2),
+        shift,
+        zero_clamp=zero_clamp,
+        stabilize=stabilize,
+    )
 
 
 def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
@@ -107,7 +121,8 @@ def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
         return correlation(r1, r2)
     if target == "paper":
         assert d1.shape[1:] == (1, side, side) and d2.shape == d1.shape, (
-            f"paper DFC needs depth sampled at the codes, [B,1,{side},{side}]; got {tuple(d1.shape)}")
+            f"paper DFC needs depth sampled at the codes, [B,1,{side},{side}]; got {tuple(d1.shape)}"
+        )
         # [B,1,S,S] -> [B,S,S,1,1] - [B,1,1,S,S] -> [B,S,S,S,S]
         proximity = 1 - (d1[:, 0, :, :, None, None] - d2[:, 0, None, None, :, :]).abs()
         # Centred per anchor: pairs closer in depth than the anchor's average pair are pulled together, farther ones
@@ -118,8 +133,9 @@ def depth_target(d1: Tensor, d2: Tensor, side: int, *, target: str) -> Tensor:
     raise AssertionError("unreachable: check_fidelity accepts only paper and reference")
 
 
-def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: float, *, target: str = "paper",
-                       zero_clamp: bool = True) -> tuple[Tensor, Tensor]:
+def depth_feature_term(
+    c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: float, *, target: str = "paper", zero_clamp: bool = True
+) -> tuple[Tensor, Tensor]:
     """DepthG's DFC term: codes c1/c2 [B,K,S,S] and depth d1/d2 -> (loss [B,S,S,S,S], depth correlation D).
 
     Shapes of d1/d2 depend on ``target`` (see :func:`depth_target`). The release calls it intra-image only,
@@ -131,8 +147,7 @@ def depth_feature_term(c1: Tensor, c2: Tensor, d1: Tensor, d2: Tensor, shift: fl
     return distill(D, correlation(c1, c2), shift, zero_clamp=zero_clamp), D
 
 
-def super_perm(B: int, *, generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> Tensor:
+def super_perm(B: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
     """A random index map of the batch without fixed points, for negatives (METHOD.md §1.7, DG :1184-1188).
 
     A permutation whose fixed points are moved on by +1 mod B: no image is its own negative, though an index may
@@ -186,8 +201,9 @@ class _CodeTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, za: Tensor, zb: Tensor, low: float, highs: tuple[float | None, ...],
-                *targets: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx, za: Tensor, zb: Tensor, low: float, highs: tuple[float | None, ...], *targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
         cd = torch.bmm(za, zb.transpose(1, 2))
         scale = -1.0 / cd.numel()
         values, slopes = [], []
@@ -226,8 +242,10 @@ def _feature_correlations(f1: Tensor, f2: Tensor, reads: list[tuple[int, Tensor,
         del tables
     inverse_norms = [torch.linalg.vector_norm(x, dim=-1).clamp_min_(1e-10).reciprocal_() for x in points]  # [B,n]
     anchor, inv_anchor = points[0], inverse_norms[0][:, :, None]
-    return [torch.bmm(anchor, x.transpose(1, 2)).mul_(inv_anchor).mul_(inv[:, None, :])
-            for x, inv in zip(points, inverse_norms)]
+    return [
+        torch.bmm(anchor, x.transpose(1, 2)).mul_(inv_anchor).mul_(inv[:, None, :])
+        for x, inv in zip(points, inverse_norms)
+    ]
 
 
 @torch.no_grad()
@@ -248,9 +266,19 @@ def _unit_rows(x: Tensor) -> Tensor:
     return F.normalize(x, dim=-1, eps=1e-10)
 
 
-def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor | None, d2: Tensor | None,
-                     coords1: Tensor, coords2: Tensor, terms: CorrelationTerms, *,
-                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def correlation_loss(
+    f1: Tensor,
+    f2: Tensor,
+    z1: Tensor,
+    z2: Tensor,
+    d1: Tensor | None,
+    d2: Tensor | None,
+    coords1: Tensor,
+    coords2: Tensor,
+    terms: CorrelationTerms,
+    *,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """All correlation terms of one step (METHOD.md §3.3, §3.6) -> dict of scalars intra/inter/neg/dfc/total.
 
     f1/f2 [B,C,h,w] features of the image and its kNN partner, z1/z2 [B,K,h,w] their codes, d1/d2 [B,1,H,W]
@@ -278,8 +306,9 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
     first_row = (torch.arange(B, device=f1.device) * HW).view(B, 1, 1)  # table row of each image's (0, 0)
     anchor, partner = (taps1 + first_row, wts1), (taps2 + first_row, wts2)
     # image perm[b] read at partner b's coordinates, one permutation per round, drawn in the release's order
-    negatives = [(taps2 + first_row[super_perm(B, generator=generator, device=f1.device)], wts2)
-                 for _ in range(t.neg_samples)]
+    negatives = [
+        (taps2 + first_row[super_perm(B, generator=generator, device=f1.device)], wts2) for _ in range(t.neg_samples)
+    ]
     fd = _feature_correlations(f1.detach(), f2.detach(), [(1, *anchor), (2, *partner), *[(1, *n) for n in negatives]])
     # codes: anchor and negatives in one read of z1's table (one backward), the partner from z2's
     z_rows = torch.stack([anchor[0], *[rows for rows, _ in negatives]])  # [1+R,B,n,4]
@@ -299,9 +328,12 @@ def correlation_loss(f1: Tensor, f2: Tensor, z1: Tensor, z2: Tensor, d1: Tensor 
         (intra,), _ = _CodeTerms.apply(za, za, low, (cap,), intra_target)
         dfc = za.new_zeros(())
     inter = _CodeTerms.apply(za, zp, low, (cap,), _feature_target_points(fd[1], t.pos_inter_shift, t.pointwise))[0][0]
-    neg_means = [_CodeTerms.apply(za, zn[r], low, (cap,), _feature_target_points(fd[2 + r], t.neg_inter_shift,
-                                                                                t.pointwise))[0][0]
-                 for r in range(t.neg_samples)]
+    neg_means = [
+        _CodeTerms.apply(za, zn[r], low, (cap,), _feature_target_points(fd[2 + r], t.neg_inter_shift, t.pointwise))[0][
+            0
+        ]
+        for r in range(t.neg_samples)
+    ]
     neg = torch.stack(neg_means).mean() if neg_means else za.new_zeros(())
 
     total = t.pos_intra_weight * intra + t.pos_inter_weight * inter + t.neg_inter_weight * neg + t.dfc_weight * dfc

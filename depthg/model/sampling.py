@@ -42,8 +42,9 @@ REFERENCE_FOV = 90.0
 REFERENCE_Z_SCALE = -5.0
 
 
-def random_coords(B: int, S: int, *, generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> Tensor:
+def random_coords(
+    B: int, S: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
     """STEGO's random locations: U(-1, 1)^2 per sample, [B,S,S,2] (METHOD.md §3.1, DG src/modules.py:1319-1321)."""
     if generator is not None and device is not None and torch.device(device) != generator.device:
         # A generator lives on one device; draw there and move, so a CPU generator can seed CUDA training.
@@ -118,9 +119,11 @@ def gather_points(table: Tensor, rows: Tensor, weights: Tensor) -> Tensor:
     reaches the table.
     """
     assert rows.shape == weights.shape and rows.shape[-1] == 4, (
-        f"rows {tuple(rows.shape)} and weights {tuple(weights.shape)} must both be [..., n, 4]")
-    out = F.embedding_bag(rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4).to(table.dtype),
-                          mode="sum")
+        f"rows {tuple(rows.shape)} and weights {tuple(weights.shape)} must both be [..., n, 4]"
+    )
+    out = F.embedding_bag(
+        rows.reshape(-1, 4), table, per_sample_weights=weights.reshape(-1, 4).to(table.dtype), mode="sum"
+    )
     return out.view(*rows.shape[:-1], table.shape[1])
 
 
@@ -136,8 +139,9 @@ def normalize_depth(depth: Tensor, eps: float = 1e-8) -> Tensor:
     return (depth - lo) / (hi - lo).clamp_min(eps)
 
 
-def depth_to_points(depth: Tensor, *, fidelity: str = "paper", fov_deg: float = PAPER_FOV_DEG,
-                    z_scale: float = PAPER_Z_SCALE) -> Tensor:
+def depth_to_points(
+    depth: Tensor, *, fidelity: str = "paper", fov_deg: float = PAPER_FOV_DEG, z_scale: float = PAPER_Z_SCALE
+) -> Tensor:
     """Lift patch depth [B,1,h,w] to one 3-D point per patch, [B,h*w,3] in raster order (index r*w + c).
 
     reference: X = F*d*(c - w/2)/w, Y = F*d*(r - h/2)/h, Z = -5*d with F = 2*tan(45) (radians, F = 3.2396) on the
@@ -168,8 +172,9 @@ def depth_to_points(depth: Tensor, *, fidelity: str = "paper", fov_deg: float = 
     return torch.stack([x, y, z], dim=-1).reshape(B, h * w, 3)  # [B,h,w,3] -> [B,N,3]
 
 
-def _start_indices(start: int | str | Tensor, B: int, N: int, device: torch.device,
-                   generator: torch.Generator | None) -> Tensor:
+def _start_indices(
+    start: int | str | Tensor, B: int, N: int, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
     if isinstance(start, str):
         if start != "random":
             raise ConfigError(f"FPS start={start!r}: use an index, a LongTensor[B] or 'random'.")
@@ -202,8 +207,9 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def farthest_point_sample(points: Tensor, n: int, *, start: int | str | Tensor = 0,
-                          generator: torch.Generator | None = None) -> Tensor:
+def farthest_point_sample(
+    points: Tensor, n: int, *, start: int | str | Tensor = 0, generator: torch.Generator | None = None
+) -> Tensor:
     """Greedy farthest point sampling of ``n`` of the ``N`` points [B,N,3] -> indices [B,n] in selection order.
 
     Each pick is the point whose squared distance to the nearest chosen point is largest; ties go to the lowest
@@ -259,9 +265,18 @@ def indices_to_coords(idx: Tensor, grid_hw: tuple[int, int], side: int, *, fidel
     return coords * 2 - 1 if fidelity == "reference" else coords
 
 
-def fps_coords(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: str = "paper",
-               lifting: str | None = None, start: int | str | Tensor = 0, generator: torch.Generator | None = None,
-               fov_deg: float = PAPER_FOV_DEG, z_scale: float = PAPER_Z_SCALE) -> Tensor:
+def fps_coords(
+    depth: Tensor,
+    grid_hw: tuple[int, int],
+    side: int,
+    *,
+    fidelity: str = "paper",
+    lifting: str | None = None,
+    start: int | str | Tensor = 0,
+    generator: torch.Generator | None = None,
+    fov_deg: float = PAPER_FOV_DEG,
+    z_scale: float = PAPER_Z_SCALE,
+) -> Tensor:
     """FPS locations for one batch: depth [B,1,H,W] -> coordinates [B,side,side,2] on the h x w feature grid.
 
     ``fidelity`` sets the coordinate convention (config aspect ``fps_coords``), ``lifting`` the depth lifting
@@ -275,9 +290,19 @@ def fps_coords(depth: Tensor, grid_hw: tuple[int, int], side: int, *, fidelity: 
     return indices_to_coords(idx, grid_hw, side, fidelity=fidelity)
 
 
-def choose_coords(mode: str, B: int, grid_hw: tuple[int, int], side: int, *, depth: Tensor | None = None,
-                  device: torch.device | str | None = None, fidelity: str = "paper", lifting: str | None = None,
-                  start: int | str | Tensor = 0, generator: torch.Generator | None = None) -> Tensor:
+def choose_coords(
+    mode: str,
+    B: int,
+    grid_hw: tuple[int, int],
+    side: int,
+    *,
+    depth: Tensor | None = None,
+    device: torch.device | str | None = None,
+    fidelity: str = "paper",
+    lifting: str | None = None,
+    start: int | str | Tensor = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """The sample coordinates of one training batch of ``B`` images -> [B,side,side,2].
 
     ``mode`` is the config's ``depth_sampling``: "fps" (needs ``depth`` [B,1,H,W]) or "random" (STEGO; also the
@@ -290,6 +315,5 @@ def choose_coords(mode: str, B: int, grid_hw: tuple[int, int], side: int, *, dep
         if depth is None:
             raise ConfigError("depth_sampling='fps' needs depth maps; prepare depth or use depth_sampling='random'.")
         assert depth.shape[0] == B, f"depth batch {depth.shape[0]} != B={B}"
-        return fps_coords(depth, grid_hw, side, fidelity=fidelity, lifting=lifting, start=start,
-                          generator=generator)
+        return fps_coords(depth, grid_hw, side, fidelity=fidelity, lifting=lifting, start=start, generator=generator)
     raise ConfigError(f"depth_sampling={mode!r} is not 'fps' or 'random'.")

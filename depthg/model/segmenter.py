@@ -21,11 +21,21 @@ from depthg.model.head import ClusterProbe, LinearProbe, SegmentationHead
 class DepthGModel(nn.Module):
     """backbone -> head -> (cluster probe, linear probe)."""
 
-    def __init__(self, backbone: str = "vit_small_patch8", weights: str | Path = "hub", *, dim: int = 70,
-                 n_classes: int = 27, extra_clusters: int = 0, dropout: bool = True, autocast: bool = True):
+    def __init__(
+        self,
+        backbone: str = "vit_small_patch8",
+        weights: str | Path = "hub",
+        *,
+        dim: int = 70,
+        n_classes: int = 27,
+        extra_clusters: int = 0,
+        dropout: bool = True,
+        autocast: bool = True,
+    ):
         super().__init__()
-        assert dim > 0 and n_classes > 0 and extra_clusters >= 0, \
+        assert dim > 0 and n_classes > 0 and extra_clusters >= 0, (
             f"need dim > 0, n_classes > 0, extra_clusters >= 0; got {dim}, {n_classes}, {extra_clusters}"
+        )
         self.backbone = DinoBackbone(backbone, weights, autocast=autocast)
         self.head = SegmentationHead(self.backbone.embed_dim, dim, dropout=dropout)
         self.cluster_probe = ClusterProbe(dim, n_classes + extra_clusters)
@@ -35,8 +45,15 @@ class DepthGModel(nn.Module):
     @classmethod
     def from_config(cls, section: Any, *, autocast: bool = True) -> DepthGModel:
         """Build from a config section with backbone, weights, dim, dropout, n_classes, extra_clusters."""
-        return cls(section.backbone, section.weights, dim=section.dim, n_classes=section.n_classes,
-                   extra_clusters=section.extra_clusters, dropout=section.dropout, autocast=autocast)
+        return cls(
+            section.backbone,
+            section.weights,
+            dim=section.dim,
+            n_classes=section.n_classes,
+            extra_clusters=section.extra_clusters,
+            dropout=section.dropout,
+            autocast=autocast,
+        )
 
     def features(self, x: torch.Tensor, *, attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frozen backbone: x [B,3,H,W] -> (f [B,C,h,w], attention [B,nh,T,T] or None), no grad."""
@@ -69,6 +86,8 @@ class DepthGModel(nn.Module):
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups of the three optimisers (head 5e-4, probes 5e-3 in the release, METHOD §2.4)."""
-        return {"head": list(self.head.parameters()),
-                "cluster_probe": list(self.cluster_probe.parameters()),
-                "linear_probe": list(self.linear_probe.parameters())}
+        return {
+            "head": list(self.head.parameters()),
+            "cluster_probe": list(self.cluster_probe.parameters()),
+            "linear_probe": list(self.linear_probe.parameters()),
+        }

@@ -70,21 +70,42 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
 
 # Every class a released STEGO/DepthG .ckpt or a DINO .pth pickles besides tensors and containers, by the exact
 # name the pickle records (omegaconf 2.0-2.3, pytorch-lightning 1.x/2.x), mapped to what it becomes here.
-_OMEGACONF = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.base.Metadata",
-              "omegaconf.base.ContainerMetadata", "omegaconf.nodes.AnyNode", "omegaconf.nodes.StringNode",
-              "omegaconf.nodes.IntegerNode", "omegaconf.nodes.FloatNode", "omegaconf.nodes.BooleanNode",
-              "omegaconf.nodes.BytesNode", "omegaconf.nodes.PathNode", "omegaconf.nodes.ValueNode",
-              "typing.Any", "argparse.Namespace")
-_ATTRIBUTE_DICT = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
-                   "lightning.fabric.utilities.data.AttributeDict")
+_OMEGACONF = (
+    "omegaconf.dictconfig.DictConfig",
+    "omegaconf.listconfig.ListConfig",
+    "omegaconf.base.Metadata",
+    "omegaconf.base.ContainerMetadata",
+    "omegaconf.nodes.AnyNode",
+    "omegaconf.nodes.StringNode",
+    "omegaconf.nodes.IntegerNode",
+    "omegaconf.nodes.FloatNode",
+    "omegaconf.nodes.BooleanNode",
+    "omegaconf.nodes.BytesNode",
+    "omegaconf.nodes.PathNode",
+    "omegaconf.nodes.ValueNode",
+    "typing.Any",
+    "argparse.Namespace",
+)
+_ATTRIBUTE_DICT = (
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.fabric.utilities.data.AttributeDict",
+)
 RELEASED_GLOBALS: dict[str, Any] = {
     **{name: _placeholder(name) for name in _OMEGACONF},
     **{name: dict for name in _ATTRIBUTE_DICT},  # a dict subclass without own state: a plain dict
-    "numpy.dtype": _NumpyDType, "numpy.core.multiarray.scalar": _numpy_scalar,
+    "numpy.dtype": _NumpyDType,
+    "numpy.core.multiarray.scalar": _numpy_scalar,
     "numpy._core.multiarray.scalar": _numpy_scalar,
     # plain types the above refer to (omegaconf's object_type/ref_type, Python 2 era names mapped by torch)
-    "builtins.dict": dict, "builtins.list": list, "builtins.tuple": tuple, "builtins.int": int,
-    "builtins.float": float, "builtins.bool": bool, "builtins.str": str, "builtins.bytes": bytes,
+    "builtins.dict": dict,
+    "builtins.list": list,
+    "builtins.tuple": tuple,
+    "builtins.int": int,
+    "builtins.float": float,
+    "builtins.bool": bool,
+    "builtins.str": str,
+    "builtins.bytes": bytes,
     "collections.defaultdict": collections.defaultdict,
 }
 _SAFE_GLOBALS = [(obj, name) for name, obj in RELEASED_GLOBALS.items()] + [(_NumpyDType, f"{__name__}._NumpyDType")]
@@ -100,8 +121,10 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise WeightsError(f"checkpoint file not found: {path}")
     if not hasattr(torch.serialization, "safe_globals"):  # fail closed: never fall back to a permissive reader
-        raise WeightsError(f"cannot read checkpoint {path}: reading it safely needs torch >= 2.6 (this is "
-                           f"{torch.__version__}); upgrade torch.")
+        raise WeightsError(
+            f"cannot read checkpoint {path}: reading it safely needs torch >= 2.6 (this is "
+            f"{torch.__version__}); upgrade torch."
+        )
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(path, device=str(map_location))
@@ -111,9 +134,11 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         reason = str(err).split("WeightsUnpickler error: ")[-1].splitlines()[0]
         if found := re.search(r"GLOBAL (\S+) (was not an allowed|whose module)", reason):  # not torch's advice to trust
             reason = f"it pickles {found[1]}, which is not allowed"
-        raise WeightsError(f"cannot read checkpoint {path}: {type(err).__name__}: {reason} (only tensors, plain "
-                           f"containers{' and the classes of released STEGO/DepthG checkpoints' if released else ''} "
-                           f"are read; nothing in a weight file is ever executed)") from None
+        raise WeightsError(
+            f"cannot read checkpoint {path}: {type(err).__name__}: {reason} (only tensors, plain "
+            f"containers{' and the classes of released STEGO/DepthG checkpoints' if released else ''} "
+            f"are read; nothing in a weight file is ever executed)"
+        ) from None
 
 
 def plain_container(obj: Any) -> Any:
@@ -144,8 +169,11 @@ _NESTING_KEYS = ("teacher", "state_dict", "model", "student")  # DINO saves stud
 
 def is_released_checkpoint(obj: Any) -> bool:
     """A STEGO/DepthG Lightning checkpoint: a ``state_dict`` holding ``net.model.*`` keys."""
-    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
-        isinstance(k, str) and k.startswith(RELEASED_BACKBONE_PREFIX) for k in obj["state_dict"])
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("state_dict"), dict)
+        and any(isinstance(k, str) and k.startswith(RELEASED_BACKBONE_PREFIX) for k in obj["state_dict"])
+    )
 
 
 def vit_state_from_checkpoint(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
@@ -154,8 +182,7 @@ def vit_state_from_checkpoint(obj: Any, path: str | Path) -> dict[str, torch.Ten
         n = len(RELEASED_BACKBONE_PREFIX)
         return {k[n:]: v for k, v in obj["state_dict"].items() if k.startswith(RELEASED_BACKBONE_PREFIX)}
     state = obj
-    while isinstance(state, dict) and (key := next((k for k in _NESTING_KEYS if isinstance(state.get(k), dict)),
-                                                   None)):
+    while isinstance(state, dict) and (key := next((k for k in _NESTING_KEYS if isinstance(state.get(k), dict)), None)):
         state = state[key]
     if not isinstance(state, dict) or not any(torch.is_tensor(v) for v in state.values()):
         raise WeightsError(f"{path} holds no tensor state dict (looked under {', '.join(_NESTING_KEYS)})")

@@ -10,7 +10,8 @@ Two tables (DESIGN.md §8, §3):
   ``reference`` at a time; then all ``reference``. ``knn_features`` acts only in the kNN stage (the training run
   reads the prepared kNN file), so flipping it in training would change nothing: it is listed, not run.
 
-Runs are ordinary training runs (:func:`depthg.evaluation.experiment.train_and_evaluate`) under ``results/runs/<prefix>-<variant>-s<seed>/``
+Runs are ordinary training runs (:func:`depthg.evaluation.experiment.train_and_evaluate`) under
+``results/runs/<prefix>-<variant>-s<seed>/``
 with their config, metrics and provenance; two variants that resolve to the same config at the same seed share one
 run. Every table row carries its run names, seeds, iterations and git commit(s), so a number can be traced back.
 """
@@ -20,9 +21,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pandas as pd
 from scipy import stats
@@ -34,10 +36,18 @@ from depthg.reporting import anchors
 from depthg.runs import read_run
 
 # (column, metrics key, field): the cluster probe after Hungarian matching, the linear probe by plain argmax.
-METRICS = (("cluster_acc", "cluster", "accuracy"), ("cluster_miou", "cluster", "mIoU"),
-           ("linear_acc", "linear", "accuracy"), ("linear_miou", "linear", "mIoU"))
-METRIC_LABELS = {"cluster_acc": "cluster Acc", "cluster_miou": "cluster mIoU", "linear_acc": "linear Acc",
-                 "linear_miou": "linear mIoU"}
+METRICS = (
+    ("cluster_acc", "cluster", "accuracy"),
+    ("cluster_miou", "cluster", "mIoU"),
+    ("linear_acc", "linear", "accuracy"),
+    ("linear_miou", "linear", "mIoU"),
+)
+METRIC_LABELS = {
+    "cluster_acc": "cluster Acc",
+    "cluster_miou": "cluster mIoU",
+    "linear_acc": "linear Acc",
+    "linear_miou": "linear mIoU",
+}
 
 
 @dataclass(frozen=True)
@@ -67,10 +77,12 @@ COMPONENTS = (
 )
 ASPECTS = tuple(f.name for f in fields(FidelityConfig))
 # Aspects a training run cannot show: they act in a preparation stage whose output the run only reads.
-NOT_IN_TRAINING = {"knn_features": "acts in the kNN stage only (`python -m depthg prep knn --fidelity reference`); "
-                                   "training reads the prepared kNN file, so this run would equal 'all paper'",
-                    "crop_format": "acts in the five-crop stage only (`python -m depthg prep fivecrop --fidelity "
-                                   "reference` writes JPEG quality 75); training reads the prepared crops"}
+NOT_IN_TRAINING = {
+    "knn_features": "acts in the kNN stage only (`python -m depthg prep knn --fidelity reference`); "
+    "training reads the prepared kNN file, so this run would equal 'all paper'",
+    "crop_format": "acts in the five-crop stage only (`python -m depthg prep fivecrop --fidelity "
+    "reference` writes JPEG quality 75); training reads the prepared crops",
+}
 
 
 def component_variants() -> tuple[Variant, ...]:
@@ -84,8 +96,13 @@ def fidelity_variants(base: Variant = COMPONENTS[-1]) -> tuple[Variant, ...]:
     for aspect in ASPECTS:
         if aspect in NOT_IN_TRAINING:
             continue
-        out.append(Variant(f"fid_{aspect}", f"{aspect} = reference",
-                           on + (("fidelity", "paper"), (f"fidelity.{aspect}", "reference"))))
+        out.append(
+            Variant(
+                f"fid_{aspect}",
+                f"{aspect} = reference",
+                on + (("fidelity", "paper"), (f"fidelity.{aspect}", "reference")),
+            )
+        )
     out.append(Variant("fid_reference", "all reference", on + (("fidelity", "reference"),), "the released code"))
     return tuple(out)
 
@@ -97,6 +114,7 @@ def released_variant(cfg: Config) -> Variant | None:
 
 
 # ---- running -----------------------------------------------------------------------------------------------------
+
 
 def run_prefix(dataset: str, table: str, preset: str | None = None) -> str:
     """Run-name prefix, file-safe: ablation-potsdam, fidelity-directory-<folder>-synthetic (the preset joins the
@@ -118,13 +136,26 @@ def _finished(run_dir: Path, cfg: Config) -> bool:
 
 def _resumable(run_dir: Path, cfg: Config) -> bool:
     cfg_file = run_dir / "config.json"
-    return (run_dir / "checkpoints" / "last.pt").is_file() and cfg_file.is_file() and \
-        json.loads(cfg_file.read_text()) == cfg.to_dict()
+    return (
+        (run_dir / "checkpoints" / "last.pt").is_file()
+        and cfg_file.is_file()
+        and json.loads(cfg_file.read_text()) == cfg.to_dict()
+    )
 
 
-def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int], *, prefix: str,
-                 results_dir: str | None = None, reuse: bool = False, progress: bool = False, overwrite: bool = False,
-                 made: dict[str, str] | None = None, log: Callable[[str], None] | None = print) -> pd.DataFrame:
+def run_variants(
+    base: Config,
+    variants: Iterable[Variant],
+    seeds: Iterable[int],
+    *,
+    prefix: str,
+    results_dir: str | None = None,
+    reuse: bool = False,
+    progress: bool = False,
+    overwrite: bool = False,
+    made: dict[str, str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> pd.DataFrame:
     """Train and evaluate every (variant, seed); one row per pair (see :func:`run_record`).
 
     ``reuse``: keep a finished run whose saved config equals the requested one, and resume an interrupted one from
@@ -151,8 +182,15 @@ def run_variants(base: Config, variants: Iterable[Variant], seeds: Iterable[int]
                         # a variant with knn_features=reference reads the prepared (paper) kNN file by design: the
                         # table's notes say so once (NOT_IN_TRAINING), instead of a warning per run
                         warnings.filterwarnings("ignore", message="kNN file was computed with knn_features")
-                        train_and_evaluate(cfg, run_name=name, results_dir=results_dir, resume=resume,
-                                           evaluate_at_end=True, progress=progress, overwrite=overwrite)
+                        train_and_evaluate(
+                            cfg,
+                            run_name=name,
+                            results_dir=results_dir,
+                            resume=resume,
+                            evaluate_at_end=True,
+                            progress=progress,
+                            overwrite=overwrite,
+                        )
                     status = "resumed" if resume else "trained"
                 made[key] = name
                 if log:
@@ -169,15 +207,25 @@ def run_record(run_dir: str | Path, *, variant: Variant, seed: int) -> dict:
     metrics = run["metrics"].get("last_step", run["metrics"])
     crf = bool(metrics.get("eval", {}).get("crf", False))
     prov = run["provenance"] or {}
-    row = {"variant": variant.label, "key": variant.key, "seed": seed, "run": Path(run_dir).name,
-           "iterations": run["config"]["train"]["iterations"], "crf": crf,
-           "eval_images": metrics.get("eval", {}).get("images")}
+    row = {
+        "variant": variant.label,
+        "key": variant.key,
+        "seed": seed,
+        "run": Path(run_dir).name,
+        "iterations": run["config"]["train"]["iterations"],
+        "crf": crf,
+        "eval_images": metrics.get("eval", {}).get("images"),
+    }
     for col, probe, field in METRICS:
         m = metrics.get(f"{probe}_crf" if crf else probe, {})
         row[col] = _num(m.get(field))
     git = prov.get("git", {})
-    row.update(git_commit=git.get("commit", "unknown"), git_dirty=git.get("dirty"),
-               weights=prov.get("backbone_weights"), wall_time_s=prov.get("wall_time_s"))
+    row.update(
+        git_commit=git.get("commit", "unknown"),
+        git_dirty=git.get("dirty"),
+        weights=prov.get("backbone_weights"),
+        wall_time_s=prov.get("wall_time_s"),
+    )
     return row
 
 
@@ -186,6 +234,7 @@ def _num(x) -> float:
 
 
 # ---- aggregation -------------------------------------------------------------------------------------------------
+
 
 def _joined(values) -> str:
     return ";".join(dict.fromkeys(str(v) for v in values))  # unique, in order
@@ -201,15 +250,22 @@ def aggregate(records: pd.DataFrame) -> pd.DataFrame:
         for col, _, _ in METRICS:
             row[f"{col}_mean"] = g[col].mean()
             row[f"{col}_std"] = g[col].std(ddof=1) if len(g) > 1 else float("nan")
-        row.update(seeds=_joined(g["seed"]), runs=_joined(g["run"]), iterations=_joined(g["iterations"]),
-                   crf=bool(g["crf"].all()), eval_images=_joined(g["eval_images"]),
-                   git_commit=_joined(g["git_commit"]), git_dirty=bool(g["git_dirty"].fillna(True).any()))
+        row.update(
+            seeds=_joined(g["seed"]),
+            runs=_joined(g["run"]),
+            iterations=_joined(g["iterations"]),
+            crf=bool(g["crf"].all()),
+            eval_images=_joined(g["eval_images"]),
+            git_commit=_joined(g["git_commit"]),
+            git_dirty=bool(g["git_dirty"].fillna(True).any()),
+        )
         out.append(row)
     return pd.DataFrame(out)
 
 
-def paired_differences(agg: pd.DataFrame, records: pd.DataFrame, *, baseline: str = "stego",
-                       level: float = 0.95) -> pd.DataFrame:
+def paired_differences(
+    agg: pd.DataFrame, records: pd.DataFrame, *, baseline: str = "stego", level: float = 0.95
+) -> pd.DataFrame:
     """``agg`` plus, per variant and metric, the mean paired difference to the ``baseline`` variant over the seeds
     both ran (``d_<metric>``) and its two-sided t confidence interval (``d_<metric>_lo``/``_hi``, ``level``).
 
@@ -272,6 +328,7 @@ def with_published(agg: pd.DataFrame, cfg: Config) -> pd.DataFrame:
 
 # ---- writing -----------------------------------------------------------------------------------------------------
 
+
 def _pm(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "–"
@@ -294,13 +351,18 @@ def display_table(agg: pd.DataFrame) -> pd.DataFrame:
         out[METRIC_LABELS[col]] = [_pm(m, s) for m, s in zip(agg[f"{col}_mean"], agg[f"{col}_std"])]
     if "d_cluster_miou" in agg:
         for col in ("cluster_miou", "linear_miou"):
-            out[f"Δ {METRIC_LABELS[col]} [95% CI]"] = [_diff(*v) for v in zip(
-                agg[f"d_{col}"], agg[f"d_{col}_lo"], agg[f"d_{col}_hi"], agg["d_is_baseline"].fillna(False))]
+            out[f"Δ {METRIC_LABELS[col]} [95% CI]"] = [
+                _diff(*v)
+                for v in zip(
+                    agg[f"d_{col}"], agg[f"d_{col}_lo"], agg[f"d_{col}_hi"], agg["d_is_baseline"].fillna(False)
+                )
+            ]
     out["seeds"] = agg["seeds"]
     for probe in ("cluster", "linear"):
         if f"published_{probe}" in agg:
             out[f"published {probe} (Acc / mIoU)"] = [
-                f"{c} {s}".strip() for c, s in zip(agg[f"published_{probe}"], agg[f"published_{probe}_source"])]
+                f"{c} {s}".strip() for c, s in zip(agg[f"published_{probe}"], agg[f"published_{probe}_source"])
+            ]
     out["runs"] = agg["runs"]
     return out
 
@@ -317,11 +379,15 @@ def notes(cfg: Config, table: str) -> list[str]:
     """What a reader needs beside the numbers: the variants' switches, what was not run, the anchors' status."""
     out = []
     if table == "component":
-        out.append("Δ: mean paired difference to the STEGO baseline over the seeds both ran (same seed = same data "
-                   "order, partners and initialisation), with a two-sided 95% t interval; * marks an interval that "
-                   "excludes 0, i.e. an effect outside the seed noise.")
-        out += [f"{v.label}: {', '.join(f'{k}={val}' for k, val in v.overrides)}" + (f" ({v.note})" if v.note else "")
-                for v in COMPONENTS]
+        out.append(
+            "Δ: mean paired difference to the STEGO baseline over the seeds both ran (same seed = same data "
+            "order, partners and initialisation), with a two-sided 95% t interval; * marks an interval that "
+            "excludes 0, i.e. an effect outside the seed noise."
+        )
+        out += [
+            f"{v.label}: {', '.join(f'{k}={val}' for k, val in v.overrides)}" + (f" ({v.note})" if v.note else "")
+            for v in COMPONENTS
+        ]
         released = released_variant(cfg)
         if released is not None:
             out.append(f"The preset `{cfg.name}` trains {released.label} (fidelity {cfg.fidelity.summary}).")
@@ -331,14 +397,19 @@ def notes(cfg: Config, table: str) -> list[str]:
     published = anchors.published(cfg.data.dataset)
     if not published.empty:
         out.append(anchors.ABLATION_STATUS)
-        out.append("Published numbers (depthg.reporting.anchors, docs/ANCHORS.md): status V verified, T third-party, "
-                   "X not retrieved. Sources: " + anchors.expand_sources("+".join(
-                       dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))))
+        out.append(
+            "Published numbers (depthg.reporting.anchors, docs/ANCHORS.md): status V verified, T third-party, "
+            "X not retrieved. Sources: "
+            + anchors.expand_sources(
+                "+".join(dict.fromkeys(k for keys in published["source"] for k in keys.split("+")))
+            )
+        )
     return out
 
 
-def write_table(agg: pd.DataFrame, records: pd.DataFrame, *, cfg: Config, table: str,
-                results_dir: str | None = None) -> dict[str, Path]:
+def write_table(
+    agg: pd.DataFrame, records: pd.DataFrame, *, cfg: Config, table: str, results_dir: str | None = None
+) -> dict[str, Path]:
     """results/<table>_<dataset>.csv (aggregated, with provenance columns), results/<table>_<dataset>_runs.csv
     (one row per run) and results/<table>_<dataset>.md (caption, table, notes); ``table`` is "ablation" (the
     component table) or "fidelity"."""
@@ -359,10 +430,12 @@ def write_table(agg: pd.DataFrame, records: pd.DataFrame, *, cfg: Config, table:
 def caption(cfg: Config, records: pd.DataFrame, *, table: str) -> str:
     """What the numbers are: dataset, preset, schedule, seeds, evaluation, weights and code version."""
     crf = "with DenseCRF" if records["crf"].all() else "without DenseCRF (eval.crf=false, to keep the ablation fast)"
-    return (f"{table.capitalize()} ablation on **{cfg.data.dataset}** (preset `{cfg.name}`, backbone "
-            f"`{cfg.model.backbone}`, weights {_joined(records['weights'])}): {_joined(records['iterations'])} "
-            f"iterations of batch {cfg.data.batch_size} at {cfg.data.res} px, seeds {_joined(records['seed'])}; "
-            f"last-step evaluation on {_joined(records['eval_images'])} {cfg.data.dataset} val images at "
-            f"{cfg.eval.res} px {crf}. Accuracy and mIoU in %, mean ± sample std over seeds. Cluster probe: "
-            f"dataset-level Hungarian matching; linear probe: argmax. Code: git {_joined(records['git_commit'])}"
-            f"{' (uncommitted changes)' if records['git_dirty'].fillna(True).any() else ''}.")
+    return (
+        f"{table.capitalize()} ablation on **{cfg.data.dataset}** (preset `{cfg.name}`, backbone "
+        f"`{cfg.model.backbone}`, weights {_joined(records['weights'])}): {_joined(records['iterations'])} "
+        f"iterations of batch {cfg.data.batch_size} at {cfg.data.res} px, seeds {_joined(records['seed'])}; "
+        f"last-step evaluation on {_joined(records['eval_images'])} {cfg.data.dataset} val images at "
+        f"{cfg.eval.res} px {crf}. Accuracy and mIoU in %, mean ± sample std over seeds. Cluster probe: "
+        f"dataset-level Hungarian matching; linear probe: argmax. Code: git {_joined(records['git_commit'])}"
+        f"{' (uncommitted changes)' if records['git_dirty'].fillna(True).any() else ''}."
+    )

@@ -20,7 +20,7 @@ import pandas as pd
 
 SOURCES = {
     "E": "EAGLE project-page tables (eagle2024/static/images/table_{coco,city,potsdam}.png in "
-         "github.com/MICV-yonsei/MICV-yonsei.github.io; https://micv-yonsei.github.io/eagle2024/)",
+    "github.com/MICV-yonsei/MICV-yonsei.github.io; https://micv-yonsei.github.io/eagle2024/)",
     "P1": "https://paperswithcode.com/paper/unsupervised-semantic-segmentation-by-2",
     "STEGO#3": "github.com/mhamilton723/STEGO/issues/3 (the author's evaluation of the released ViT-B COCO ckpt)",
     "STEGO#39": "github.com/mhamilton723/STEGO/issues/39 (released potsdam_test.ckpt, model_type vit_small)",
@@ -28,7 +28,7 @@ SOURCES = {
     "PM": "PriMaPs README, github.com/visinf/primaps (HEAD 7ca7757)",
     "D2": "github.com/leonsick/depthg/issues/2 'Cityscapes Numbers' (quotes the paper's 81.6 / 23.1)",
     "Q": "github.com/qbit-glitch/unsupervised_panoptic_segmentation reports/fusion_adapter_numbers_ledger.md "
-         "(quotes arXiv 2309.12378v2 Table 2; local re-runs)",
+    "(quotes arXiv 2309.12378v2 Table 2; local re-runs)",
     "S": "SmooSeg abstract, arXiv 2310.17874 (NeurIPS'23)",
     "ANCHORS": "not retrieved when this project was written: take the number from arXiv 2309.12378 Tables 1-3",
 }
@@ -98,19 +98,29 @@ PriMaPs-EM,DINOv2 ViT-B/14,potsdam,cluster,83.2,71.1,both computed,V,PM,the READ
 """
 
 # The paper's component ablation (DFC / FPS / 3D-LHP) could not be retrieved (ANCHORS.md §2).
-ABLATION_STATUS = ("X: the paper's ablation table (DFC / FPS / 3D-LHP) could not be retrieved (ANCHORS.md §2); "
-                   "no released command enables 3D-LHP (paper_reproduction.sh). Take it from arXiv 2309.12378.")
+ABLATION_STATUS = (
+    "X: the paper's ablation table (DFC / FPS / 3D-LHP) could not be retrieved (ANCHORS.md §2); "
+    "no released command enables 3D-LHP (paper_reproduction.sh). Take it from arXiv 2309.12378."
+)
 
 STATUS_TEXT = {"V": "verified", "T": "third-party", "X": "not retrieved"}
 # our preset backbone names -> the labels ANCHORS.md uses
-BACKBONE_LABELS = {"vit_small_patch8": "DINO ViT-S/8", "vit_base_patch8": "DINO ViT-B/8",
-                   "vit_small_patch16": "DINO ViT-S/16", "vit_base_patch16": "DINO ViT-B/16"}
+BACKBONE_LABELS = {
+    "vit_small_patch8": "DINO ViT-S/8",
+    "vit_base_patch8": "DINO ViT-B/8",
+    "vit_small_patch16": "DINO ViT-S/16",
+    "vit_base_patch16": "DINO ViT-B/16",
+}
 
 
 def table() -> pd.DataFrame:
     """Every anchor row (see the module docstring for the columns)."""
-    df = pd.read_csv(io.StringIO(_ROWS), dtype={"accuracy": float, "mIoU": float}, keep_default_na=False,
-                     na_values={"accuracy": [""], "mIoU": [""]})
+    df = pd.read_csv(
+        io.StringIO(_ROWS),
+        dtype={"accuracy": float, "mIoU": float},
+        keep_default_na=False,
+        na_values={"accuracy": [""], "mIoU": [""]},
+    )
     assert df["source"].str.len().gt(0).all(), "every anchor row needs a source"
     assert df["status"].isin(list(STATUS_TEXT)).all(), "status must be V, T or X"
     return df
@@ -147,6 +157,14 @@ def display_published(dataset: str) -> pd.DataFrame:
     """The rows of ``dataset`` as a readable table: method, backbone, probe, 'Acc / mIoU' (or 'not retrieved'),
     status and source keys."""
     df = published(dataset)
-    return pd.DataFrame({"method": df["method"], "backbone": df["backbone"], "probe": df["probe"],
-                         "Acc / mIoU": [cell(r) for _, r in df.iterrows()], "status": df["status"],
-                         "source": df["source"], "note": df["note"]})
+    return pd.DataFrame(
+        {
+            "method": df["method"],
+            "backbone": df["backbone"],
+            "probe": df["probe"],
+            "Acc / mIoU": [cell(r) for _, r in df.iterrows()],
+            "status": df["status"],
+            "source": df["source"],
+            "note": df["note"],
+        }
+    )

@@ -106,11 +106,17 @@ def _results_table() -> str:
     out = ["## 1. Results (STEGO protocol; accuracy / mIoU in %)", ""]
     for dataset in dict.fromkeys(df["dataset"]):
         rows = df[df["dataset"] == dataset]
-        out += [f"**{dataset}**", "", "| Method | Backbone | Probe | Acc / mIoU | CRF | Status | Source | Note |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"**{dataset}**",
+            "",
+            "| Method | Backbone | Probe | Acc / mIoU | CRF | Status | Source | Note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for _, r in rows.iterrows():
-            out.append(f"| {r['method']} | {r['backbone']} | {r['probe']} | {anchors.cell(r)} | {r['crf']} | "
-                       f"{r['status']} | {r['source']} | {r['note'] if not pd.isna(r['note']) else ''} |")
+            out.append(
+                f"| {r['method']} | {r['backbone']} | {r['probe']} | {anchors.cell(r)} | {r['crf']} | "
+                f"{r['status']} | {r['source']} | {r['note'] if not pd.isna(r['note']) else ''} |"
+            )
         out.append("")
     out += ["Sources:", ""] + [f"- [{k}] {v}" for k, v in anchors.SOURCES.items()] + [""]
     return "\n".join(out)
@@ -118,8 +124,20 @@ def _results_table() -> str:
 
 def anchors_markdown() -> str:
     """The text of docs/ANCHORS.md."""
-    return "\n".join([_HEADER, _PROTOCOL, _results_table(), _ABLATION.format(status=anchors.ABLATION_STATUS),
-                      _COMPUTE, _PAIN, _DEPTH]).rstrip("\n") + "\n"
+    return (
+        "\n".join(
+            [
+                _HEADER,
+                _PROTOCOL,
+                _results_table(),
+                _ABLATION.format(status=anchors.ABLATION_STATUS),
+                _COMPUTE,
+                _PAIN,
+                _DEPTH,
+            ]
+        ).rstrip("\n")
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from depthg.training.train import train
 
 FIDELITIES = ("reference", "paper")
 
+
 @dataclass(frozen=True)
 class Case:
     """One (dataset, backbone) of the paper and the preset that trains it."""
@@ -57,16 +58,21 @@ def paper_cases(dataset: str, backbones: Iterable[str] | None = None) -> list[Ca
         out = [Case("synthetic", "vit_tiny_patch8", "synthetic")]
     else:
         base = "potsdam" if dataset == "potsdamraw" else dataset
-        out = [Case(dataset if dataset != "all" else d, b, p) for (d, b), p in PAPER_PRESETS.items()
-               if dataset == "all" or d == base]
+        out = [
+            Case(dataset if dataset != "all" else d, b, p)
+            for (d, b), p in PAPER_PRESETS.items()
+            if dataset == "all" or d == base
+        ]
     if not out:
         valid = sorted({d for d, _ in PAPER_PRESETS} | {"synthetic", "potsdamraw", "all"})
         raise ConfigError(f"dataset {dataset!r} has no paper table; valid: {', '.join(valid)}.")
     backbones = list(backbones or [])
     chosen = [c for c in out if not backbones or c.backbone in backbones]
     if not chosen:
-        raise ConfigError(f"backbones {backbones} do not occur in the paper tables of {dataset!r}; valid: "
-                          f"{', '.join(sorted({c.backbone for c in out}))}.")
+        raise ConfigError(
+            f"backbones {backbones} do not occur in the paper tables of {dataset!r}; valid: "
+            f"{', '.join(sorted({c.backbone for c in out}))}."
+        )
     return chosen
 
 
@@ -77,6 +83,7 @@ def fidelity_variant(fidelity: str) -> Variant:
 
 # ---- released checkpoints ----------------------------------------------------------------------------------------
 
+
 def released_index(folder: str | Path | None) -> dict[tuple[str, str], Path]:
     """(dataset, backbone) -> the authors' .ckpt in ``folder``, read from each file's hyper-parameters (dataset) and
     tensor shapes (backbone). Files that are no released checkpoint are skipped; two for one key are an error."""
@@ -84,8 +91,10 @@ def released_index(folder: str | Path | None) -> dict[tuple[str, str], Path]:
         return {}
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"released_checkpoints={str(folder)!r} is not a folder; give the folder holding the "
-                          f"authors' .ckpt files (or None).")
+        raise ConfigError(
+            f"released_checkpoints={str(folder)!r} is not a folder; give the folder holding the "
+            f"authors' .ckpt files (or None)."
+        )
     out: dict[tuple[str, str], Path] = {}
     for path in sorted(folder.glob("*.ckpt")):
         obj = read_checkpoint(path)
@@ -122,6 +131,7 @@ def _released_finished(run_dir: Path, path: Path, cfg: Config) -> bool:
 
 # ---- the plan: what runs, and how long ---------------------------------------------------------------------------
 
+
 @dataclass
 class Speed:
     """Measured on this device: set-up per run, seconds per training iteration and per evaluation image."""
@@ -134,9 +144,11 @@ class Speed:
     measured_on: str
 
     def line(self) -> str:
-        return (f"measured on {self.device} ({self.measured_on}): {self.setup_s:.1f} s set-up per run, "
-                f"{self.iteration_s:.3f} s per iteration, {self.image_s:.3f} s per evaluation image "
-                f"({self.image_nocrf_s:.3f} s without CRF)")
+        return (
+            f"measured on {self.device} ({self.measured_on}): {self.setup_s:.1f} s set-up per run, "
+            f"{self.iteration_s:.3f} s per iteration, {self.image_s:.3f} s per evaluation image "
+            f"({self.image_nocrf_s:.3f} s without CRF)"
+        )
 
 
 @dataclass
@@ -167,22 +179,31 @@ class Plan:
         """Deterministic: how many runs, iterations and evaluation images the tables need."""
         todo = [r for r in self.runs if r.status != "reuse"]
         train_runs = [r for r in todo if r.kind == "retrain"]
-        return (f"{len(self.cases)} table case(s) ({', '.join(c.tag for c in self.cases)}): {len(self.runs)} runs "
-                f"({sum(r.kind == 'retrain' for r in self.runs)} retrains = {len(self.fidelities)} fidelities x "
-                f"{len(self.seeds)} seeds per case, {sum(r.kind == 'released' for r in self.runs)} released "
-                f"checkpoint evaluations); to do: {len(todo)} runs, {sum(r.iterations for r in train_runs)} "
-                f"training iterations, {sum(r.eval_images + r.eval_nocrf_images for r in todo)} evaluation images")
+        return (
+            f"{len(self.cases)} table case(s) ({', '.join(c.tag for c in self.cases)}): {len(self.runs)} runs "
+            f"({sum(r.kind == 'retrain' for r in self.runs)} retrains = {len(self.fidelities)} fidelities x "
+            f"{len(self.seeds)} seeds per case, {sum(r.kind == 'released' for r in self.runs)} released "
+            f"checkpoint evaluations); to do: {len(todo)} runs, {sum(r.iterations for r in train_runs)} "
+            f"training iterations, {sum(r.eval_images + r.eval_nocrf_images for r in todo)} evaluation images"
+        )
 
     def estimate_s(self, speed: Speed) -> float:
         todo = [r for r in self.runs if r.status != "reuse"]
-        return sum(speed.setup_s * (r.kind == "retrain") + r.iterations * speed.iteration_s +
-                   r.eval_images * speed.image_s + r.eval_nocrf_images * speed.image_nocrf_s for r in todo)
+        return sum(
+            speed.setup_s * (r.kind == "retrain")
+            + r.iterations * speed.iteration_s
+            + r.eval_images * speed.image_s
+            + r.eval_nocrf_images * speed.image_nocrf_s
+            for r in todo
+        )
 
     def describe(self, speed: Speed | None = None) -> str:
         lines = [self.counts()]
         for r in self.runs:
-            lines.append(f"  {r.name}: {r.status} ({r.iterations} iterations, {r.eval_images} evaluation images"
-                         f"{f' + {r.eval_nocrf_images} validation images' if r.eval_nocrf_images else ''})")
+            lines.append(
+                f"  {r.name}: {r.status} ({r.iterations} iterations, {r.eval_images} evaluation images"
+                f"{f' + {r.eval_nocrf_images} validation images' if r.eval_nocrf_images else ''})"
+            )
         if speed is not None:
             lines += [speed.line(), f"estimated wall time: {human_time(self.estimate_s(speed))}"]
         return "\n".join(lines)
@@ -201,16 +222,31 @@ def _eval_images(cfg: Config) -> int:
     return min(n, cfg.eval.max_images) if cfg.eval.max_images else n
 
 
-def plan_tables(cases: list[Case], configure: Callable[..., Config], *, seeds: Iterable[int],
-                fidelities: Iterable[str] = FIDELITIES, released_checkpoints: str | Path | None = None,
-                results_dir: str | None = None, reuse: bool = False) -> Plan:
+def plan_tables(
+    cases: list[Case],
+    configure: Callable[..., Config],
+    *,
+    seeds: Iterable[int],
+    fidelities: Iterable[str] = FIDELITIES,
+    released_checkpoints: str | Path | None = None,
+    results_dir: str | None = None,
+    reuse: bool = False,
+) -> Plan:
     """Every run the tables of ``cases`` need. ``configure(dataset, preset=...)`` gives a case's config with the
     user's parameters applied (the notebook and CLI pass :func:`depthg.notebook.resolve_config` with them bound)."""
     seeds, fidelities = [int(s) for s in seeds], [check_fidelity(f, "fidelities") for f in fidelities]
     assert seeds and fidelities, "need at least one seed and one fidelity"
     configs = {c: configure(c.dataset, preset=c.preset) for c in cases}
-    plan = Plan(cases, configs, seeds, fidelities, released_index(released_checkpoints),
-                None if released_checkpoints is None else str(released_checkpoints), results_dir, reuse)
+    plan = Plan(
+        cases,
+        configs,
+        seeds,
+        fidelities,
+        released_index(released_checkpoints),
+        None if released_checkpoints is None else str(released_checkpoints),
+        results_dir,
+        reuse,
+    )
     for case in cases:
         base, prefix = configs[case], f"paper-{case.tag}"
         images = _eval_images(base)
@@ -224,33 +260,51 @@ def plan_tables(cases: list[Case], configure: Callable[..., Config], *, seeds: I
             for seed in seeds:
                 cfg, name = v.config(base, seed), run_name(prefix, v, seed)
                 run_dir = runs_dir(results_dir) / name
-                status = ("reuse" if reuse and _finished(run_dir, cfg) else
-                          "resume" if reuse and _resumable(run_dir, cfg) else "train")
+                status = (
+                    "reuse"
+                    if reuse and _finished(run_dir, cfg)
+                    else "resume"
+                    if reuse and _resumable(run_dir, cfg)
+                    else "train"
+                )
                 val = cfg.train.val_every and cfg.train.iterations // cfg.train.val_every
-                plan.runs.append(PlannedRun(case, "retrain", name, cfg, status, cfg.train.iterations, images,
-                                            val * images))
+                plan.runs.append(
+                    PlannedRun(case, "retrain", name, cfg, status, cfg.train.iterations, images, val * images)
+                )
     return plan
 
 
 def measure_speed(cfg: Config, *, iterations: int = 3, images: int = 4) -> Speed:
     """Time a throw-away run of ``cfg``: ``iterations`` training iterations (seconds per iteration from its log,
     the rest of its wall time counted as set-up) and ``images`` evaluation images with and without CRF."""
-    warm = cfg.with_overrides({"train.iterations": iterations, "train.log_every": 1, "train.val_every": 0,
-                               "train.checkpoint_every": iterations, "eval.max_images": images})
+    warm = cfg.with_overrides(
+        {
+            "train.iterations": iterations,
+            "train.log_every": 1,
+            "train.val_every": 0,
+            "train.checkpoint_every": iterations,
+            "eval.max_images": images,
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="depthg-warmup-") as tmp:
         result = train(warm, run_name="warmup", results_dir=tmp, progress=False)
         log = read_run(result.run_dir)["log"]
-        steady = [warm.data.batch_size / r["images_per_s"] for r in log[1:] if r.get("images_per_s")] or \
-                 [result.wall_time_s / iterations]  # the first logged iteration carries the start-up
+        steady = [warm.data.batch_size / r["images_per_s"] for r in log[1:] if r.get("images_per_s")] or [
+            result.wall_time_s / iterations
+        ]  # the first logged iteration carries the start-up
         per_it = sorted(steady)[len(steady) // 2]
         nocrf = evaluate_model(result.model, warm, crf=False, progress=False)["eval"]
         withcrf = evaluate_model(result.model, warm, progress=False)["eval"] if warm.eval.crf else nocrf
         device = str(next(result.model.head.parameters()).device)
-    return Speed(device=device, setup_s=max(result.wall_time_s - iterations * per_it, 0.0), iteration_s=per_it,
-                 image_s=withcrf["seconds"] / max(withcrf["images"], 1),
-                 image_nocrf_s=nocrf["seconds"] / max(nocrf["images"], 1),
-                 measured_on=f"preset {cfg.name}, {iterations} iterations of batch {cfg.data.batch_size} at "
-                             f"{cfg.data.res} px, {images} images at {cfg.eval.res} px")
+    return Speed(
+        device=device,
+        setup_s=max(result.wall_time_s - iterations * per_it, 0.0),
+        iteration_s=per_it,
+        image_s=withcrf["seconds"] / max(withcrf["images"], 1),
+        image_nocrf_s=nocrf["seconds"] / max(nocrf["images"], 1),
+        measured_on=f"preset {cfg.name}, {iterations} iterations of batch {cfg.data.batch_size} at "
+        f"{cfg.data.res} px, {images} images at {cfg.eval.res} px",
+    )
 
 
 def speed_config(plan: Plan) -> Config | None:

@@ -21,8 +21,8 @@ Shapes: H/W image size, h/w feature grid, N = h*w patches, T tokens (prefix + pa
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -69,10 +69,16 @@ def _legend(fig: Figure, colors: np.ndarray, names: Sequence[str] | None) -> flo
         return 0.0
     from matplotlib.patches import Patch  # only figures with class names need it
 
-    handles = [Patch(color=colors[i], label=name) for i, name in enumerate(names[:len(colors)])]
+    handles = [Patch(color=colors[i], label=name) for i, name in enumerate(names[: len(colors)])]
     handles.append(Patch(color="black", label="ignore"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=6, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 6),
+        fontsize=6,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+    )
     rows = -(-len(handles) // 6)
     return min(0.4, rows * 0.16 / fig.get_figheight())  # ~0.16 inch per legend row
 
@@ -100,8 +106,14 @@ def _off(axes: Iterable) -> None:
         ax.set_yticks([])
 
 
-def sample_grid(items: Sequence[dict], path: str | Path, *, colors: np.ndarray, names: Sequence[str] | None = None,
-                max_items: int = 4) -> Path:
+def sample_grid(
+    items: Sequence[dict],
+    path: str | Path,
+    *,
+    colors: np.ndarray,
+    names: Sequence[str] | None = None,
+    max_items: int = 4,
+) -> Path:
     """Rows of image / depth (dark = far, with a colour bar) / label for items with "image" (PIL or [H,W,3]),
     "depth" [H,W] and "label" [H,W] (None = unlabelled); ``names`` (class names) adds the class legend."""
     items = list(items)[:max_items]
@@ -135,8 +147,9 @@ def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Pa
     keys = [k for k in df.columns if k not in _NOT_TERMS] + [k for k in ("dfc_weight", "feature_samples") if k in df]
     titles: dict[str, str] = {}
     for k in keys:
-        same = next((t for t in titles if np.allclose(df[t].to_numpy(float), df[k].to_numpy(float),
-                                                      equal_nan=True)), None)
+        same = next(
+            (t for t in titles if np.allclose(df[t].to_numpy(float), df[k].to_numpy(float), equal_nan=True)), None
+        )
         if same is None:
             titles[k] = k
         else:
@@ -151,15 +164,21 @@ def loss_curves(log: Sequence[dict], path: str | Path, *, title: str = "") -> Pa
         ax.set_xlabel("iteration", fontsize=7)
         ax.set_ylabel(_Y_LABELS.get(key, "loss (dimensionless)"), fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in axes[len(titles):]:
+    for ax in axes[len(titles) :]:
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def ablation_bars(agg: pd.DataFrame, path: str | Path, *, metrics: Sequence[str] = ("cluster_miou", "linear_miou"),
-                  labels: dict[str, str] | None = None, title: str = "") -> Path:
+def ablation_bars(
+    agg: pd.DataFrame,
+    path: str | Path,
+    *,
+    metrics: Sequence[str] = ("cluster_miou", "linear_miou"),
+    labels: dict[str, str] | None = None,
+    title: str = "",
+) -> Path:
     """Bars of ``<metric>_mean`` with ``<metric>_std`` error bars per variant (rows of ``ablation.aggregate``);
     ``labels`` names the metrics in the panel titles (``ablation.METRIC_LABELS``)."""
     labels = labels or {}
@@ -223,8 +242,14 @@ def patch_map(matrix: torch.Tensor, grid_hw: tuple[int, int], patch: tuple[int, 
     return row.reshape(h, w).float().cpu().numpy()  # [N] -> [h,w]
 
 
-def lhp_vs_attention(image: np.ndarray, depth: np.ndarray, maps: dict[str, np.ndarray], patch: tuple[int, int],
-                     grid_hw: tuple[int, int], path: str | Path) -> Path:
+def lhp_vs_attention(
+    image: np.ndarray,
+    depth: np.ndarray,
+    maps: dict[str, np.ndarray],
+    patch: tuple[int, int],
+    grid_hw: tuple[int, int],
+    path: str | Path,
+) -> Path:
     """Image and depth with the chosen patch marked, then each h x w map ({title: map}), e.g. 3D-LHP weights and
     last-block attention of that patch."""
     H, W = depth.shape
@@ -247,8 +272,9 @@ def lhp_vs_attention(image: np.ndarray, depth: np.ndarray, maps: dict[str, np.nd
     return _save(fig, path)
 
 
-def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray,
-                     names: Sequence[str] | None = None) -> Path:
+def predictions_grid(
+    examples: dict, path: str | Path, *, colors: np.ndarray, names: Sequence[str] | None = None
+) -> Path:
     """Rows of image / ground truth / cluster probe (Hungarian-mapped) / linear probe from
     :func:`depthg.evaluation.examples.prediction_examples`; ``names`` (class names) adds the class legend."""
     n = len(examples["image"])
@@ -264,8 +290,14 @@ def predictions_grid(examples: dict, path: str | Path, *, colors: np.ndarray,
     return _save(fig, path, bottom=_legend(fig, colors, names))
 
 
-def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str], labels: dict[str, str] | None = None,
-               title: str = "") -> Path:
+def paper_dots(
+    points: pd.DataFrame,
+    path: str | Path,
+    *,
+    metrics: Sequence[str],
+    labels: dict[str, str] | None = None,
+    title: str = "",
+) -> Path:
     """One panel per metric, one line per table row: published numbers (diamonds), a released checkpoint evaluated
     here (squares), and our retrains' seeds (dots) with their mean ± std (bar), the release-selected checkpoint's
     seeds in another colour. ``points``: columns row, metric, value, kind ("published", "released", "seed",
@@ -274,10 +306,12 @@ def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
     rows = list(dict.fromkeys(points["row"])) or ["(no numbers)"]
     fig = _figure(2.8 * len(metrics) + 1.5, 0.35 * len(rows) + 1.4)
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
-    style = {"published": dict(marker="D", color="tab:red", s=30),
-             "released": dict(marker="s", color="tab:purple", s=30),
-             "seed": dict(marker="o", color="tab:blue", s=14, alpha=0.6),
-             "seed, release-selected": dict(marker="o", color="tab:green", s=14, alpha=0.6)}
+    style = {
+        "published": dict(marker="D", color="tab:red", s=30),
+        "released": dict(marker="s", color="tab:purple", s=30),
+        "seed": dict(marker="o", color="tab:blue", s=14, alpha=0.6),
+        "seed, release-selected": dict(marker="o", color="tab:green", s=14, alpha=0.6),
+    }
     y = {r: i for i, r in enumerate(rows)}
     for ax, m in zip(axes, metrics):
         sub = points[points["metric"] == m]
@@ -289,8 +323,9 @@ def paper_dots(points: pd.DataFrame, path: str | Path, *, metrics: Sequence[str]
             if kind.startswith("seed"):
                 for row, g in pts.groupby("row", sort=False):
                     std = g["value"].std(ddof=1) if len(g) > 1 else 0.0
-                    ax.errorbar(g["value"].mean(), y[row] + offset, xerr=std, fmt="|", ms=10, color="black",
-                                capsize=3, lw=1)
+                    ax.errorbar(
+                        g["value"].mean(), y[row] + offset, xerr=std, fmt="|", ms=10, color="black", capsize=3, lw=1
+                    )
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(rows, fontsize=7)
         ax.set_title(f"{labels.get(m, m)} (%)", fontsize=9)

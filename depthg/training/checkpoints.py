@@ -26,9 +26,17 @@ from depthg.model.weights import read_checkpoint
 
 TRAIN_FORMAT = "depthg-train-v1"
 # Keys that may differ between a run and its resumption: they do not change what an iteration computes.
-_RESUME_FREE = {("train", "iterations"), ("train", "checkpoint_every"), ("train", "log_every"), ("train", "device"),
-                ("train", "tensorboard"), ("train", "val_every"), ("data", "num_workers"), ("data", "data_dir"),
-                ("eval",)}
+_RESUME_FREE = {
+    ("train", "iterations"),
+    ("train", "checkpoint_every"),
+    ("train", "log_every"),
+    ("train", "device"),
+    ("train", "tensorboard"),
+    ("train", "val_every"),
+    ("data", "num_workers"),
+    ("data", "data_dir"),
+    ("eval",),
+}
 # Keys a resumption may change although they change the computation from there on: the learning rates, as the
 # non-finite-loss message recommends lowering them. The change is recorded in the run (resume_changes).
 RESUME_ADJUSTABLE = {("train", "lr"), ("train", "probe_lr")}
@@ -64,17 +72,30 @@ def _read_train_checkpoint(path, map_location) -> dict:
         raise WeightsError(f"checkpoint {path} does not exist.")
     state = read_checkpoint(path, map_location=map_location, released=False)  # ours: tensors and containers only
     if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
-        raise WeightsError(f"{path} is not a depthg training checkpoint (format {TRAIN_FORMAT}); for an authors' "
-                           f"released Lightning .ckpt use `python -m depthg eval {path}`.")
+        raise WeightsError(
+            f"{path} is not a depthg training checkpoint (format {TRAIN_FORMAT}); for an authors' "
+            f"released Lightning .ckpt use `python -m depthg eval {path}`."
+        )
     missing = [k for k in _TRAIN_KEYS if not isinstance(state.get(k), _TRAIN_KEYS[k])]
     if missing:
-        raise WeightsError(f"{path} has the {TRAIN_FORMAT} format tag but lacks or mangles {', '.join(missing)}: a "
-                           f"damaged checkpoint; delete it and train again (or resume from a copy).")
+        raise WeightsError(
+            f"{path} has the {TRAIN_FORMAT} format tag but lacks or mangles {', '.join(missing)}: a "
+            f"damaged checkpoint; delete it and train again (or resume from a copy)."
+        )
     return state
 
 
-_TRAIN_KEYS = {"config": dict, "iteration": int, "head": dict, "cluster_probe": dict, "linear_probe": dict,
-               "backbone_weights": str, "optimizers": dict, "schedule": dict, "rng": list}
+_TRAIN_KEYS = {
+    "config": dict,
+    "iteration": int,
+    "head": dict,
+    "cluster_probe": dict,
+    "linear_probe": dict,
+    "backbone_weights": str,
+    "optimizers": dict,
+    "schedule": dict,
+    "rng": list,
+}
 
 
 def _config_differences(a: dict, b: dict, prefix=()) -> list[str]:
@@ -97,16 +118,21 @@ def load_training_state(path, cfg=None, *, map_location="cpu") -> dict:
     if cfg is not None:
         diff = _config_differences(state["config"], cfg.to_dict())
         if diff:
-            raise TrainingError(f"cannot resume from {path}: the config differs ({'; '.join(diff)}). Resume with "
-                                f"the run's own config.json or start a new run name.")
+            raise TrainingError(
+                f"cannot resume from {path}: the config differs ({'; '.join(diff)}). Resume with "
+                f"the run's own config.json or start a new run name."
+            )
     return state
 
 
 def resume_changes(state: dict, cfg: Config) -> dict[str, list]:
     """The adjustable keys whose value differs between the checkpoint and ``cfg``: {"train.lr": [old, new]}."""
     old, new = state["config"], cfg.to_dict()
-    return {".".join(k): [old[k[0]].get(k[1]), new[k[0]][k[1]]] for k in sorted(RESUME_ADJUSTABLE)
-            if old.get(k[0], {}).get(k[1]) != new[k[0]][k[1]]}
+    return {
+        ".".join(k): [old[k[0]].get(k[1]), new[k[0]][k[1]]]
+        for k in sorted(RESUME_ADJUSTABLE)
+        if old.get(k[0], {}).get(k[1]) != new[k[0]][k[1]]
+    }
 
 
 def keep_previous(path: Path) -> None:
@@ -150,8 +176,10 @@ def restore_training_state(state: dict, *, model, step, optimizers, path="checkp
         _restore(state, model=model, step=step, optimizers=optimizers)
     except (KeyError, RuntimeError, ValueError) as err:  # load_state_dict: missing/unexpected keys, wrong shapes
         reason = " ".join(str(err).split())[:300]
-        raise WeightsError(f"{path} does not fit the model of its own config ({type(err).__name__}: {reason}); "
-                           f"the file is damaged or was edited: delete it and train again.") from None
+        raise WeightsError(
+            f"{path} does not fit the model of its own config ({type(err).__name__}: {reason}); "
+            f"the file is damaged or was edited: delete it and train again."
+        ) from None
 
 
 def _restore(state: dict, *, model, step, optimizers) -> None:
@@ -172,7 +200,10 @@ def load_trained_model(path, *, map_location="cpu"):
     cfg = Config.from_dict(state["config"])
     model = DepthGModel.from_config(cfg.model)
     if model.backbone.weights_source != state["backbone_weights"]:
-        warnings.warn(f"{path} was trained with backbone weights {state['backbone_weights']}, evaluating with "
-                      f"{model.backbone.weights_source}", stacklevel=2)
+        warnings.warn(
+            f"{path} was trained with backbone weights {state['backbone_weights']}, evaluating with "
+            f"{model.backbone.weights_source}",
+            stacklevel=2,
+        )
     restore_training_state(state, model=model, step=None, optimizers=None, path=path)
     return model.eval(), cfg, state

@@ -21,14 +21,22 @@ class DinoHead(nn.Module):
     last layer without bias (DINO §3.1 "projection head", its Appendix on the head; the weight norm's gain is fixed
     at 1, as DINO's ``norm_last_layer``, so the logits are cosines)."""
 
-    def __init__(self, in_dim: int, *, hidden: int = 512, bottleneck: int = 128, out_dim: int = 1024,
-                 batch_norm: bool = False):
+    def __init__(
+        self, in_dim: int, *, hidden: int = 512, bottleneck: int = 128, out_dim: int = 1024, batch_norm: bool = False
+    ):
         super().__init__()
         # batch_norm (DINO's use_bn): removes what all inputs share, so near-identical tokens of a random ViT still
         # give distinct outputs and the teacher's targets are not uniform at the start
         norm = (lambda: nn.BatchNorm1d(hidden)) if batch_norm else nn.Identity
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), norm(), nn.GELU(), nn.Linear(hidden, hidden), norm(),
-                                 nn.GELU(), nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            norm(),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            norm(),
+            nn.GELU(),
+            nn.Linear(hidden, bottleneck),
+        )
         for m in self.mlp:
             if isinstance(m, nn.Linear):  # DINO initialises the head with a truncated normal of std 0.02
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -64,8 +72,7 @@ class DinoLoss(nn.Module):
     The centre is a buffer (it is saved with the checkpoint) updated after each loss with momentum ``center_m``
     from the batch mean of the teacher logits (DINO Alg. 1: C = m*C + (1-m)*mean(t))."""
 
-    def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_m: float = 0.9,
-                 centering: str = "center"):
+    def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_m: float = 0.9, centering: str = "center"):
         super().__init__()
         assert centering in ("center", "sinkhorn"), f"centering must be 'center' or 'sinkhorn', got {centering!r}"
         self.student_temp, self.center_m, self.centering = student_temp, center_m, centering
@@ -74,8 +81,9 @@ class DinoLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """student [V_s,B,K], teacher [V_t,B,K] (view i < V_t of both is the same global crop) -> scalar loss."""
         V_s, V_t = student.shape[0], teacher.shape[0]
-        assert V_s > V_t and student.shape[1:] == teacher.shape[1:], \
+        assert V_s > V_t and student.shape[1:] == teacher.shape[1:], (
             f"student views {tuple(student.shape)} must extend the teacher's {tuple(teacher.shape)}"
+        )
         if self.centering == "sinkhorn":
             t = sinkhorn(teacher.reshape(-1, teacher.shape[-1]), teacher_temp).view_as(teacher)
         else:
@@ -85,8 +93,9 @@ class DinoLoss(nn.Module):
         pairs = ~torch.eye(V_t, V_s, dtype=torch.bool)  # a view is never its own target
         loss = ce[pairs].mean()
         with torch.no_grad():
-            self.center.mul_(self.center_m).add_(teacher.reshape(-1, teacher.shape[-1]).mean(0, keepdim=True),
-                                                 alpha=1 - self.center_m)
+            self.center.mul_(self.center_m).add_(
+                teacher.reshape(-1, teacher.shape[-1]).mean(0, keepdim=True), alpha=1 - self.center_m
+            )
         return loss
 
 
@@ -96,19 +105,20 @@ class PatchLoss(nn.Module):
     centred and sharpened distribution of the unmasked crop. It trains the patch tokens themselves, which is what
     STEGO and DepthG distil; DINO's CLS loss shapes them only through attention."""
 
-    def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_m: float = 0.9,
-                 centering: str = "center"):
+    def __init__(self, out_dim: int, *, student_temp: float = 0.1, center_m: float = 0.9, centering: str = "center"):
         super().__init__()
         assert centering in ("center", "sinkhorn"), f"centering must be 'center' or 'sinkhorn', got {centering!r}"
         self.student_temp, self.center_m, self.centering = student_temp, center_m, centering
         self.register_buffer("center", torch.zeros(1, 1, out_dim))
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, teacher_temp: float
+    ) -> torch.Tensor:
         """student, teacher [B,N,K] patch logits of the same crops, mask [B,N] bool (True = masked for the student)
         -> scalar: cross-entropy at masked patches, mean per image, then over images with a mask."""
-        assert student.shape == teacher.shape and mask.shape == student.shape[:2], \
+        assert student.shape == teacher.shape and mask.shape == student.shape[:2], (
             f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)}, mask {tuple(mask.shape)}"
+        )
         if self.centering == "sinkhorn":  # over the masked patches, the ones that are predicted
             t = torch.zeros_like(teacher)
             t[mask] = sinkhorn(teacher[mask], teacher_temp) if mask.any() else t[mask]

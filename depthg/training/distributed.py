@@ -12,7 +12,7 @@ uninterrupted one would, without replaying the loader.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -58,8 +58,18 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     not depend on loader workers or on where a run resumed.
     """
 
-    def __init__(self, n_items: int, global_batch: int, *, seed: int, start: int, total: int, rank: int = 0,
-                 world: int = 1, drop_last: bool = True):
+    def __init__(
+        self,
+        n_items: int,
+        global_batch: int,
+        *,
+        seed: int,
+        start: int,
+        total: int,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = True,
+    ):
         if global_batch % world:
             raise ConfigError(f"data.batch_size={global_batch} is not divisible by the {world} torchrun processes.")
         if n_items < global_batch:
@@ -83,5 +93,5 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             e, pos = divmod(it, self.batches_per_epoch)
             if e != epoch:
                 epoch, perm = e, self._perm(e)
-            batch = perm[pos * self.global_batch:(pos + 1) * self.global_batch][self.rank::self.world]
+            batch = perm[pos * self.global_batch : (pos + 1) * self.global_batch][self.rank :: self.world]
             yield [(int(i), e) for i in batch]

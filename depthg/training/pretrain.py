@@ -103,8 +103,12 @@ def schedules(cfg: PretrainConfig) -> dict[str, np.ndarray]:
     warm = int(cfg.warmup_frac * n)
     tt_warm = int(cfg.teacher_temp_warmup_frac * n)
     tt = np.concatenate([np.linspace(*cfg.teacher_temp, tt_warm), np.full(n - tt_warm, cfg.teacher_temp[1])])
-    return dict(lr=cosine(cfg.lr, cfg.min_lr, n, warm), wd=cosine(*cfg.weight_decay, n),
-                momentum=cosine(*cfg.momentum, n), teacher_temp=tt)
+    return dict(
+        lr=cosine(cfg.lr, cfg.min_lr, n, warm),
+        wd=cosine(*cfg.weight_decay, n),
+        momentum=cosine(*cfg.momentum, n),
+        teacher_temp=tt,
+    )
 
 
 def render_images(cfg: PretrainConfig, *, progress: bool = True) -> torch.Tensor:
@@ -206,9 +210,16 @@ def _save_checkpoint(path: Path, **state) -> None:
         torch.save(state, tmp)
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | None = None,
-             checkpoint_every: int = 50, progress: bool = True, estimate: bool = True,
-             stop_at: int | None = None) -> Path:
+def pretrain(
+    cfg: PretrainConfig,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+    estimate: bool = True,
+    stop_at: int | None = None,
+) -> Path:
     """Run DINO pretraining and write the teacher backbone to ``out`` (.safetensors, a timm ViT state dict that
     :class:`DinoBackbone` loads as ``weights``) plus ``out`` with suffix .json (the manifest). Returns ``out``.
 
@@ -243,9 +254,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | N
         print(f"pretrain: resuming from {ckpt} at iteration {start}/{cfg.iterations}", flush=True)
     if estimate and start < end:
         per_it = estimate_seconds(cfg, images)
-        print(f"pretrain: {end - start} iterations of batch {cfg.batch_size} x {2 + cfg.n_local} views "
-              f"on {torch.get_num_threads()} threads: about {per_it * (end - start) / 60:.1f} min "
-              f"({per_it:.2f} s/iteration measured; rendering took {render_s:.0f} s)", flush=True)
+        print(
+            f"pretrain: {end - start} iterations of batch {cfg.batch_size} x {2 + cfg.n_local} views "
+            f"on {torch.get_num_threads()} threads: about {per_it * (end - start) / 60:.1f} min "
+            f"({per_it:.2f} s/iteration measured; rendering took {render_s:.0f} s)",
+            flush=True,
+        )
     t0 = time.perf_counter()
     bar = tqdm(range(start, end), desc="pretrain", disable=not progress, initial=start, total=end, mininterval=10)
     for it in bar:
@@ -253,13 +267,21 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, checkpoint: str | Path | N
         rate = cfg.batch_size * (it + 1 - start) / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", img_s=f"{rate:.1f}", refresh=False)
         if ((it + 1) % checkpoint_every == 0 or it + 1 == stop_at) and it + 1 < cfg.iterations:
-            _save_checkpoint(ckpt, params=params, nets=nets.state_dict(), optimizer=opt.state_dict(),
-                             iteration=it + 1, losses=losses, torch_rng=torch.get_rng_state(),
-                             elapsed_s=elapsed + time.perf_counter() - t0)
+            _save_checkpoint(
+                ckpt,
+                params=params,
+                nets=nets.state_dict(),
+                optimizer=opt.state_dict(),
+                iteration=it + 1,
+                losses=losses,
+                torch_rng=torch.get_rng_state(),
+                elapsed_s=elapsed + time.perf_counter() - t0,
+            )
     bar.close()
     elapsed += time.perf_counter() - t0
-    _export(nets.teacher, cfg, params, out, losses, train_s=elapsed, render_s=render_s,
-            wall_s=time.perf_counter() - t_start)
+    _export(
+        nets.teacher, cfg, params, out, losses, train_s=elapsed, render_s=render_s, wall_s=time.perf_counter() - t_start
+    )
     if end == cfg.iterations:
         ckpt.unlink(missing_ok=True)
     return out
@@ -269,8 +291,10 @@ def _load_checkpoint(ckpt: Path, params: dict | None = None) -> dict:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     if params is not None and state["params"] != params:
         diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
-        raise TrainingError(f"checkpoint {ckpt} was written with other parameters {diff}; delete it or use "
-                            "the same parameters (and thread count) to resume")
+        raise TrainingError(
+            f"checkpoint {ckpt} was written with other parameters {diff}; delete it or use "
+            "the same parameters (and thread count) to resume"
+        )
     return state
 
 
@@ -279,17 +303,28 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     ``stop_at`` = the checkpoint's iteration (for a run stopped from outside, e.g. at the end of a time budget)."""
     state = _load_checkpoint(Path(ckpt))
     params = state["params"]
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()
-                            if k not in ("format", "threads")})
+    cfg = PretrainConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k not in ("format", "threads")}
+    )
     teacher = DinoBackbone(cfg.backbone, "random")
     prefix = "teacher.vit."
-    teacher.vit.load_state_dict({k[len(prefix):]: v for k, v in state["nets"].items() if k.startswith(prefix)})
-    return _export(teacher, cfg, params, Path(out), state["losses"], train_s=state["elapsed_s"], render_s=None,
-                   wall_s=None)
+    teacher.vit.load_state_dict({k[len(prefix) :]: v for k, v in state["nets"].items() if k.startswith(prefix)})
+    return _export(
+        teacher, cfg, params, Path(out), state["losses"], train_s=state["elapsed_s"], render_s=None, wall_s=None
+    )
 
 
-def _export(teacher: DinoBackbone, cfg: PretrainConfig, params: dict, out: Path, losses: list[float], *,
-            train_s: float, render_s: float | None, wall_s: float | None) -> Path:
+def _export(
+    teacher: DinoBackbone,
+    cfg: PretrainConfig,
+    params: dict,
+    out: Path,
+    losses: list[float],
+    *,
+    train_s: float,
+    render_s: float | None,
+    wall_s: float | None,
+) -> Path:
     """Write the teacher's ViT state dict to ``out`` and the manifest (recipe, curve, sha256) beside it."""
     state = {k: v.contiguous() for k, v in teacher.vit.state_dict().items()}
     with atomic_write(out) as tmp:
@@ -297,21 +332,36 @@ def _export(teacher: DinoBackbone, cfg: PretrainConfig, params: dict, out: Path,
     done = len(losses)
     window = max(1, min(20, done // 10))
     every = max(1, cfg.iterations // 50)
-    curve = [[i + 1, float(np.mean(losses[max(0, i + 1 - window):i + 1]))] for i in range(every - 1, done, every)]
+    curve = [[i + 1, float(np.mean(losses[max(0, i + 1 - window) : i + 1]))] for i in range(every - 1, done, every)]
     if not curve or curve[-1][0] != done:
         curve.append([done, float(np.mean(losses[-window:]))])
     stop = "" if done == cfg.iterations else f" --stop-at {done}"
     manifest = dict(
-        stage="pretrain", weights=out.name, sha256=file_sha256(out), size_bytes=out.stat().st_size,
-        complete=done == cfg.iterations, iterations_done=done, params=params,
-        world=dict(generator="depthg.data.synthetic", version=WORLD_VERSION, seed=cfg.world_seed, split="train",
-                   indices=[0, cfg.n_images - 1], res=cfg.res),
-        final_loss=curve[-1][1], loss_curve=curve, loss_curve_window=window,
+        stage="pretrain",
+        weights=out.name,
+        sha256=file_sha256(out),
+        size_bytes=out.stat().st_size,
+        complete=done == cfg.iterations,
+        iterations_done=done,
+        params=params,
+        world=dict(
+            generator="depthg.data.synthetic",
+            version=WORLD_VERSION,
+            seed=cfg.world_seed,
+            split="train",
+            indices=[0, cfg.n_images - 1],
+            res=cfg.res,
+        ),
+        final_loss=curve[-1][1],
+        loss_curve=curve,
+        loss_curve_window=window,
         train_wall_time_s=round(train_s, 1),  # all iterations, summed over resumed runs
         render_wall_time_s=None if render_s is None else round(render_s, 1),  # of the last process
         regenerate=_command(cfg, out, params["threads"]) + stop,
-        provenance=provenance(seed=cfg.seed, device="cpu", weights="random (start)",
-                              wall_time_s=train_s if wall_s is None else wall_s))
+        provenance=provenance(
+            seed=cfg.seed, device="cpu", weights="random (start)", wall_time_s=train_s if wall_s is None else wall_s
+        ),
+    )
     write_json(out.with_suffix(".json"), manifest)
     return out
 
@@ -346,8 +396,9 @@ def _command(cfg: PretrainConfig, out: Path, threads: int) -> str:
     """The CLI command that makes these weights again (only the parameters that differ from the defaults; the
     output path relative to the checkout when it lies inside it)."""
     default = asdict(PretrainConfig())
-    args = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-            for k, v in asdict(cfg).items() if v != default[k]]
+    args = [
+        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in asdict(cfg).items() if v != default[k]
+    ]
     where = "" if out.resolve() == bundled_weights_path(cfg.backbone) else f" --out {out}"
     return " ".join([f"python -m depthg prep pretrain --threads {threads}{where}", *args])
 

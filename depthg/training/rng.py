@@ -24,9 +24,12 @@ def seed_everything(seed: int) -> None:
 def rng_state(generator: torch.Generator) -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # numpy's key array as a tensor, so checkpoints load with torch.load(weights_only=True)
-    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                        gauss),
-             "python": random.getstate(), "sampling": generator.get_state()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+        "sampling": generator.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -95,12 +95,13 @@ class Schedule:
     def at(self, iteration: int) -> tuple[float, float, int]:
         """Closed form: (dfc_weight, dfc_shift, samples) used by the loss of ``iteration`` (METHOD.md §3.5)."""
         n_dfc = self._fired_before(iteration, self.decay_every_steps, False) if self.depth_loss_decay else 0
-        gamma = self.depth_loss_decay_factor ** n_dfc
+        gamma = self.depth_loss_decay_factor**n_dfc
         shift = self.dfc_shift if self.fix_depth_feat_shift else self.dfc_shift * gamma
         samples = self.samples
         if self.fps_sample_decay:
-            for _ in range(self._fired_before(iteration, self.fps_sample_decay_every_steps,
-                                              self.step_unit == "reference")):
+            for _ in range(
+                self._fired_before(iteration, self.fps_sample_decay_every_steps, self.step_unit == "reference")
+            ):
                 samples = self.shrink(samples)
         return self.dfc_weight * gamma, shift, samples
 
@@ -117,8 +118,11 @@ class ScheduleState:
 
     def __post_init__(self) -> None:
         if self.dfc_weight is None:
-            self.dfc_weight, self.dfc_shift, self.samples = (self.schedule.dfc_weight, self.schedule.dfc_shift,
-                                                             self.schedule.samples)
+            self.dfc_weight, self.dfc_shift, self.samples = (
+                self.schedule.dfc_weight,
+                self.schedule.dfc_shift,
+                self.schedule.samples,
+            )
 
     def advance(self) -> ScheduleState:
         """Apply the decays due after the current iteration's loss and move to the next iteration."""
@@ -134,8 +138,12 @@ class ScheduleState:
 
     def state_dict(self) -> dict[str, float | int]:
         """Plain values for a checkpoint."""
-        return {"iteration": self.iteration, "dfc_weight": self.dfc_weight, "dfc_shift": self.dfc_shift,
-                "samples": self.samples}
+        return {
+            "iteration": self.iteration,
+            "dfc_weight": self.dfc_weight,
+            "dfc_shift": self.dfc_shift,
+            "samples": self.samples,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (resume)."""

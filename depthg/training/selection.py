@@ -56,15 +56,23 @@ class ReleaseSelection:
         """Save the checkpoint of ``iteration`` with ``save(path)``, insert it in the ranking, drop the (k+1)-th."""
         name = f"selected-it{iteration}.pt"
         save(self.folder / name)
-        entry = {"iteration": iteration, "metric": self.metric, "value": metric_value(metrics, self.metric),
-                 "checkpoint": name, "validation": {k: {"accuracy": metrics[k]["accuracy"], "mIoU": metrics[k]["mIoU"]}
-                                                    for k in ("cluster", "linear") if k in metrics}}
+        entry = {
+            "iteration": iteration,
+            "metric": self.metric,
+            "value": metric_value(metrics, self.metric),
+            "checkpoint": name,
+            "validation": {
+                k: {"accuracy": metrics[k]["accuracy"], "mIoU": metrics[k]["mIoU"]}
+                for k in ("cluster", "linear")
+                if k in metrics
+            },
+        }
         # stable: an equal value ranks after the earlier checkpoint
         pos = next((i for i, e in enumerate(self.kept) if entry["value"] > e["value"]), len(self.kept))
         self.kept.insert(pos, entry)
-        for e in self.kept[self.top_k:]:
+        for e in self.kept[self.top_k :]:
             (self.folder / e["checkpoint"]).unlink(missing_ok=True)
-        self.kept = self.kept[:self.top_k]
+        self.kept = self.kept[: self.top_k]
         self._write()
 
     def _write(self) -> None:

@@ -46,29 +46,46 @@ class StepSettings:
     lhp_wiring: str = "paper"
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "StepSettings":
+    def from_config(cls, cfg: Config) -> StepSettings:
         lo, fi = cfg.loss, cfg.fidelity
         return cls(
             terms=CorrelationTerms(
-                pos_intra_weight=lo.pos_intra_weight, pos_intra_shift=lo.pos_intra_shift,
-                pos_inter_weight=lo.pos_inter_weight, pos_inter_shift=lo.pos_inter_shift,
-                neg_inter_weight=lo.neg_inter_weight, neg_inter_shift=lo.neg_inter_shift, neg_samples=lo.neg_samples,
-                dfc_target=fi.dfc_target, pointwise=lo.pointwise, zero_clamp=lo.zero_clamp, stabilize=lo.stabilize),
-            dfc=lo.dfc, depth_sampling=lo.depth_sampling, fps_coords=fi.fps_coords,
-            depth_lifting=fi.depth_lifting, fps_random_start=fi.fps_start == "paper",
+                pos_intra_weight=lo.pos_intra_weight,
+                pos_intra_shift=lo.pos_intra_shift,
+                pos_inter_weight=lo.pos_inter_weight,
+                pos_inter_shift=lo.pos_inter_shift,
+                neg_inter_weight=lo.neg_inter_weight,
+                neg_inter_shift=lo.neg_inter_shift,
+                neg_samples=lo.neg_samples,
+                dfc_target=fi.dfc_target,
+                pointwise=lo.pointwise,
+                zero_clamp=lo.zero_clamp,
+                stabilize=lo.stabilize,
+            ),
+            dfc=lo.dfc,
+            depth_sampling=lo.depth_sampling,
+            fps_coords=fi.fps_coords,
+            depth_lifting=fi.depth_lifting,
+            fps_random_start=fi.fps_start == "paper",
             correspondence_weight=lo.correspondence_weight,
-            lhp=lo.lhp, lhp_weight=lo.lhp_weight, lhp_depth_weight=lo.lhp_depth_weight,
+            lhp=lo.lhp,
+            lhp_weight=lo.lhp_weight,
+            lhp_depth_weight=lo.lhp_depth_weight,
             # METHOD §3.6: the main terms are scaled by (w_corr - lhp_weight) when lhp_weight_balance is set.
             lhp_balance=lo.lhp_weight if (lo.lhp and lo.lhp_weight_balance) else 0.0,
-            lhp_fidelity=fi.lhp, lhp_neighbourhood=lo.lhp_neighbourhood, lhp_k=lo.lhp_k, lhp_wiring=fi.lhp_wiring,
+            lhp_fidelity=fi.lhp,
+            lhp_neighbourhood=lo.lhp_neighbourhood,
+            lhp_k=lo.lhp_k,
+            lhp_wiring=fi.lhp_wiring,
         )
 
 
 class TrainStep(nn.Module):
     """head + probes (+ LHP projection): backbone features in, every loss term out."""
 
-    def __init__(self, head: nn.Module, cluster_probe: nn.Module, linear_probe: nn.Module, settings: StepSettings,
-                 code_dim: int):
+    def __init__(
+        self, head: nn.Module, cluster_probe: nn.Module, linear_probe: nn.Module, settings: StepSettings, code_dim: int
+    ):
         super().__init__()
         self.head, self.cluster_probe, self.linear_probe = head, cluster_probe, linear_probe
         self.settings = settings
@@ -78,9 +95,19 @@ class TrainStep(nn.Module):
             # here, so DDP does not wait for its gradients. Gradient still flows through it into the head.
             self.lhp_projection.requires_grad_(False)
 
-    def forward(self, f: torch.Tensor, f_pos: torch.Tensor, depth: torch.Tensor, depth_pos: torch.Tensor,
-                label: torch.Tensor, *, samples: int, dfc_weight: float, dfc_shift: float,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        f: torch.Tensor,
+        f_pos: torch.Tensor,
+        depth: torch.Tensor,
+        depth_pos: torch.Tensor,
+        label: torch.Tensor,
+        *,
+        samples: int,
+        dfc_weight: float,
+        dfc_shift: float,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         """f, f_pos [B,C,h,w] frozen features; depth(s) [B,1,R,R]; label [B,R,R] -> dict of scalar terms."""
         s = self.settings
         B, _, h, w = f.shape
@@ -89,13 +116,23 @@ class TrainStep(nn.Module):
         start = "random" if s.fps_random_start else 0
 
         def draw_coords() -> list[torch.Tensor]:  # c1, c2 [B,S,S,2]
-            return [choose_coords(s.depth_sampling, B, (h, w), samples, depth=d, fidelity=s.fps_coords,
-                                  lifting=s.depth_lifting, start=start, generator=generator)
-                    for d in (depth, depth_pos)]
+            return [
+                choose_coords(
+                    s.depth_sampling,
+                    B,
+                    (h, w),
+                    samples,
+                    depth=d,
+                    fidelity=s.fps_coords,
+                    lifting=s.depth_lifting,
+                    start=start,
+                    generator=generator,
+                )
+                for d in (depth, depth_pos)
+            ]
 
         coords = draw_coords()
-        terms = self._correlation(f_t, f_pos_t, z, z_pos, depth, depth_pos, coords, dfc_weight, dfc_shift,
-                                  generator)
+        terms = self._correlation(f_t, f_pos_t, z, z_pos, depth, depth_pos, coords, dfc_weight, dfc_shift, generator)
         out = {k: v for k, v in terms.items()}
         out["correlation"] = terms["total"] * (s.correspondence_weight - s.lhp_balance)
         total = out["correlation"]
@@ -108,12 +145,28 @@ class TrainStep(nn.Module):
             # wiring draws its own, as the release's second loss call does (FPS with start 0 gives the same ones).
             if s.lhp_wiring == "reference":
                 coords = draw_coords()
-            weights = lhp_mod.lhp_weights(depth, (h, w), fidelity=s.lhp_fidelity, neighbourhood=s.lhp_neighbourhood,
-                                          k=s.lhp_k, lifting=s.depth_lifting)  # [B,N,N]
+            weights = lhp_mod.lhp_weights(
+                depth,
+                (h, w),
+                fidelity=s.lhp_fidelity,
+                neighbourhood=s.lhp_neighbourhood,
+                k=s.lhp_k,
+                lifting=s.depth_lifting,
+            )  # [B,N,N]
             z_hat = self.lhp_projection(lhp_mod.propagate(z, weights))
             z_pos_hat = self.lhp_projection(z_pos)
-            lhp_terms = self._correlation(f_t, f_pos_t, z_hat, z_pos_hat, depth, depth_pos, coords,
-                                          dfc_weight * s.lhp_depth_weight, dfc_shift, generator)
+            lhp_terms = self._correlation(
+                f_t,
+                f_pos_t,
+                z_hat,
+                z_pos_hat,
+                depth,
+                depth_pos,
+                coords,
+                dfc_weight * s.lhp_depth_weight,
+                dfc_shift,
+                generator,
+            )
             out["lhp"] = lhp_terms["total"] * s.lhp_weight
             total = total + out["lhp"]
         z_det = z.detach()  # the probes never send gradient into the head (METHOD §2.3)

@@ -38,8 +38,7 @@ from depthg.data.pairs import build_train_set
 from depthg.device import DistInfo, loader_workers, resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.files import write_json
-from depthg.model.backbone import backbone_spec
-from depthg.model.backbone import set_tf32
+from depthg.model.backbone import backbone_spec, set_tf32
 from depthg.model.segmenter import DepthGModel
 from depthg.paths import claim_run_dir, runs_dir
 from depthg.paths import run_name as default_run_name
@@ -116,9 +115,13 @@ class EpochPairs(torch.utils.data.Dataset):
 
 def make_schedule(cfg: Config) -> Schedule:
     """Immutable schedule hyper-parameters; the changing values live in its state (METHOD.md §3.5, §9 #25)."""
-    return Schedule(dfc_weight=cfg.loss.depth_feat_weight, dfc_shift=cfg.loss.depth_feat_shift,
-                    samples=cfg.loss.feature_samples, step_unit=cfg.fidelity.step_unit,
-                    **dataclasses.asdict(cfg.schedule))
+    return Schedule(
+        dfc_weight=cfg.loss.depth_feat_weight,
+        dfc_shift=cfg.loss.depth_feat_shift,
+        samples=cfg.loss.feature_samples,
+        step_unit=cfg.fidelity.step_unit,
+        **dataclasses.asdict(cfg.schedule),
+    )
 
 
 def build_training(cfg: Config, device: torch.device) -> tuple[DepthGModel, TrainStep, dict]:
@@ -128,8 +131,9 @@ def build_training(cfg: Config, device: torch.device) -> tuple[DepthGModel, Trai
     release (its configure_optimizers lists the net and the probes only, METHOD.md §5.2), so it keeps its
     initialisation."""
     model = DepthGModel.from_config(cfg.model, autocast=cfg.train.bf16).to(device)
-    step = TrainStep(model.head, model.cluster_probe, model.linear_probe, StepSettings.from_config(cfg),
-                     cfg.model.dim).to(device)
+    step = TrainStep(
+        model.head, model.cluster_probe, model.linear_probe, StepSettings.from_config(cfg), cfg.model.dim
+    ).to(device)
     head_params = list(model.head.parameters())
     if step.lhp_projection is not None and cfg.fidelity.lhp_wiring == "paper":
         head_params += list(step.lhp_projection.parameters())
@@ -146,9 +150,17 @@ def iteration(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     B = batch["img"].shape[0]
     # one backbone pass over image and partner together (frozen, no_grad, bf16 on CUDA)
     feats, _ = run.model.features(torch.cat([batch["img"], batch["img_pos"]]))
-    out = run.ddp_step(feats[:B], feats[B:], batch["depth"], batch["depth_pos"], batch["label"],
-                       samples=run.schedule.samples, dfc_weight=run.schedule.dfc_weight,
-                       dfc_shift=run.schedule.dfc_shift, generator=run.generator)
+    out = run.ddp_step(
+        feats[:B],
+        feats[B:],
+        batch["depth"],
+        batch["depth_pos"],
+        batch["label"],
+        samples=run.schedule.samples,
+        dfc_weight=run.schedule.dfc_weight,
+        dfc_shift=run.schedule.dfc_shift,
+        generator=run.generator,
+    )
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -185,8 +197,9 @@ class FiniteWatch:
         if int(first) < 0:
             return
         mine = int(self.first) >= 0
-        where = f"term(s) {', '.join(t for t, b in zip(self.terms, self.bad.tolist()) if b)}" if mine \
-            else "another rank"
+        where = (
+            f"term(s) {', '.join(t for t, b in zip(self.terms, self.bad.tolist()) if b)}" if mine else "another rank"
+        )
         raise_diverged(info, last_good, int(first), f"non-finite loss at iteration {int(first)} in {where}")
 
 
@@ -194,9 +207,11 @@ def raise_diverged(info: DistInfo, last_good: Path, bad_iteration: int, what: st
     """Keep the last checkpoint whose weights gave finite losses (rank 0), and stop every rank saying so."""
     kept = checkpoints.keep_last_good(last_good, bad_iteration) if info.is_main else last_good
     barrier(info)
-    raise TrainingError(f"{what}; the last good checkpoint is {kept if kept else 'not written yet'}. Lower the "
-                        f"learning rate (a --resume may change train.lr and train.probe_lr) or check the inputs of "
-                        f"that batch.")
+    raise TrainingError(
+        f"{what}; the last good checkpoint is {kept if kept else 'not written yet'}. Lower the "
+        f"learning rate (a --resume may change train.lr and train.probe_lr) or check the inputs of "
+        f"that batch."
+    )
 
 
 def save_checkpoint(run: Run, iteration: int) -> None:
@@ -209,17 +224,27 @@ def save_checkpoint(run: Run, iteration: int) -> None:
     rng = gather_rng(run.generator, run.info)  # every rank takes part; rank 0 writes
     if run.info.is_main:
         checkpoints.keep_previous(run.checkpoint)
-        checkpoints.save_training_state(run.checkpoint, cfg=run.cfg, model=run.model, step=run.step,
-                                        optimizers=run.optimizers, schedule=run.schedule.state_dict(),
-                                        iteration=iteration, rng=rng)
+        checkpoints.save_training_state(
+            run.checkpoint,
+            cfg=run.cfg,
+            model=run.model,
+            step=run.step,
+            optimizers=run.optimizers,
+            schedule=run.schedule.state_dict(),
+            iteration=iteration,
+            rng=rng,
+        )
 
 
 def record_resume(run_dir: Path, start: int, changes: dict) -> None:
     """Append a resumption's config changes to ``resumes.json`` (a list, one entry per resumption with changes)."""
     path = run_dir / "resumes.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
-    write_json(path, entries + [{"from_iteration": start, "changes": changes,
-                                 "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
+    write_json(
+        path,
+        entries
+        + [{"from_iteration": start, "changes": changes, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}],
+    )
 
 
 def truncate_log(path: Path, start: int) -> None:
@@ -241,15 +266,25 @@ def truncate_log(path: Path, start: int) -> None:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise TrainingError(f"--resume: {path} line {number} is not a JSON record ({line[:60]!r}); delete that "
-                                f"line or start without --resume.") from None
+            raise TrainingError(
+                f"--resume: {path} line {number} is not a JSON record ({line[:60]!r}); delete that "
+                f"line or start without --resume."
+            ) from None
         if record["iteration"] < start:
             keep.append(line)
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None = None, resume: bool = False,
-          progress: bool = True, validator: Validator | None = None, overwrite: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    *,
+    run_name: str | None = None,
+    results_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    validator: Validator | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
     """Train ``cfg`` into ``results/runs/<run_name>/``; ``validator`` runs every ``train.val_every`` iterations.
 
     A folder holding another config's run or committed results is refused unless ``overwrite``
@@ -259,32 +294,63 @@ def train(cfg: Config, *, run_name: str | None = None, results_dir: str | None =
         torch.set_num_threads(cfg.train.threads)
     set_tf32(cfg.train.tf32)
     requested = cfg.train.device
-    info = init_distributed("cuda" if requested.startswith("cuda") or
-                            (requested == "auto" and torch.cuda.is_available()) else "cpu")
+    info = init_distributed(
+        "cuda" if requested.startswith("cuda") or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     try:
         # rank 0 holds the run folder: a second train/--resume/eval on it is refused, naming this process
         with run_lock(run_directory(cfg, run_name, results_dir)) if info.is_main else contextlib.nullcontext():
-            return _train(cfg, resolve_device(requested, info), info, run_name, results_dir, resume, progress,
-                          validator, t0, overwrite)
+            return _train(
+                cfg,
+                resolve_device(requested, info),
+                info,
+                run_name,
+                results_dir,
+                resume,
+                progress,
+                validator,
+                t0,
+                overwrite,
+            )
     finally:
         shutdown_distributed()
 
 
-def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | None, results_dir: str | None,
-           resume: bool, progress: bool, validator: Validator | None, t0: float, overwrite: bool) -> TrainResult:
+def _train(
+    cfg: Config,
+    device: torch.device,
+    info: DistInfo,
+    run_name: str | None,
+    results_dir: str | None,
+    resume: bool,
+    progress: bool,
+    validator: Validator | None,
+    t0: float,
+    overwrite: bool,
+) -> TrainResult:
     # ---- set-up: data, model, optimisers, schedule; per-rank seeds, so dropout and sampling differ across ranks
     seed = cfg.train.seed
-    run_dir = claim_run_dir(run_directory(cfg, run_name, results_dir), cfg.to_dict(), resume=resume,
-                            overwrite=overwrite)
+    run_dir = claim_run_dir(
+        run_directory(cfg, run_name, results_dir), cfg.to_dict(), resume=resume, overwrite=overwrite
+    )
     seed_everything(seed + info.rank)
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + info.rank)
     backbone_spec(cfg.model.backbone)  # an unknown name is reported as such, not as the kNN file it would need
     dataset = build_train_set(cfg)  # checks model.n_classes against the dataset
     seed_everything(seed + info.rank)  # model init independent of what building the dataset consumed
     model, step, optimizers = build_training(cfg, device)
-    run = Run(cfg=cfg, device=device, info=info, run_dir=run_dir, model=model,
-              step=step, ddp_step=DistributedDataParallel(step) if info.enabled else step, optimizers=optimizers,
-              schedule=make_schedule(cfg).start(), generator=generator)
+    run = Run(
+        cfg=cfg,
+        device=device,
+        info=info,
+        run_dir=run_dir,
+        model=model,
+        step=step,
+        ddp_step=DistributedDataParallel(step) if info.enabled else step,
+        optimizers=optimizers,
+        schedule=make_schedule(cfg).start(),
+        generator=generator,
+    )
 
     # ---- resume: weights, optimisers, schedule state and this rank's RNG streams from the last checkpoint
     changes: dict = {}  # adjustable keys (learning rates) this resumption changes
@@ -292,8 +358,7 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
         if not run.checkpoint.is_file():
             raise TrainingError(f"--resume: no checkpoint at {run.checkpoint}; start without --resume.")
         state = checkpoints.load_training_state(run.checkpoint, cfg, map_location=device)
-        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers,
-                                           path=run.checkpoint)
+        checkpoints.restore_training_state(state, model=model, step=step, optimizers=optimizers, path=run.checkpoint)
         run.schedule.load_state_dict(state["schedule"])
         changes = checkpoints.resume_changes(state, cfg)
         for name, opt in optimizers.items():  # the checkpoint's optimiser state carries the old learning rates
@@ -314,21 +379,36 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
 
     # ---- the batch order is a function of (seed, iteration): a resumed run draws the batches it would have drawn
     total = cfg.train.iterations
-    sampler = ResumableBatchSampler(len(dataset), cfg.data.batch_size, seed=seed, start=run.start, total=total,
-                                    rank=info.rank, world=info.world,
-                                    drop_last=cfg.fidelity.partial_batch == "paper")
-    selection = ReleaseSelection(run.run_dir / "checkpoints", cfg.train.select_metric, cfg.train.select_top_k,
-                                 start=run.start) if cfg.train.select == "release" and info.is_main else None
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        cfg.data.batch_size,
+        seed=seed,
+        start=run.start,
+        total=total,
+        rank=info.rank,
+        world=info.world,
+        drop_last=cfg.fidelity.partial_batch == "paper",
+    )
+    selection = (
+        ReleaseSelection(run.run_dir / "checkpoints", cfg.train.select_metric, cfg.train.select_top_k, start=run.start)
+        if cfg.train.select == "release" and info.is_main
+        else None
+    )
     val_due = validation_schedule(cfg, sampler.batches_per_epoch)
-    loader = torch.utils.data.DataLoader(EpochPairs(dataset), batch_sampler=sampler, num_workers=loader_workers(cfg.data.num_workers),
-                                         pin_memory=device.type == "cuda",
-                                         # its own generator: creating the iterator must not draw from the
-                                         # global RNG, or a resumed run's dropout would drift
-                                         generator=torch.Generator().manual_seed(seed),
-                                         persistent_workers=loader_workers(cfg.data.num_workers) > 0)
+    loader = torch.utils.data.DataLoader(
+        EpochPairs(dataset),
+        batch_sampler=sampler,
+        num_workers=loader_workers(cfg.data.num_workers),
+        pin_memory=device.type == "cuda",
+        # its own generator: creating the iterator must not draw from the
+        # global RNG, or a resumed run's dropout would drift
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=loader_workers(cfg.data.num_workers) > 0,
+    )
     writer = _tensorboard(cfg, run.run_dir) if info.is_main else None
-    bar = tqdm(total=total, initial=run.start, disable=not (progress and info.is_main), desc=cfg.name,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=run.start, disable=not (progress and info.is_main), desc=cfg.name, dynamic_ncols=True
+    )
     log = run.log_path.open("a") if info.is_main else None
     watch, best = FiniteWatch(device), None
     last_time, last_it = time.time(), run.start
@@ -353,9 +433,14 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
                 now = time.time()
                 ips = cfg.data.batch_size * (done - last_it) / max(now - last_time, 1e-9)
                 last_time, last_it = now, done
-                record = {"iteration": it, **{k: float(v) for k, v in out.items()},
-                          "dfc_weight": run.schedule.dfc_weight, "dfc_shift": run.schedule.dfc_shift,
-                          "feature_samples": run.schedule.samples, "images_per_s": round(ips, 2)}
+                record = {
+                    "iteration": it,
+                    **{k: float(v) for k, v in out.items()},
+                    "dfc_weight": run.schedule.dfc_weight,
+                    "dfc_shift": run.schedule.dfc_shift,
+                    "feature_samples": run.schedule.samples,
+                    "images_per_s": round(ips, 2),
+                }
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if writer is not None:
@@ -384,20 +469,42 @@ def _train(cfg: Config, device: torch.device, info: DistInfo, run_name: str | No
     # ---- the run record: config (above), provenance; metrics come from the evaluation layer
     wall = time.time() - t0
     if info.is_main:
-        write_run(run.run_dir, provenance=provenance(
-            seed=seed, device=str(device), weights=model.backbone.weights_source, wall_time_s=wall,
-            extra={"iterations": total, "resumed_from": run.start if resume else None, "world_size": info.world,
-                   "resume_changes": changes or None, **precision_record(cfg, model, device)}))
+        write_run(
+            run.run_dir,
+            provenance=provenance(
+                seed=seed,
+                device=str(device),
+                weights=model.backbone.weights_source,
+                wall_time_s=wall,
+                extra={
+                    "iterations": total,
+                    "resumed_from": run.start if resume else None,
+                    "world_size": info.world,
+                    "resume_changes": changes or None,
+                    **precision_record(cfg, model, device),
+                },
+            ),
+        )
     barrier(info)
-    return TrainResult(run_dir=run.run_dir, iterations=total, checkpoint=run.checkpoint, model=model,
-                       best_on_validation=best, is_main=info.is_main, wall_time_s=wall,
-                       selected=selection.kept if selection is not None else None)
+    return TrainResult(
+        run_dir=run.run_dir,
+        iterations=total,
+        checkpoint=run.checkpoint,
+        model=model,
+        best_on_validation=best,
+        is_main=info.is_main,
+        wall_time_s=wall,
+        selected=selection.kept if selection is not None else None,
+    )
 
 
 def precision_record(cfg: Config, model: DepthGModel, device: torch.device) -> dict:
     """What provenance records about how the backbone computed: precision, TF32, and its weights' name and sha256."""
-    return {"precision": model.backbone.precision(device), "tf32": cfg.train.tf32,
-            "backbone_checkpoint": model.backbone.weights_record}
+    return {
+        "precision": model.backbone.precision(device),
+        "tf32": cfg.train.tf32,
+        "backbone_checkpoint": model.backbone.weights_record,
+    }
 
 
 def validation_schedule(cfg: Config, batches_per_epoch: int) -> Callable[[int, int], bool]:
@@ -419,8 +526,9 @@ def validation_schedule(cfg: Config, batches_per_epoch: int) -> Callable[[int, i
     return lambda done, total: done % every == 0
 
 
-def _validate(run: Run, validator: Validator, done: int, best: dict | None, log,
-              selection: ReleaseSelection | None = None) -> dict | None:
+def _validate(
+    run: Run, validator: Validator, done: int, best: dict | None, log, selection: ReleaseSelection | None = None
+) -> dict | None:
     """Validate (rank 0, other ranks wait), log it, and return the best so far by cluster mIoU.
 
     The release selects its checkpoint on the evaluation split (METHOD.md §2.4, §9 #12); here that number is only
@@ -433,17 +541,35 @@ def _validate(run: Run, validator: Validator, done: int, best: dict | None, log,
         run.model.train()
         if selection is not None and selection.qualifies(m):
             rng = [rng_state(run.generator)]  # rank 0 writes it alone: no gather across ranks
-            selection.add(m, done, lambda path: checkpoints.save_training_state(
-                path, cfg=run.cfg, model=run.model, step=run.step, optimizers=run.optimizers,
-                schedule=run.schedule.state_dict(), iteration=done, rng=rng))
-        record = {"iteration": done - 1, "validation": {k: {"accuracy": v["accuracy"], "mIoU": v["mIoU"]}
-                                                        for k, v in m.items() if k in ("cluster", "linear")}}
+            selection.add(
+                m,
+                done,
+                lambda path: checkpoints.save_training_state(
+                    path,
+                    cfg=run.cfg,
+                    model=run.model,
+                    step=run.step,
+                    optimizers=run.optimizers,
+                    schedule=run.schedule.state_dict(),
+                    iteration=done,
+                    rng=rng,
+                ),
+            )
+        record = {
+            "iteration": done - 1,
+            "validation": {
+                k: {"accuracy": v["accuracy"], "mIoU": v["mIoU"]} for k, v in m.items() if k in ("cluster", "linear")
+            },
+        }
         log.write(json.dumps(record) + "\n")
         log.flush()
         if best is None or m["cluster"]["mIoU"] > best["metrics"]["cluster"]["mIoU"]:
-            best = {"label": "best on the evaluation split (selected on test data, as the release does; "
-                             "not a held-out result)", "after_iterations": done,
-                    "metrics": {k: m[k] for k in ("cluster", "linear")}}
+            best = {
+                "label": "best on the evaluation split (selected on test data, as the release does; "
+                "not a held-out result)",
+                "after_iterations": done,
+                "metrics": {k: m[k] for k in ("cluster", "linear")},
+            }
     barrier(run.info)
     return best
 
@@ -455,5 +581,7 @@ def _tensorboard(cfg: Config, run_dir: Path):
         # optional dependency (the tensorboard extra)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'depthg[tensorboard]'.")
+        raise ConfigError(
+            "train.tensorboard=true needs the tensorboard package: pip install 'depthg[tensorboard]'."
+        ) from None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -24,10 +24,24 @@ Placement keeps these objects from hiding each other otherwise, so each ambiguit
 Scene i of seed s uses ``np.random.default_rng([s, i])``, so it does not depend on how many scenes are made.
 Validation scenes use indices VAL_OFFSET + i.
 """
+
 from depthg.data.synthetic.classes import BALL, BOX, CLASS_COLORS, CLASS_NAMES, GROUND, PILLAR, SKY, WALL
 from depthg.data.synthetic.render import render_scene
 from depthg.data.synthetic.scene import CLIP, FAR
 from depthg.data.synthetic.world import VAL_OFFSET, write_synthetic
 
-__all__ = ["BALL", "BOX", "CLASS_COLORS", "CLASS_NAMES", "CLIP", "FAR", "GROUND", "PILLAR", "SKY", "VAL_OFFSET",
-           "WALL", "render_scene", "write_synthetic"]
+__all__ = [
+    "BALL",
+    "BOX",
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "CLIP",
+    "FAR",
+    "GROUND",
+    "PILLAR",
+    "SKY",
+    "VAL_OFFSET",
+    "WALL",
+    "render_scene",
+    "write_synthetic",
+]

@@ -6,8 +6,9 @@ import numpy as np
 
 CLASS_NAMES = ("sky", "ground", "wall", "box", "ball", "pillar")
 SKY, GROUND, WALL, BOX, BALL, PILLAR = range(6)
-CLASS_COLORS = np.array([[135, 190, 240], [120, 90, 50], [170, 60, 60], [240, 170, 40], [60, 160, 230],
-                         [150, 150, 160]], np.uint8)  # for plots only
+CLASS_COLORS = np.array(
+    [[135, 190, 240], [120, 90, 50], [170, 60, 60], [240, 170, 40], [60, 160, 230], [150, 150, 160]], np.uint8
+)  # for plots only
 # Per class: patterns to draw from, hue, saturation and value ranges. Each class has a typical appearance, as real
 # classes do (grass is green, bricks are red): this is where class evidence lives for the small ViT that is
 # self-supervised on this world, as it lives in DINO's features for photographs. The forced ambiguities of
@@ -20,4 +21,3 @@ PRIORS = {
     BALL: (("plain", "stripes"), (0.72, 0.88), (0.55, 0.90), (0.55, 0.90)),  # purple / magenta
     PILLAR: (("plain", "noise"), (0.0, 1.0), (0.0, 0.10), (0.80, 0.97)),  # white / light grey stone
 }
-

@@ -10,7 +10,6 @@ EPS = 1e-3  # minimal hit distance (metres): keeps shadow rays from hitting thei
 _F = np.float32
 
 
-
 def hit(p: dict, o: np.ndarray, d: np.ndarray, *, full: bool = True):
     """Nearest hit t > eps of rays o + t d (o [3] or [M,3], d [M,3]) with primitive p: t [M] (inf = miss), and with
     ``full`` the world normal [M,3] and surface coordinates uv [M,2] in metres (for textures)."""
@@ -78,4 +77,3 @@ def near_rays(p: dict, o_dot_u, o_sq, o_dot_c, u_dot_c) -> np.ndarray:
     along = u_dot_c - o_dot_u
     dist2 = p["c"] @ p["c"] - 2 * o_dot_c + o_sq - along**2
     return np.flatnonzero((dist2 < p["bound"] ** 2 + 0.01) & (along > -p["bound"]))
-

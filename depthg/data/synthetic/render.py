@@ -10,6 +10,7 @@ from depthg.data.synthetic.scene import CLIP, FAR, sample_scene
 
 _F = np.float32
 
+
 def _albedo(m: dict, uv: np.ndarray) -> np.ndarray:
     """Material colour at surface coordinates uv [M,2] -> [M,3]."""
     if m["kind"] == "plain":
@@ -124,8 +125,11 @@ def render_scene(seed: int, index: int, res: int, *, debug: bool = False) -> dic
     rgb += rng.standard_normal(rgb.shape, dtype=_F) * _F(0.008)  # mild sensor noise
     depth = np.where(sky, _F(FAR), t).astype(_F)
 
-    out = dict(image=(np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(res, res, 3),
-               depth=depth.reshape(res, res), label=label.astype(np.int64).reshape(res, res))
+    out = dict(
+        image=(np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8).reshape(res, res, 3),
+        depth=depth.reshape(res, res),
+        label=label.astype(np.int64).reshape(res, res),
+    )
     if debug:
         shade, shadow = np.zeros(n_rays, _F), np.zeros(n_rays, bool)
         shade[surf] = light.mean(1)
@@ -135,13 +139,29 @@ def render_scene(seed: int, index: int, res: int, *, debug: bool = False) -> dic
         albedo[surf] = alb
         nw = s["n_walls"]
         out.update(
-            instance=inst.reshape(res, res), material=mat.reshape(res, res), shadow=shadow.reshape(res, res),
-            shading=shade.reshape(res, res), albedo=albedo.reshape(res, res, 3),
-            objects=[dict(id=i + 1, cls=p["cls"], material=p["mat"], z=float(p["c"][2]), solo=solo[i],
-                          visible=int(vis[i])) for i, p in enumerate(s["prims"])],
-            info={k: (tuple(None if j is None else nw + j + 1 for j in v) if isinstance(v, tuple)
-                      else None if v is None else nw + v + 1) for k, v in s["info"].items()},
-            camera=dict(height=float(s["cam"][1]), pitch_deg=float(np.degrees(s["pitch"])),
-                        hfov_deg=float(np.degrees(s["hfov"]))))
+            instance=inst.reshape(res, res),
+            material=mat.reshape(res, res),
+            shadow=shadow.reshape(res, res),
+            shading=shade.reshape(res, res),
+            albedo=albedo.reshape(res, res, 3),
+            objects=[
+                dict(id=i + 1, cls=p["cls"], material=p["mat"], z=float(p["c"][2]), solo=solo[i], visible=int(vis[i]))
+                for i, p in enumerate(s["prims"])
+            ],
+            info={
+                k: (
+                    tuple(None if j is None else nw + j + 1 for j in v)
+                    if isinstance(v, tuple)
+                    else None
+                    if v is None
+                    else nw + v + 1
+                )
+                for k, v in s["info"].items()
+            },
+            camera=dict(
+                height=float(s["cam"][1]),
+                pitch_deg=float(np.degrees(s["pitch"])),
+                hfov_deg=float(np.degrees(s["hfov"])),
+            ),
+        )
     return out
-

@@ -22,8 +22,15 @@ def _material(rng, cls, kind=None) -> dict:
     # noise = sum of 4 sinusoids of random direction and wavelength (cheap smooth "value noise")
     ang = rng.uniform(0, np.pi, 4)
     waves = np.stack([np.cos(ang), np.sin(ang)], 1) * (2 * np.pi / rng.uniform(0.3, 2.0, 4))[:, None]
-    return dict(kind=kind, a=a, b=b, period=_F(rng.uniform(0.25, 1.0)), angle=rng.uniform(0, np.pi),
-                waves=waves.astype(_F), phases=rng.uniform(0, 2 * np.pi, 4).astype(_F))
+    return dict(
+        kind=kind,
+        a=a,
+        b=b,
+        period=_F(rng.uniform(0.25, 1.0)),
+        angle=rng.uniform(0, np.pi),
+        waves=waves.astype(_F),
+        phases=rng.uniform(0, 2 * np.pi, 4).astype(_F),
+    )
 
 
 def _object(rng, cls, x, z, mat, small: bool = False) -> dict:
@@ -37,14 +44,30 @@ def _object(rng, cls, x, z, mat, small: bool = False) -> dict:
             half, yaw = np.array([rng.uniform(4, 12), rng.uniform(1.2, 3.5), 0.2]), 0.0
         cs, sn = np.cos(yaw), np.sin(yaw)
         rot = np.array([[cs, 0, sn], [0, 1, 0], [-sn, 0, cs]], _F)  # columns: local axes in world coordinates
-        return dict(cls=cls, kind="box", c=np.array([x, half[1], z], _F), half=half.astype(_F), rot=rot, mat=mat,
-                    fp=float(np.hypot(half[0], half[2])), bound=_F(np.linalg.norm(half)))
+        return dict(
+            cls=cls,
+            kind="box",
+            c=np.array([x, half[1], z], _F),
+            half=half.astype(_F),
+            rot=rot,
+            mat=mat,
+            fp=float(np.hypot(half[0], half[2])),
+            bound=_F(np.linalg.norm(half)),
+        )
     if cls == BALL:
         r = rng.uniform(0.3, 0.9) / (3 if small else 1)
         return dict(cls=cls, kind="sphere", c=np.array([x, r, z], _F), r=_F(r), mat=mat, fp=r, bound=_F(r))
     r, hgt = rng.uniform(0.06, 0.14) if small else rng.uniform(0.15, 0.45), rng.uniform(2.0, 6.0)
-    return dict(cls=cls, kind="cyl", c=np.array([x, hgt / 2, z], _F), r=_F(r), hgt=_F(hgt), mat=mat, fp=r,
-                bound=_F(np.hypot(r, hgt / 2)))
+    return dict(
+        cls=cls,
+        kind="cyl",
+        c=np.array([x, hgt / 2, z], _F),
+        r=_F(r),
+        hgt=_F(hgt),
+        mat=mat,
+        fp=r,
+        bound=_F(np.hypot(r, hgt / 2)),
+    )
 
 
 def _wall(rng, mat, cam) -> dict:
@@ -117,6 +140,7 @@ def sample_scene(rng) -> dict:
     t1 = place(int(rng.choice([BOX, BALL, PILLAR])), len(mats) - 1, (3.5, 7))
     t2 = None if t1 is None else place(int(rng.choice([BOX, BALL, PILLAR])), len(mats) - 1, (2 * objs[t1]["c"][2], 18))
     info["twins"] = (t1, t2)
+
     # occlusion: B behind A (the near twin or the shared box), its bearing near A's silhouette edge so that B stays
     # partly visible. A covers B's base only if A's top is seen above B's base: (h - top_A) / z_A < h / z_B.
     def reach(j):  # how far behind A (as a multiple of z_A) B's base is still covered
@@ -129,8 +153,13 @@ def sample_scene(rng) -> dict:
     if a is not None and min(2.2, 0.95 * reach(a)) > 1.2:
         za = objs[a]["c"][2]
         off = rng.choice([-1, 1]) * rng.uniform(0.5, 1.0) * objs[a]["fp"] / za
-        b = place(int(rng.choice([BOX, BALL, PILLAR])), None, (za * 1.2, za * min(2.2, 0.95 * reach(a))),
-                  bearing=objs[a]["c"][0] / za + off, exempt=a)
+        b = place(
+            int(rng.choice([BOX, BALL, PILLAR])),
+            None,
+            (za * 1.2, za * min(2.2, 0.95 * reach(a))),
+            bearing=objs[a]["c"][0] / za + off,
+            exempt=a,
+        )
     info["occlusion"] = (a, b)
     # maybe a pillar/ball wearing the ground's material
     info["shared_ground"] = place(int(rng.choice([PILLAR, BALL])), 0, (3, 15)) if rng.random() < 0.5 else None
@@ -140,12 +169,21 @@ def sample_scene(rng) -> dict:
     for _ in range(rng.integers(2, 6)):
         place(int(rng.choice([BOX, BALL, PILLAR, PILLAR])), None, (3, 18), protect=False, tries=8)
     lamp = np.array([rng.uniform(-5, 5), rng.uniform(1.5, 4), rng.uniform(4, 14)], _F)
-    return dict(cam=cam, pitch=pitch, hfov=hfov, sun=sun, lamp=lamp, mats=mats, prims=walls + objs,
-                n_walls=len(walls), info=info,
-                sun_col=np.array([1.0, 0.93, 0.8], _F) * _F(rng.uniform(0.8, 1.0)),
-                amb_col=np.array([0.55, 0.62, 0.75], _F) * _F(rng.uniform(0.35, 0.5)),
-                lamp_col=np.array([1.0, 0.85, 0.6], _F) * _F(rng.uniform(0.4, 0.8)),
-                horizon=np.array(colorsys.hsv_to_rgb(rng.uniform(0.55, 0.62), rng.uniform(0.05, 0.2), 0.92), _F),
-                zenith=np.array(colorsys.hsv_to_rgb(rng.uniform(0.56, 0.63), rng.uniform(0.45, 0.7),
-                                                    rng.uniform(0.7, 0.9)), _F))
-
+    return dict(
+        cam=cam,
+        pitch=pitch,
+        hfov=hfov,
+        sun=sun,
+        lamp=lamp,
+        mats=mats,
+        prims=walls + objs,
+        n_walls=len(walls),
+        info=info,
+        sun_col=np.array([1.0, 0.93, 0.8], _F) * _F(rng.uniform(0.8, 1.0)),
+        amb_col=np.array([0.55, 0.62, 0.75], _F) * _F(rng.uniform(0.35, 0.5)),
+        lamp_col=np.array([1.0, 0.85, 0.6], _F) * _F(rng.uniform(0.4, 0.8)),
+        horizon=np.array(colorsys.hsv_to_rgb(rng.uniform(0.55, 0.62), rng.uniform(0.05, 0.2), 0.92), _F),
+        zenith=np.array(
+            colorsys.hsv_to_rgb(rng.uniform(0.56, 0.63), rng.uniform(0.45, 0.7), rng.uniform(0.7, 0.9)), _F
+        ),
+    )

@@ -23,9 +23,19 @@ VERSION = 3
 
 
 def _params(n_train: int, n_val: int, res: int, seed: int) -> dict:
-    return dict(generator="depthg.data.synthetic", version=VERSION, n_train=n_train, n_val=n_val, res=res, seed=seed,
-                classes=list(CLASS_NAMES), depth="camera z in metres, sky = FAR", far=FAR, clip=CLIP,
-                val_offset=VAL_OFFSET)
+    return dict(
+        generator="depthg.data.synthetic",
+        version=VERSION,
+        n_train=n_train,
+        n_val=n_val,
+        res=res,
+        seed=seed,
+        classes=list(CLASS_NAMES),
+        depth="camera z in metres, sky = FAR",
+        far=FAR,
+        clip=CLIP,
+        val_offset=VAL_OFFSET,
+    )
 
 
 def write_synthetic(root, *, n_train: int, n_val: int, res: int = 224, seed: int = 0, progress: bool = True) -> Path:
@@ -59,8 +69,9 @@ def write_synthetic(root, *, n_train: int, n_val: int, res: int = 224, seed: int
         for path, array in ((paths[0], item["image"]), (paths[1], item["label"].astype(np.uint8))):
             with atomic_write(path) as tmp:  # a killed writer leaves no truncated PNG that looks finished
                 Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-        write_depth(paths[2], item["depth"], source="synthetic", units="metres",
-                    extra=dict(depth_kind="camera_z", far=FAR))
+        write_depth(
+            paths[2], item["depth"], source="synthetic", units="metres", extra=dict(depth_kind="camera_z", far=FAR)
+        )
         done += 1
         if progress and done % 50 == 0:
             print(f"synthetic: rendered {done} scenes ({split} {i + 1})", flush=True)
