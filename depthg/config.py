@@ -371,7 +371,7 @@ RANGES: dict[str, Range] = {
     "schedule.fps_sample_decay_factor": Range(0, 1, True),
     "schedule.fps_min_samples": NON_NEGATIVE,
     "train.iterations": NON_NEGATIVE,
-    "train.lr": POSITIVE,
+    "train.lr": NON_NEGATIVE,  # 0: a frozen head, the untrained control of tests/test_learning.py
     "train.probe_lr": POSITIVE,
     "train.seed": NON_NEGATIVE,
     "train.checkpoint_every": AT_LEAST_ONE,

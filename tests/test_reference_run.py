@@ -12,6 +12,7 @@ from depthg.data.datasets import five_crop_dataset
 from depthg.data.fivecrop import run_fivecrop
 from depthg.evaluation.experiment import train_and_evaluate
 from depthg.model.backbone import bf16_feature_gap
+from depthg.paths import bundled_weights_path
 from depthg.presets import load_preset
 from depthg.training import checkpoints
 from depthg.training.distributed import ResumableBatchSampler
@@ -93,7 +94,8 @@ def test_release_selection_keeps_top2_and_reports_them_beside_the_last_step(synt
     for k, v in last["head"].items():
         assert torch.equal(result.model.head.state_dict()[k], v)
     prov = json.loads((run / "provenance.json").read_text())
-    assert prov["precision"] == "fp32" and prov["backbone_checkpoint"]["name"] == "random"
+    assert prov["precision"] == "fp32"
+    assert prov["backbone_checkpoint"]["name"] == bundled_weights_path("vit_tiny_patch8").name  # the preset's weights
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from depthg.data.fivecrop import N_CROPS, five_crop_dir, write_item_crops
+from depthg.data.item_order import five_crop_ids, order_identity, write_order_file
 from depthg.data.knn_file import knn_path, save_knn
 
 DATASET = "cocostuff27"
@@ -34,6 +35,10 @@ def _smooth(rng: np.random.Generator, size: tuple[int, int], coarse: tuple[int, 
     return out if channels == 3 else out[..., None]
 
 
+def source_item_key(i: int) -> str:
+    return f"{i:012d}"
+
+
 def source_item(i: int, size: tuple[int, int] = COCO_SIZE, n_classes: int = 27) -> dict:
     """One deterministic COCO-sized item: PIL RGB image, int64 label [H,W] in 0..n_classes-1, float32 depth."""
     rng = np.random.default_rng(i)
@@ -43,7 +48,7 @@ def source_item(i: int, size: tuple[int, int] = COCO_SIZE, n_classes: int = 27) 
     ramp = np.linspace(20.0, 2.0, H, dtype=np.float32)[:, None]
     depth = ramp + 3 * _smooth(rng, size, (6, 8), 1)[..., 0]
     return {
-        "key": f"{i:012d}",
+        "key": source_item_key(i),
         "image": Image.fromarray(rgb.clip(0, 255).astype(np.uint8)),
         "label": label,
         "depth": depth.astype(np.float32),
@@ -79,6 +84,8 @@ def write_training_set(
         for job in jobs:
             _write(job)
     n = N_CROPS * n_sources
+    keys = [source_item_key(i) for i in range(n_sources)]  # the crops' source items, in crop order
+    write_order_file(root / "order_train.txt", keys)
     rng = np.random.default_rng(0)
     nns = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, 7))], axis=1)  # self + 7 partners
     save_knn(
@@ -91,5 +98,6 @@ def write_training_set(
         res=knn_res,
         crop="five",
         knn_features="reference",
+        order=order_identity(five_crop_ids(keys)),
     )
     return n

@@ -282,6 +282,7 @@ def measure_speed(cfg: Config, *, iterations: int = 3, images: int = 4) -> Speed
             "train.iterations": iterations,
             "train.log_every": 1,
             "train.val_every": 0,
+            "train.select": "last",  # the warm-up times iterations and images, not the release's validation
             "train.checkpoint_every": iterations,
             "eval.max_images": images,
         }
