@@ -16,7 +16,7 @@ CASES = [
     (["train", "train.checkpoint_every=0"], "train.checkpoint_every=0", ">= 1"),
     (["train", "train.log_every=0"], "train.log_every=0", ">= 1"),
     (["train", "train.lr=-1"], "train.lr=-1.0", ">= 0"),
-    (["train", "train.lr=nan"], "train.lr=nan", "finite number > 0"),
+    (["train", "train.lr=nan"], "train.lr=nan", "finite number >= 0"),
     (["train", "train.probe_lr=inf"], "train.probe_lr=inf", "finite number > 0"),
     (["train", "data.num_workers=-1"], "data.num_workers=-1", ">= 0"),
     (["train", "train.threads=-1"], "train.threads=-1", ">= 0"),

@@ -2,10 +2,20 @@
 
 import pytest
 
+from depthg.config import ScheduleConfig
 from depthg.errors import ConfigError, TrainingError
-from depthg.training.schedules import Schedule, num_iterations
+from depthg.training.schedules import Schedule as _Schedule
+from depthg.training.schedules import num_iterations
+
 
 # paper_reproduction.sh presets (METHOD.md §7.2)
+def Schedule(*, dfc_weight, dfc_shift, samples, step_unit="reference", **rules):  # noqa: N802 (reads as the class)
+    """The schedule of a preset written flat, as the release's config lists it: rules go to ScheduleConfig."""
+    return _Schedule(
+        dfc_weight=dfc_weight, dfc_shift=dfc_shift, samples=samples, step_unit=step_unit, rules=ScheduleConfig(**rules)
+    )
+
+
 COCO_VITS = dict(
     dfc_weight=0.19,
     dfc_shift=0.03,

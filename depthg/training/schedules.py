@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from depthg.config import ScheduleConfig
 from depthg.errors import ConfigError, TrainingError
 
 STEP_UNITS = {"paper": 1, "reference": 3}
@@ -42,26 +43,21 @@ def num_iterations(max_steps: int, *, step_unit: str) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Immutable schedule hyper-parameters (config ``loss``/``schedule`` values, METHOD.md §7.2)."""
+    """Immutable schedule hyper-parameters: the starting DFC weight, shift and sample count (config ``loss``), the
+    step unit (``fidelity.step_unit``) and the decay rules, which are the config's own :class:`ScheduleConfig`
+    (METHOD.md §7.2), not a copy of its fields."""
 
     dfc_weight: float
     dfc_shift: float
     samples: int
     step_unit: str = "reference"
-    depth_loss_decay: bool = False
-    decay_every_steps: int = 300
-    depth_loss_decay_factor: float = 1.0
-    fix_depth_feat_shift: bool = False
-    fps_sample_decay: bool = False
-    fps_sample_decay_every_steps: int = 300
-    fps_sample_decay_factor: float = 0.9
-    fps_min_samples: int = 0
+    rules: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         steps_per_iteration(self.step_unit)
         for name in ("decay_every_steps", "fps_sample_decay_every_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"schedule.{name}={getattr(self, name)} must be a positive number of steps.")
+            if getattr(self.rules, name) <= 0:
+                raise ConfigError(f"schedule.{name}={getattr(self.rules, name)} must be a positive number of steps.")
         if self.samples < 1:
             raise ConfigError(f"loss.feature_samples={self.samples} must be >= 1.")
 
@@ -72,17 +68,19 @@ class Schedule:
     def dfc_fires(self, iteration: int) -> bool:
         """Whether the DFC decay fires after ``iteration``'s loss."""
         gs = iteration * steps_per_iteration(self.step_unit)
-        return self.depth_loss_decay and gs > 0 and gs % self.decay_every_steps == 0
+        return self.rules.depth_loss_decay and gs > 0 and gs % self.rules.decay_every_steps == 0
 
     def fps_fires(self, iteration: int) -> bool:
         """Whether the sample-count decay fires after ``iteration``'s loss (reference: at gs = 0 too)."""
         gs = iteration * steps_per_iteration(self.step_unit)
         at_zero_ok = self.step_unit == "reference"
-        return self.fps_sample_decay and (gs > 0 or at_zero_ok) and gs % self.fps_sample_decay_every_steps == 0
+        return (
+            self.rules.fps_sample_decay and (gs > 0 or at_zero_ok) and gs % self.rules.fps_sample_decay_every_steps == 0
+        )
 
     def shrink(self, samples: int) -> int:
         """One sample-count decay step; int() truncates like the release, float error included (10*0.9 -> 9)."""
-        return max(int(samples * self.fps_sample_decay_factor), self.fps_min_samples)
+        return max(int(samples * self.rules.fps_sample_decay_factor), self.rules.fps_min_samples)
 
     def _fired_before(self, iteration: int, every: int, include_zero: bool) -> int:
         """How many decays of period ``every`` (steps) fired after iterations 0..iteration-1."""
@@ -94,13 +92,13 @@ class Schedule:
 
     def at(self, iteration: int) -> tuple[float, float, int]:
         """Closed form: (dfc_weight, dfc_shift, samples) used by the loss of ``iteration`` (METHOD.md §3.5)."""
-        n_dfc = self._fired_before(iteration, self.decay_every_steps, False) if self.depth_loss_decay else 0
-        gamma = self.depth_loss_decay_factor**n_dfc
-        shift = self.dfc_shift if self.fix_depth_feat_shift else self.dfc_shift * gamma
+        n_dfc = self._fired_before(iteration, self.rules.decay_every_steps, False) if self.rules.depth_loss_decay else 0
+        gamma = self.rules.depth_loss_decay_factor**n_dfc
+        shift = self.dfc_shift if self.rules.fix_depth_feat_shift else self.dfc_shift * gamma
         samples = self.samples
-        if self.fps_sample_decay:
+        if self.rules.fps_sample_decay:
             for _ in range(
-                self._fired_before(iteration, self.fps_sample_decay_every_steps, self.step_unit == "reference")
+                self._fired_before(iteration, self.rules.fps_sample_decay_every_steps, self.step_unit == "reference")
             ):
                 samples = self.shrink(samples)
         return self.dfc_weight * gamma, shift, samples
@@ -128,9 +126,9 @@ class ScheduleState:
         """Apply the decays due after the current iteration's loss and move to the next iteration."""
         s = self.schedule
         if s.dfc_fires(self.iteration):
-            self.dfc_weight *= s.depth_loss_decay_factor
-            if not s.fix_depth_feat_shift:
-                self.dfc_shift *= s.depth_loss_decay_factor
+            self.dfc_weight *= s.rules.depth_loss_decay_factor
+            if not s.rules.fix_depth_feat_shift:
+                self.dfc_shift *= s.rules.depth_loss_decay_factor
         if s.fps_fires(self.iteration):
             self.samples = s.shrink(self.samples)
         self.iteration += 1

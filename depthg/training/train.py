@@ -22,7 +22,6 @@ evaluation.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -120,7 +119,7 @@ def make_schedule(cfg: Config) -> Schedule:
         dfc_shift=cfg.loss.depth_feat_shift,
         samples=cfg.loss.feature_samples,
         step_unit=cfg.fidelity.step_unit,
-        **dataclasses.asdict(cfg.schedule),
+        rules=cfg.schedule,
     )
 
 
