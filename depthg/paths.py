@@ -93,24 +93,23 @@ def run_name(dataset: str, preset: str, seed: int, *, kind: str | None = None) -
     return "-".join(p for p in (kind, None if said else tag, preset, f"seed{seed}") if p)
 
 
+def git(*args: str, root: Path | None = None) -> str | None:
+    """stdout of ``git <args>`` in the checkout (10 s limit); None outside a git work tree or without git."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root or repo_root(), capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def committed_files(path: str | os.PathLike) -> list[str]:
     """Files under ``path`` that git tracks in this checkout (results a commit holds); [] outside a git tree."""
     path = Path(path).resolve()
     root = repo_root()
     if not path.is_relative_to(root):
         return []
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "--", str(path.relative_to(root))],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return out.split()
+    return (git("ls-files", "--", str(path.relative_to(root))) or "").split()
 
 
 def claim_run_dir(run_dir: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False) -> Path:

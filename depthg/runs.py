@@ -11,7 +11,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -19,30 +18,19 @@ from typing import Any
 
 from depthg.files import file_lock, write_json
 from depthg.lockfile import lock_state
-from depthg.paths import repo_root
+from depthg.paths import git
 
 _PACKAGES = ("depthg", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pydensecrf2", "transformers")
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
     """Commit hash and dirty flag of the checkout (``unknown`` outside a git work tree)."""
-    root = root or repo_root()
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        # dirty = uncommitted changes to the code; results/ is what runs write, so it does not count
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-        return {"commit": commit, "dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
+    commit = git("rev-parse", "HEAD", root=root)
+    # dirty = uncommitted changes to the code; results/ is what runs write, so it does not count
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", root=root)
+    if commit is None or status is None:
         return {"commit": "unknown", "dirty": None}
+    return {"commit": commit.strip(), "dirty": bool(status.strip())}
 
 
 def package_versions() -> dict[str, str]:

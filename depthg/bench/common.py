@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -10,6 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from depthg.model.losses import CorrelationTerms
+from depthg.presets import load_preset
+from depthg.training.step import StepSettings
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], Any], str, tuple]] = {}
 
@@ -62,3 +67,11 @@ def median_ratio(baseline: list[float], ours: list[float]) -> float:
 def machine() -> str:
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return f"torch threads={torch.get_num_threads()}, {os.cpu_count()} CPUs{load}"
+
+
+def paper_terms(**changes: Any) -> CorrelationTerms:
+    """The COCO ViT-S/8 preset's correlation terms at its starting DFC weight and shift (METHOD.md §7.2), read from
+    the preset itself (one owner of those numbers), with ``changes`` applied."""
+    cfg = load_preset("cocostuff27_vits8")
+    terms = StepSettings.from_config(cfg).terms.with_dfc(cfg.loss.depth_feat_weight, cfg.loss.depth_feat_shift)
+    return dataclasses.replace(terms, **changes)

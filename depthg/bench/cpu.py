@@ -14,7 +14,6 @@ per-round ratios, with torch's default thread count; the load average is printed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
@@ -27,21 +26,8 @@ from depthg.bench.baselines import (
     fps_lean,
     fps_release_style,
 )
-from depthg.bench.common import command, machine, median_ratio, paired_times
+from depthg.bench.common import command, machine, median_ratio, paired_times, paper_terms
 from depthg.model import losses, sampling
-
-# The COCO ViT-S/8 preset's loss weights (config presets, METHOD.md §7.2).
-PAPER_TERMS = losses.CorrelationTerms(
-    pos_intra_weight=0.58,
-    pos_intra_shift=0.07,
-    pos_inter_weight=0.36,
-    pos_inter_shift=0.025,
-    neg_inter_weight=0.7,
-    neg_inter_shift=0.761,
-    neg_samples=5,
-    dfc_weight=0.19,
-    dfc_shift=0.03,
-)
 
 
 def _ms(times: list[float]) -> str:
@@ -111,7 +97,7 @@ def bench_loss(args: argparse.Namespace) -> dict:
     )
     out = {}
     for fidelity in ("paper", "reference"):
-        terms = dataclasses.replace(PAPER_TERMS, neg_samples=args.neg, dfc_target=fidelity)
+        terms = paper_terms(neg_samples=args.neg, dfc_target=fidelity)
         # paper: a random first pick per image (fps_start=paper), reference: index 0; the same for both sides
         start = torch.randint(h * h, (B,), generator=gen) if fidelity == "paper" else torch.zeros(B, dtype=torch.long)
         out[fidelity] = _loss_round(f1, f2, z1, z2, d1, d2, terms, start, S, args.repeats, dev)

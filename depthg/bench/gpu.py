@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from depthg.bench.baselines import correlation_loss_release_style
-from depthg.bench.common import command, median_ratio, paired_times, synchronizer
+from depthg.bench.common import command, median_ratio, paired_times, paper_terms, synchronizer
 from depthg.bench.disk_data import COCO_SIZE, write_training_set
 from depthg.bench.training_run import bench_run, random_batch
 from depthg.config import Config
@@ -329,17 +329,7 @@ def loss_and_fps_timing(sizes: Sizes, device: torch.device, channels: int, dim: 
     z1, z2 = (torch.randn(B, dim, h, h, generator=g).to(device).requires_grad_(True) for _ in range(2))
     d1, d2 = (torch.rand(B, 1, sizes.res, sizes.res, generator=g).mul(255).to(device) for _ in range(2))
     points = sampling.depth_to_points(sampling.pool_depth(d1, (h, h)), fidelity="reference")
-    terms = losses.CorrelationTerms(
-        pos_intra_weight=0.58,
-        pos_intra_shift=0.07,
-        pos_inter_weight=0.36,
-        pos_inter_shift=0.025,
-        neg_inter_weight=0.7,
-        neg_inter_shift=0.761,
-        dfc_weight=0.19,
-        dfc_shift=0.03,
-        dfc_target="reference",
-    )
+    terms = paper_terms()  # the COCO ViT-S/8 preset's terms, reference fidelity
 
     def run(loss_fn: Callable) -> None:
         c1, c2 = (sampling.fps_coords(d, (h, h), S, fidelity="reference", start=0) for d in (d1, d2))
