@@ -61,6 +61,8 @@ def test_every_name_maps_to_a_timm_model_and_its_exact_checkpoint():
 @pytest.mark.parametrize("name", [n for n, url in EXPECTED_CHECKPOINTS.items() if url])
 def test_hub_weights_fetch_the_exact_file_into_the_torch_hub_cache(name, monkeypatch, tmp_path):
     """No download: the downloader is replaced; it must be asked for the release's URL, into <hub>/checkpoints/."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # `make test` exports both (Makefile), which forbids asking
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     asked = []
     monkeypatch.setattr(
@@ -187,6 +189,17 @@ def test_hub_offline_error_names_the_exact_file_url_and_options(monkeypatch, tmp
     assert ".ckpt" in message and str(tmp_path / "checkpoints") in message
     with pytest.raises(WeightsError, match="random"):
         DinoBackbone("vit_tiny_patch8", "hub")  # no released weights for the synthetic architecture
+
+
+def test_hf_hub_offline_forbids_the_download_and_names_the_file(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE=1 (as `make test` and offline clusters set it): the downloader is never asked."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    asked = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, progress=True: asked.append(url))
+    with pytest.raises(WeightsError, match=r"dino_vitbase8_pretrain\.pth.*HF_HUB_OFFLINE"):
+        hub_weights_file("vit_base_patch8")
+    assert asked == []
 
 
 def test_no_network_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):

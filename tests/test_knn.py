@@ -166,6 +166,7 @@ def test_knn_directory_dataset_and_missing_crops(directory_tree, capsys):
     assert load_knn(path)[1]["dataset"] == "directory:mydir"
 
 
+@pytest.mark.slow  # a benchmark: about 7 s on 2 cores
 def test_benchmark_knn_small():
     res = benchmark_knn(n=3000, dim=32, k=10, chunk=256, verbose=False)
     assert res["n"] == 3000 and res["chunk"] == 256 and res["seconds"] > 0

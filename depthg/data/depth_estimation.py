@@ -25,7 +25,6 @@ to the source images, overwriting Cityscapes RGB files (METHOD.md §1.3, §9 #7)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +88,6 @@ def write_release_8bit(png_path: Path, depth: np.ndarray, meta: dict) -> None:
     )
     with atomic_write(png_path) as tmp:
         Image.fromarray(release_8bit(depth), mode="L").save(tmp, format="PNG")
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
 
 
 def load_depth_model(model: str, device: torch.device):
