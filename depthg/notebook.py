@@ -24,7 +24,7 @@ from depthg.data.fivecrop import run_fivecrop
 from depthg.data.knn import run_knn
 from depthg.data.labels import dataset_info
 from depthg.data.pairs import build_eval_set, build_train_set
-from depthg.data.readiness import check_command, knn_file, knn_k, missing_steps
+from depthg.data.readiness import check_command, knn_file, knn_k, knn_weights_changed, missing_steps
 from depthg.data.synthetic import write_synthetic
 from depthg.errors import ConfigError, DataError
 from depthg.paths import data_root, dataset_base, repo_root
@@ -194,9 +194,9 @@ def _synthetic(cfg: Config, data_dir, n_train, n_val, seed, device, progress) ->
         run_fivecrop("synthetic", data_dir, ["train"], ratio=cfg.data.crop_ratio, overwrite=changed, progress=progress)
         actions.append("five-crop")
     knn = knn_file(cfg, data_dir)
-    if changed or not knn.is_file():
-        # training reads whichever kNN file exists for its backbone and resolution; make it only when missing or
-        # when the world it indexes was regenerated
+    if changed or not knn.is_file() or knn_weights_changed(cfg, data_dir):
+        # training reads whichever kNN file exists for its backbone and resolution; make it only when missing, when
+        # the world it indexes was regenerated, or when the backbone's weights are not the ones it was made with
         run_knn(
             "synthetic",
             data_dir,
@@ -268,6 +268,7 @@ def _run_stages(cfg: Config, data_dir, depth_model, device, progress) -> list[st
             device=device,
             fidelity=cfg.fidelity.knn_features,
             bf16=cfg.train.bf16,
+            overwrite=knn_weights_changed(cfg, data_dir) is not None,  # the weights changed: the old file goes
             progress=progress,
         )
         actions.append("kNN file")

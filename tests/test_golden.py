@@ -79,25 +79,28 @@ def test_depth_to_points_reference(c):
     assert torch.equal(points[0], expected), "reference lifting must match the release bit for bit"
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba"])
 @pytest.mark.parametrize("case", FPS_CASES)
-def test_fps_pipeline(c, case):
+def test_fps_pipeline(c, case, backend):
     depth, n = c[f"{case}_depth"], int(c[f"{case}_n_samples"])
     grid_hw = tuple(c[f"{case}_t"].shape[-2:])
     pooled = sampling.pool_depth(depth, grid_hw)
     torch.testing.assert_close(pooled, c[f"{case}_pooled_depth"], atol=1e-6, rtol=0)
     points = sampling.depth_to_points(c[f"{case}_pooled_depth"], fidelity="reference")
     assert torch.equal(points, c[f"{case}_point_cloud"]), f"{case}: point cloud differs from the release"
-    order = sampling.farthest_point_sample(c[f"{case}_point_cloud"], n * n, start=int(c["start_index"]))
+    cloud, start = c[f"{case}_point_cloud"], int(c["start_index"])
+    order = sampling.farthest_point_sample(cloud, n * n, start=start, backend=backend)
     assert torch.equal(order, c[f"{case}_fps_order_inds"]), f"{case}: FPS selection order differs"
     coords = sampling.fps_coords(depth, grid_hw, n, fidelity="reference", lifting="reference", start=0)
     torch.testing.assert_close(coords, c[f"{case}_grid_coords"], atol=1e-6, rtol=0)
     torch.testing.assert_close((coords + 1) / 2, c[f"{case}_coords"], atol=1e-6, rtol=0)
 
 
-def test_fps_plateau_case_needs_release_arithmetic(c):
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_fps_plateau_case_needs_release_arithmetic(c, backend):
     """c3 has exact ties; the |a|^2 - 2ab + |b|^2 expansion breaks them differently, ours must not."""
     points, expected = c["c3_point_cloud"], c["c3_fps_order_inds"]
-    assert torch.equal(sampling.farthest_point_sample(points, 121), expected)
+    assert torch.equal(sampling.farthest_point_sample(points, 121, backend=backend), expected)
     sq = (points * points).sum(-1)
     d_expanded = sq[:, :, None] - 2 * points @ points.transpose(1, 2) + sq[:, None, :]
     best, picks = torch.full_like(sq, float("inf")), [0]

@@ -11,6 +11,7 @@ from depthg.data import knn as knn_mod
 from depthg.data.knn import benchmark_knn, channel_dropout, default_chunk, pool_features, run_knn, topk_cosine
 from depthg.data.knn_file import knn_path, load_knn
 from depthg.errors import ConfigError, DataError
+from depthg.files import file_sha256
 
 TINY = dict(backbone="vit_tiny_patch8", weights="random", res=16, device="cpu", progress=False)
 
@@ -112,10 +113,29 @@ def test_knn_stage_five_crop_metadata_and_skip(synthetic_tree, monkeypatch, caps
     def no_backbone(*a, **k):
         raise AssertionError("a finished kNN file must not be recomputed")
 
-    monkeypatch.setattr("depthg.model.backbone.DinoBackbone", no_backbone)
-    assert run_knn("synthetic", data, "train", crop="five", k=6, **TINY) == path
+    with monkeypatch.context() as m:
+        m.setattr(knn_mod, "DinoBackbone", no_backbone)
+        assert run_knn("synthetic", data, "train", crop="five", k=6, **TINY) == path
     with pytest.raises(DataError, match="k: 6 -> 5.*--overwrite"):
         run_knn("synthetic", data, "train", crop="five", k=5, **TINY)
+
+
+def test_knn_files_are_keyed_on_the_weights_content(synthetic_tree, tmp_path):
+    """Weights re-made under the same name (the bundled file after `prep pretrain`) do not reuse old neighbours."""
+    from depthg.model.backbone import DinoBackbone
+
+    data, weights = str(synthetic_tree.data_dir), tmp_path / "w.pth"
+    args = dict(crop="none", k=4, **{**TINY, "weights": str(weights)})
+    torch.save(DinoBackbone("vit_tiny_patch8", "random").vit.state_dict(), weights)
+    path = run_knn("synthetic", data, "train", **args)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        other = DinoBackbone("vit_tiny_patch8", "random").vit.state_dict()
+    torch.save({k: v + torch.randn_like(v) * 0.5 for k, v in other.items()}, weights)  # same name, new content
+    with pytest.raises(DataError, match=r"weights_id: 'sha256:[0-9a-f]{64}' -> 'sha256:[0-9a-f]{64}'.*--overwrite"):
+        run_knn("synthetic", data, "train", **args)
+    assert run_knn("synthetic", data, "train", overwrite=True, **args) == path
+    assert load_knn(path)[1]["weights"].endswith(file_sha256(weights)[:12])
 
 
 def test_knn_sharded_equals_single_process(coco_tree):

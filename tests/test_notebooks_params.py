@@ -126,6 +126,25 @@ def test_prepare_synthetic_keeps_an_existing_world(data_dir):
     assert (other.n_train, other.n_val) == (12, 4) and other.actions
 
 
+def test_prepare_recomputes_the_knn_file_when_the_weights_change(data_dir, tmp_path):
+    """Re-made weights under the same file name (the bundled file after `prep pretrain`): new neighbours."""
+    import torch
+
+    from depthg.data.readiness import missing_steps
+    from depthg.model.backbone import DinoBackbone
+
+    weights = tmp_path / "backbone.pth"
+    torch.save(DinoBackbone("vit_tiny_patch8", "random").vit.state_dict(), weights)
+    cfg = resolve_config("synthetic", data_dir=str(data_dir), weights=str(weights))
+    assert prepare("synthetic", str(data_dir), cfg=cfg, n_train=12, n_val=4).actions
+    assert prepare("synthetic", str(data_dir), cfg=cfg).actions == [] and missing_steps(cfg, str(data_dir)) == []
+    torch.save({k: v * 0.5 for k, v in torch.load(weights).items()}, weights)
+    (step,) = missing_steps(cfg, str(data_dir))
+    assert step.stage == "knn" and "made with other weights (sha256:" in step.what and "--overwrite" in step.command
+    assert prepare("synthetic", str(data_dir), cfg=cfg).actions == ["computed the kNN file"]
+    assert missing_steps(cfg, str(data_dir)) == []
+
+
 @pytest.mark.slow
 def test_unknown_dataset_stops_the_notebook_with_the_valid_names(tmp_path):
     import papermill

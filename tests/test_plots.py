@@ -36,6 +36,15 @@ def _scene(seed=0, H=32, W=32):
     return image, depth, label
 
 
+def test_situations_grid_outlines_each_situation(tmp_path):
+    image, depth, _ = _scene()
+    mask = np.zeros(depth.shape, bool)
+    mask[8:20, 4:12] = True
+    examples = [dict(title=t, index=i, image=image, depth=depth, mask=mask) for i, t in enumerate(["a", "b", "c"])]
+    w, h = _png(plots.situations_grid(examples, tmp_path / "situations.png"))
+    assert w > h, "one column per situation"
+
+
 def test_sample_grid_and_loss_curves_and_bars(tmp_path):
     items = [dict(zip(("image", "depth", "label"), _scene(i))) for i in range(3)]
     items[2]["label"] = None  # unlabelled items are drawn without labels

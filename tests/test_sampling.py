@@ -59,34 +59,64 @@ def test_reference_lifting_uses_radians_and_raw_depth():
     assert pts[0, 0].tolist() == pytest.approx([f * 10 * -0.5, f * 10 * -0.5, -50.0])
 
 
-def test_fps_distinct_farthest_and_batched_equals_single():
+BACKENDS = ("torch", "numba")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_distinct_farthest_and_batched_equals_single(backend):
     points = torch.randn(3, 60, 3, generator=_gen(3))
-    idx = sampling.farthest_point_sample(points, 20)
+    idx = sampling.farthest_point_sample(points, 20, backend=backend)
     assert idx.shape == (3, 20) and torch.all(idx[:, 0] == 0)
     for b in range(3):
         assert len(set(idx[b].tolist())) == 20
         _brute_force_fps_check(points[b], idx[b])
-        assert torch.equal(idx[b], sampling.farthest_point_sample(points[b : b + 1], 20)[0])
+        assert torch.equal(idx[b], sampling.farthest_point_sample(points[b : b + 1], 20, backend=backend)[0])
 
 
-def test_fps_start_options_and_seed():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_start_options_and_seed(backend):
     points = torch.randn(4, 50, 3, generator=_gen(4))
-    a = sampling.farthest_point_sample(points, 10, start="random", generator=_gen(7))
+    a = sampling.farthest_point_sample(points, 10, start="random", generator=_gen(7), backend=backend)
     assert torch.equal(a, sampling.farthest_point_sample(points, 10, start="random", generator=_gen(7)))
     starts = torch.tensor([3, 1, 4, 1])
-    b = sampling.farthest_point_sample(points, 10, start=starts)
+    b = sampling.farthest_point_sample(points, 10, start=starts, backend=backend)
     assert torch.equal(b[:, 0], starts)
     _brute_force_fps_check(points[2], b[2])
     with pytest.raises(ConfigError):
-        sampling.farthest_point_sample(points, 51)
+        sampling.farthest_point_sample(points, 51, backend=backend)
     with pytest.raises(ConfigError):
-        sampling.farthest_point_sample(points, 5, start="middle")
+        sampling.farthest_point_sample(points, 5, start="middle", backend=backend)
 
 
-def test_fps_flat_depth_takes_lowest_indices():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fps_flat_depth_takes_lowest_indices(backend):
     """All points equal (Potsdam's all-zero depth, METHOD.md §4.6): picks go 0, 1, 2, ... never repeating."""
     points = torch.zeros(2, 30, 3)
-    assert torch.equal(sampling.farthest_point_sample(points, 9), torch.arange(9).expand(2, 9))
+    assert torch.equal(sampling.farthest_point_sample(points, 9, backend=backend), torch.arange(9).expand(2, 9))
+
+
+@pytest.mark.parametrize("fidelity", ["reference", "paper"])
+def test_fps_compiled_cpu_loop_picks_what_the_torch_loop_picks(fidelity, monkeypatch):
+    """At the paper's shapes (B=32, 28x28, 121 picks), on 8-bit depth full of exact ties and on smooth depth."""
+    quantised = torch.randint(0, 4, (32, 1, 28, 28), generator=_gen(9)).float() * 85  # 4 depth levels
+    smooth = torch.rand(32, 1, 28, 28, generator=_gen(10)) * 255
+    for depth in (quantised, smooth):
+        points = sampling.depth_to_points(depth, fidelity=fidelity)
+        for start in (0, "random"):
+            a = sampling.farthest_point_sample(points, 121, start=start, generator=_gen(1), backend="torch")
+            b = sampling.farthest_point_sample(points, 121, start=start, generator=_gen(1), backend="numba")
+            assert torch.equal(a, b)
+    monkeypatch.setattr(sampling, "_fps_torch", None)  # auto must not reach the torch loop on the CPU
+    assert torch.equal(sampling.farthest_point_sample(points, 121, start="random", generator=_gen(1)), b)
+
+
+def test_fps_bad_backend_and_non_finite_depth_are_named():
+    points = torch.rand(1, 9, 3)
+    with pytest.raises(ConfigError, match="backend='cuda'"):
+        sampling.farthest_point_sample(points, 3, backend="cuda")
+    points[0, 4, 2] = float("nan")
+    with pytest.raises(ValueError, match="non-finite depth"):
+        sampling.farthest_point_sample(points, 3)
 
 
 def test_paper_fps_coords_read_the_chosen_patch():

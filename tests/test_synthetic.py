@@ -221,3 +221,41 @@ def test_a_killed_world_keeps_its_finished_scenes(tmp_path, monkeypatch):
     world.write_synthetic(root, n_train=3, n_val=2, res=32, seed=1, progress=False)
     assert calls == [0, 1, 2, world.VAL_OFFSET, world.VAL_OFFSET + 1]  # scenes 0 and 1 were not rendered again
     assert (root / "manifest.json").is_file() and not (root / ".pending.json").exists()
+
+
+def test_each_situation_of_the_paper_is_found_and_marked():
+    """04_figures shows one validation scene per situation; each mask holds the pixels the situation names."""
+    from depthg.data.synthetic.situations import SITUATIONS, find_situations
+
+    found = find_situations(seed=0, res=RES)
+    assert [f["key"] for f in found] == list(SITUATIONS)
+    for f in found:
+        s = render_scene(0, VAL_OFFSET + f["index"], RES, debug=True)
+        assert np.array_equal(f["image"], s["image"]), "the scene shown is the validation image of the world"
+        m, labels = f["mask"], set(np.unique(s["label"][f["mask"]]).tolist())
+        assert m.any() and not m.all()
+        if f["key"] == "shadow":
+            assert s["shadow"][m].all() and len(np.unique(s["instance"][m])) == 1, "shadow on one surface"
+        if f["key"] == "shared_texture":
+            assert labels == {BOX, WALL} and len(np.unique(s["material"][m])) == 1
+        if f["key"] == "twins":
+            near, far = (np.median(s["depth"][s["instance"] == j]) for j in s["info"]["twins"])
+            assert far > 1.5 * near and len(np.unique(s["albedo"][m], axis=0)) == 1
+        if f["key"] == "far_structures":
+            assert PILLAR in labels and np.median(s["depth"][m]) >= 10
+    with pytest.raises(LookupError, match="not found in the first 0"):
+        find_situations(seed=0, res=RES, max_scenes=0)
+
+
+def test_world_situations_come_from_the_worlds_validation_split(tmp_path):
+    from depthg.data.synthetic.situations import world_situations
+    from depthg.errors import DataError
+
+    root = tmp_path / "synthetic"
+    with pytest.raises(DataError, match="manifest.json.*prep synthetic"):
+        world_situations(root)
+    write_synthetic(root, n_train=1, n_val=4, res=RES, seed=0, progress=False)
+    for f in world_situations(root):
+        assert f["index"] < 4
+        stored = np.asarray(Image.open(root / "img" / "val" / f"{f['index']:05d}.png"))
+        assert np.array_equal(stored, f["image"])

@@ -43,7 +43,7 @@ from depthg.data.transforms import image_tensor
 from depthg.device import resolve_device
 from depthg.errors import ConfigError, DataError
 from depthg.files import atomic_write, remove_leftovers
-from depthg.model.backbone import DinoBackbone
+from depthg.model.backbone import DinoBackbone, weights_identity
 from depthg.paths import dataset_folder
 
 DROPOUT_P = 0.1  # DinoFeaturizer's Dropout2d (DG src/modules.py; METHOD.md §1.5)
@@ -243,6 +243,8 @@ def run_knn(
         "split": split,
         "backbone": backbone,
         "weights": str(weights),
+        # the weights' content: a re-made file under the same name ("bundled") must not reuse old neighbours
+        "weights_id": weights_identity(backbone, weights),
         "res": res,
         "crop": crop,
         "ratio": ratio if crop == "five" else None,

@@ -21,7 +21,9 @@ from depthg.config import Config
 from depthg.data.datasets import effective_crop, five_crop_dataset, source_dataset
 from depthg.data.knn_file import knn_path
 from depthg.data.pairs import train_knn_paths
+from depthg.data.stage import recorded_params
 from depthg.errors import ConfigError, DataError
+from depthg.model.backbone import weights_identity
 from depthg.paths import data_root, dataset_folder, derived_dir
 
 KNN_K = 30  # neighbours stored per image, as the release (METHOD.md §1.5); fewer on small sets (knn_k)
@@ -82,6 +84,21 @@ def knn_file(cfg: Config, data_dir=None) -> Path:
     return legacy if legacy.is_file() and not ours.is_file() else ours
 
 
+def knn_weights_changed(cfg: Config, data_dir=None) -> str | None:
+    """How the weights of our kNN file differ from the config's (``model.weights``), or None when they do not.
+
+    Compares content (:func:`depthg.model.backbone.weights_identity`): re-made bundled weights under the same name
+    count as other weights. A release kNN file, or ours without a recorded run, carries nothing to compare.
+    """
+    ours, _ = train_knn_paths(cfg, data_dir)
+    recorded = recorded_params(ours.parent, ours.stem) if ours.is_file() else None
+    if recorded is None:
+        return None
+    now = weights_identity(cfg.model.backbone, cfg.model.weights)
+    had = recorded.get("weights_id")
+    return None if had == now else f"made with other weights ({had or 'not recorded'}, the config's are {now})"
+
+
 def missing_steps(cfg: Config, data_dir=None) -> list[Step]:
     """What training and evaluating ``cfg`` still lacks, in the order to make it."""
     d, name, n_classes = cfg.data, cfg.data.dataset, cfg.model.n_classes
@@ -121,8 +138,9 @@ def missing_steps(cfg: Config, data_dir=None) -> list[Step]:
             n_items = 5 * len(src)  # what the stage will write
     else:
         n_items = len(src)
-    if not knn_file(cfg, data_dir).is_file():
-        neighbours, problem = d.num_neighbors, ""
+    stale = knn_weights_changed(cfg, data_dir)
+    if not knn_file(cfg, data_dir).is_file() or stale:
+        neighbours, problem = d.num_neighbors, f"; the file there was {stale}" if stale else ""
         if n_items <= neighbours:  # too small for data.num_neighbors: the stage would stop; say the fix here
             neighbours = max(n_items - 1, 1)
             problem = (
@@ -142,7 +160,7 @@ def missing_steps(cfg: Config, data_dir=None) -> list[Step]:
                     data_dir,
                     f" --backbone {cfg.model.backbone}{weights} --res {d.knn_res} --crop {crop}"
                     f"{ratio} --k {k} --num-neighbors {neighbours} "
-                    f"--fidelity {cfg.fidelity.knn_features}",
+                    f"--fidelity {cfg.fidelity.knn_features}{' --overwrite' if stale else ''}",
                 ),
             )
         )

@@ -325,6 +325,22 @@ def hub_weights_file(name: str) -> Path:
     return path
 
 
+def weights_identity(name: str, weights: str | Path) -> str:
+    """What ``DinoBackbone(name, weights)`` would load, known without loading it: stages key their outputs on it.
+
+    A file (and "bundled", the project's file) is its sha256, so re-made weights under the same name invalidate the
+    kNN files computed with the old ones; "hub" is the release's checkpoint name (a fixed published file); "random"
+    the fixed seed. A missing file gives its path, and the loader's error follows.
+    """
+    if isinstance(weights, str) and weights == "random":
+        return f"random(seed={RANDOM_WEIGHTS_SEED})"
+    if isinstance(weights, str) and weights == "hub":
+        return f"hub:{backbone_spec(name).checkpoint_name}"
+    path = bundled_weights_path(name) if isinstance(weights, str) and weights == "bundled" else Path(weights)
+    path = path.expanduser()
+    return f"sha256:{file_sha256(path)}" if path.is_file() else str(path)
+
+
 def _few(keys: list[str], n: int = 8) -> str:
     """At most n keys for an error message."""
     if not keys:

@@ -11,9 +11,10 @@ either uniform random (STEGO) or chosen by farthest point sampling (FPS) over th
   degrees (defaults below), and the chosen patches' centres as (x, y) = (2c/(w-1)-1, 2r/(h-1)-1) in selection
   order.
 
-FPS runs batched in torch on the tensor's device: one loop over the n picks, none over the batch, no host
-round-trip. Squared distances are sums of squared coordinate differences in float32, the release's arithmetic, so
-exact ties (flat depth) break the same way (lowest index), DESIGN.md §4.
+FPS runs on the tensor's device: on a GPU batched in torch (one loop over the n picks, none over the batch, no host
+round-trip), on the CPU as a compiled loop (:mod:`depthg.model.fps_cpu`) with the same arithmetic and indices.
+Squared distances are sums of squared coordinate differences in float32, the release's arithmetic, so exact ties
+(flat depth) break the same way (lowest index), DESIGN.md §4.
 
 Shapes: B batch, C channels, H/W full-resolution depth, h/w feature grid, N = h*w points, S sample-grid side,
 n = S*S picks.
@@ -208,22 +209,53 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 def farthest_point_sample(
-    points: Tensor, n: int, *, start: int | str | Tensor = 0, generator: torch.Generator | None = None
+    points: Tensor,
+    n: int,
+    *,
+    start: int | str | Tensor = 0,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Greedy farthest point sampling of ``n`` of the ``N`` points [B,N,3] -> indices [B,n] in selection order.
 
     Each pick is the point whose squared distance to the nearest chosen point is largest; ties go to the lowest
     index, and a chosen point is never picked again (even when all remaining distances are 0, as on flat depth).
     ``start``: an index for every image, a LongTensor[B], or "random" (drawn with ``generator``).
+    ``backend``: "torch" (batched tensor ops on the points' device), "numba" (compiled CPU loop,
+    :mod:`depthg.model.fps_cpu`) or "auto" (numba for CPU tensors, torch elsewhere); the indices are identical.
     """
     assert points.dim() == 3 and points.shape[-1] == 3, f"points must be [B,N,3], got {tuple(points.shape)}"
     B, N, _ = points.shape
     if not 1 <= n <= N:
         raise ConfigError(f"FPS asked for {n} samples from {N} points; use 1 <= n <= {N} (feature_samples**2).")
+    if backend not in ("auto", "torch", "numba"):
+        raise ConfigError(f"FPS backend={backend!r}: use 'auto', 'torch' or 'numba'.")
+    cur = _start_indices(start, B, N, points.device, generator)
+    if backend == "numba" or (backend == "auto" and points.device.type == "cpu"):
+        return _fps_numba(points, n, cur)
+    return _fps_torch(points, n, cur)
+
+
+def _fps_numba(points: Tensor, n: int, start: Tensor) -> Tensor:
+    from depthg.model.fps_cpu import fps_kernel  # numba loads (~0.5 s) only when FPS first runs on the CPU
+
+    # one thread for the copies too: a parallel torch op leaves its OpenMP workers spinning, which on a busy
+    # machine takes the core the (serial) compiled loop needs
+    with _one_cpu_thread(torch.device("cpu")):
+        coords = points.detach().float().cpu().permute(0, 2, 1).contiguous()  # [B,N,3] -> [B,3,N]
+        if not torch.isfinite(coords).all():
+            # the torch loop would pick NaN points first; either way the samples would be meaningless
+            raise ValueError("FPS points contain NaN or inf: check the depth maps of this batch (non-finite depth).")
+        out = torch.empty(points.shape[0], n, dtype=torch.long)
+        fps_kernel(coords.numpy(), start.cpu().numpy(), n, out.numpy())
+    return out.to(points.device)
+
+
+def _fps_torch(points: Tensor, n: int, cur: Tensor) -> Tensor:
+    B, N, _ = points.shape
     # Coordinates as one [3,B,N] tensor: a pick costs one gather, one subtract and one square for all three axes;
     # the loop is bound by per-op overhead (~3 us each), not arithmetic, so fewer ops is what makes it fast.
     P = points.float().permute(2, 0, 1).contiguous()  # [B,N,3] -> [3,B,N]
-    cur = _start_indices(start, B, N, points.device, generator)
     picks = [cur]
     # min squared distance to the chosen set; chosen points hold -1 so they lose every argmax (distances are >= 0).
     best = torch.full((B, N), float("inf"), device=points.device)

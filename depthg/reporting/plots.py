@@ -10,7 +10,9 @@ class names are given. Their size stays modest because the notebooks embed them.
 * :func:`ablation_bars`: mean ± std per variant of an aggregated ablation table (03_ablation);
 * :func:`fps_vs_random`: the sample locations the loss reads, FPS vs random, drawn on the depth map (04_figures);
 * :func:`lhp_vs_attention`: one patch's 3D-LHP propagation weights beside its last-block attention (04_figures);
-* :func:`predictions_grid`: image, ground truth, cluster probe (Hungarian-mapped) and linear probe (04_figures).
+* :func:`predictions_grid`: image, ground truth, cluster probe (Hungarian-mapped) and linear probe (04_figures);
+* :func:`situations_grid`: one scene per situation of the synthetic world, its pixels outlined on image and depth
+  (04_figures; scenes from :func:`depthg.data.synthetic.situations.find_situations`).
 
 Figure data helpers: :func:`patch_map` (a patch's row of a weight matrix, or of attention over patch tokens, as an
 h x w map). Probe predictions for :func:`predictions_grid` come from
@@ -288,6 +290,25 @@ def predictions_grid(
     for ax, title in zip(axes[0], ("image", "ground truth", "cluster probe (Hungarian)", "linear probe")):
         ax.set_title(title, fontsize=9)
     return _save(fig, path, bottom=_legend(fig, colors, names))
+
+
+def situations_grid(examples: Sequence[dict], path: str | Path) -> Path:
+    """One column per situation ({"title", "index", "image" [H,W,3], "depth" [H,W], "mask" bool [H,W]}): the
+    image and the depth map (normalised per image) with the situation's pixels outlined in cyan."""
+    examples = list(examples)
+    assert examples, "situations_grid needs at least one example"
+    fig = _figure(2.2 * len(examples), 4.6)
+    axes = fig.subplots(2, len(examples), squeeze=False)
+    for col, ex in enumerate(examples):
+        depth = np.asarray(ex["depth"], np.float64)
+        depth = (depth - depth.min()) / max(np.ptp(depth), 1e-8)
+        axes[0, col].imshow(np.asarray(ex["image"]))
+        _depth(fig, axes[1, col], depth)
+        for ax in axes[:, col]:
+            ax.contour(np.asarray(ex["mask"], np.float64), levels=[0.5], colors="cyan", linewidths=0.8)
+        axes[0, col].set_title(f"{ex['title']}\n(val scene {ex['index']})", fontsize=7)
+    _off(axes.ravel())
+    return _save(fig, path)
 
 
 def paper_dots(
