@@ -54,6 +54,20 @@ def device_description(device: str) -> str:
     )
 
 
+def cpu_description() -> dict[str, str]:
+    """The CPU's model and the vector instruction set torch's kernels use on it: on another CPU (AVX2 instead of
+    AVX512, say) float sums round differently, so the same commit and seed can differ in the last digits."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:  # not Linux
+        pass
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def provenance(
     *, seed: int | None, device: str, weights: str, wall_time_s: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -61,6 +75,7 @@ def provenance(
         "git": git_state(),
         "seed": seed,
         "device": device_description(device),
+        "cpu": cpu_description(),
         "backbone_weights": weights,
         "wall_time_s": round(float(wall_time_s), 3),
         "packages": package_versions(),

@@ -59,6 +59,9 @@ def test_eval_cli_on_released_checkpoint_writes_results_with_provenance(
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["backbone_weights"].startswith(f"file:{released_synthetic}")
     assert prov["git"]["commit"] and "torch" in prov["packages"]
+    # the CPU's vector instruction set decides how float sums round: recorded, so that a last-digit difference
+    # between two runs of one commit can be traced to the machine
+    assert prov["cpu"]["model"] and prov["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "cluster_crf" in capsys.readouterr().out
 
 

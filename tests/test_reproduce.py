@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from depthg import reproduce
 from depthg.errors import DepthGError
 from depthg.reproduce import KERNEL, check_kernel, execute
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_registered_kernel_is_this_environments():
@@ -81,3 +84,17 @@ def test_cell_lines_are_echoed_and_quiet_stretches_get_a_heartbeat(capsys):
     assert out[1] == "  03_ablation | +DFC seed 0: trained ablation-synthetic-dfc-s0"
     assert any(line.startswith("  03_ablation still running") for line in out)
     assert out[-1] == "  03_ablation | last line without newline"  # flushed at the end
+
+
+def test_every_notebook_that_trains_lets_the_main_job_replace_committed_runs():
+    """`make reproduce` replaces the committed run folders through each training notebook's `overwrite`; a notebook
+    without it stops the main job on a clean clone (seen: 05_paper_tables on its committed paper-synthetic runs)."""
+    import papermill
+
+    from depthg.reproduce import NOTEBOOKS
+
+    for name in NOTEBOOKS:
+        params = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        if "iterations" in params:
+            assert "overwrite" in params, f"{name} trains but has no overwrite parameter"
+            assert params["overwrite"]["default"] == "False", f"{name}: a user's run must not replace by default"

@@ -199,6 +199,9 @@ def _add_tables(sub) -> None:
     p.add_argument("--data-dir", help="data root (default: $DEPTHG_DATA_DIR or <repo>/data)")
     p.add_argument("--results-dir", help="results root")
     p.add_argument("--reuse", action="store_true", help="keep finished runs, resume interrupted ones")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace run folders of another config or of committed results"
+    )
     p.add_argument("--no-estimate", action="store_true", help="skip the timed warm-up before the runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides section.key=value for every run")
@@ -232,6 +235,7 @@ def _run_tables(args) -> int:
         released_checkpoints=args.released_checkpoints,
         results_dir=args.results_dir,
         reuse=args.reuse,
+        overwrite=args.overwrite,
     )
     warm = None if args.no_estimate else paper_plan.speed_config(plan)
     print(plan.describe(None if warm is None else paper_plan.measure_speed(warm)), flush=True)

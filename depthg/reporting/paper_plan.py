@@ -174,6 +174,7 @@ class Plan:
     results_dir: str | None
     reuse: bool
     runs: list[PlannedRun] = field(default_factory=list)
+    overwrite: bool = False  # replace run folders of another config or of committed results (the main job)
 
     def counts(self) -> str:
         """Deterministic: how many runs, iterations and evaluation images the tables need."""
@@ -231,6 +232,7 @@ def plan_tables(
     released_checkpoints: str | Path | None = None,
     results_dir: str | None = None,
     reuse: bool = False,
+    overwrite: bool = False,
 ) -> Plan:
     """Every run the tables of ``cases`` need. ``configure(dataset, preset=...)`` gives a case's config with the
     user's parameters applied (the notebook and CLI pass :func:`depthg.notebook.resolve_config` with them bound)."""
@@ -246,6 +248,7 @@ def plan_tables(
         None if released_checkpoints is None else str(released_checkpoints),
         results_dir,
         reuse,
+        overwrite=overwrite,
     )
     for case in cases:
         base, prefix = configs[case], f"paper-{case.tag}"

@@ -78,6 +78,7 @@ def run_tables(plan: Plan, *, progress: bool = False, log: Callable[[str], None]
                 overrides=released_overrides(base),
                 run_name=released.name,
                 results_dir=plan.results_dir,
+                overwrite=plan.overwrite,
             )
             if log:
                 log(f"released checkpoint {path.name}: evaluated into {released.name}")
@@ -94,6 +95,7 @@ def run_tables(plan: Plan, *, progress: bool = False, log: Callable[[str], None]
                 prefix=prefix,
                 results_dir=plan.results_dir,
                 reuse=plan.reuse,
+                overwrite=plan.overwrite,
                 progress=progress,
                 made=made,
                 log=log,
