@@ -45,6 +45,14 @@ def test_release_style_loss_equals_ours():
             assert ours[k].item() == pytest.approx(theirs[k].item(), abs=1e-6, rel=1e-6), (target, k)
 
 
+def test_bench_compile_reports_compile_time_ratio_and_agreement(capsys):
+    """Tiny shapes and dynamo's eager backend (tracing, no code generation), so it runs in seconds."""
+    args = ["compile", "--batch", "2", "--channels", "8", "--dim", "4", "--grid", "6", "--side", "3"]
+    assert main(args + ["--repeats", "2", "--backend", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert "first call (compile)" in out and "ratio" in out and "relative difference 0.0e+00" in out
+
+
 def test_bench_loss_and_fps_commands_report_ratios(capsys):
     code = main(["fps", "--batch", "2", "--grid", "6", "--side", "3", "--repeats", "2"])
     assert code == 0

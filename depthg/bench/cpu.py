@@ -6,6 +6,7 @@
 * ``loss``: FPS coordinates of image and partner + :func:`depthg.model.losses.correlation_loss` forward and backward at
   the paper's shapes (self, kNN, 5 negatives, DFC) for both fidelities, against the release-style FPS and loss;
   checks that both give the same loss.
+* ``compile``: ``torch.compile`` of the correlation loss against eager at the paper's shapes (compile time, ratio);
 * ``knn``, ``train``, ``crf``: kNN, training-iteration and DenseCRF throughput (no baseline).
 
 Times are medians over interleaved rounds (:func:`depthg.bench.common.paired_times`), ratios the median of the
@@ -166,6 +167,55 @@ def _loss_round(
         "ratio": ratio,
         "loss_diff": abs(ours_value - release_value),
     }
+
+
+@command(
+    "compile",
+    help="torch.compile of the correlation loss: compile time and fwd+bwd against eager at the paper's shapes",
+    args=[
+        (("--batch",), dict(type=int, default=32)),
+        (("--channels",), dict(type=int, default=384)),
+        (("--dim",), dict(type=int, default=70)),
+        (("--grid",), dict(type=int, default=28)),
+        (("--side",), dict(type=int, default=11)),
+        (("--repeats",), dict(type=int, default=5)),
+        (("--backend",), dict(default="inductor", help="torch.compile backend (eager: tracing only, for tests)")),
+        (("--device",), dict(default="cpu")),
+    ],
+)
+def bench_compile(args: argparse.Namespace) -> dict:
+    """Training does not compile the loss: it was measured only here, at fixed inputs, not inside a run, whose
+    inputs change (the DFC weight and shift decay, the FPS sample count: values dynamo may guard on, each change a
+    recompile), and not on a GPU. This tells a device where compiling pays from one where it does not."""
+    gen = torch.Generator().manual_seed(0)
+    B, C, K, h, S, dev = args.batch, args.channels, args.dim, args.grid, args.side, args.device
+    f1, f2 = (torch.randn(B, C, h, h, generator=gen).to(dev) for _ in range(2))
+    z1, z2 = (torch.randn(B, K, h, h, generator=gen).to(dev).requires_grad_(True) for _ in range(2))
+    d1, d2 = (torch.rand(B, 1, h * 8, h * 8, generator=gen).mul(255).floor().to(dev) for _ in range(2))
+    terms = paper_terms(neg_samples=5, dfc_target="paper")
+    c1, c2 = (sampling.fps_coords(d, (h, h), S, fidelity="paper") for d in (d1, d2))
+    print(f"torch.compile ({args.backend}) of the correlation loss: B={B}, C={C}, K={K}, {h}x{h}, S={S}, {machine()}")
+
+    def run(loss_fn) -> float:
+        out = loss_fn(f1, f2, z1, z2, d1, d2, c1, c2, terms, generator=torch.Generator().manual_seed(1))
+        out["total"].backward()
+        return out["total"].item()
+
+    compiled = torch.compile(losses.correlation_loss, backend=args.backend)
+    t0 = time.perf_counter()
+    value = run(compiled)
+    compile_s = time.perf_counter() - t0
+    eager_value = run(losses.correlation_loss)
+    times = paired_times(
+        {"eager": lambda: run(losses.correlation_loss), "compiled": lambda: run(compiled)}, args.repeats, dev
+    )
+    ratio = median_ratio(times["eager"], times["compiled"])
+    rel = abs(value - eager_value) / max(abs(eager_value), 1e-12)
+    print(
+        f"  first call (compile) {compile_s:.1f} s; eager {_ms(times['eager'])}, compiled {_ms(times['compiled'])}, "
+        f"ratio {ratio:.2f}x; loss {value:.8f} vs {eager_value:.8f} (relative difference {rel:.1e})"
+    )
+    return {"compile_s": compile_s, "ratio": ratio, "relative_difference": rel}
 
 
 @command(
