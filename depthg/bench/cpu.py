@@ -82,15 +82,30 @@ def bench_fps(args: argparse.Namespace) -> dict:
     }
 
 
+# the correlation loss's input shapes, the paper's by default (COCO ViT-S/8: B=32, C=384, K=70, 28x28, S=11)
+PAPER_SHAPES = [
+    (("--batch",), dict(type=int, default=32)),
+    (("--channels",), dict(type=int, default=384)),
+    (("--dim",), dict(type=int, default=70)),
+    (("--grid",), dict(type=int, default=28)),
+    (("--side",), dict(type=int, default=11)),
+]
+
+
+def _loss_inputs(args: argparse.Namespace, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Features f [B,C,h,w] and codes z [B,K,h,w] (with grad) of image and partner, 8-bit depth [B,1,8h,8w]."""
+    B, C, K, h, dev = args.batch, args.channels, args.dim, args.grid, args.device
+    f1, f2 = (torch.randn(B, C, h, h, generator=gen).to(dev) for _ in range(2))
+    z1, z2 = (torch.randn(B, K, h, h, generator=gen).to(dev).requires_grad_(True) for _ in range(2))
+    d1, d2 = (torch.rand(B, 1, h * 8, h * 8, generator=gen).mul(255).floor().to(dev) for _ in range(2))  # ViT /8
+    return f1, f2, z1, z2, d1, d2
+
+
 @command(
     "loss",
     help="FPS + correlation loss forward+backward at paper shapes, both fidelities, vs release-style",
     args=[
-        (("--batch",), dict(type=int, default=32)),
-        (("--channels",), dict(type=int, default=384)),
-        (("--dim",), dict(type=int, default=70)),
-        (("--grid",), dict(type=int, default=28)),
-        (("--side",), dict(type=int, default=11)),
+        *PAPER_SHAPES,
         (("--neg",), dict(type=int, default=5)),
         (("--repeats",), dict(type=int, default=5)),
         (("--device",), dict(default="cpu")),
@@ -99,10 +114,7 @@ def bench_fps(args: argparse.Namespace) -> dict:
 def bench_loss(args: argparse.Namespace) -> dict:
     gen = torch.Generator().manual_seed(0)
     B, C, K, h, S, dev = args.batch, args.channels, args.dim, args.grid, args.side, args.device
-    res = h * 8  # ViT patch 8
-    f1, f2 = (torch.randn(B, C, h, h, generator=gen).to(dev) for _ in range(2))
-    z1, z2 = (torch.randn(B, K, h, h, generator=gen).to(dev).requires_grad_(True) for _ in range(2))
-    d1, d2 = (torch.rand(B, 1, res, res, generator=gen).mul(255).floor().to(dev) for _ in range(2))
+    f1, f2, z1, z2, d1, d2 = _loss_inputs(args, gen)
     print(
         f"correlation loss fwd+bwd with FPS coords of image and partner: B={B}, C={C}, K={K}, {h}x{h}, S={S}, "
         f"{args.neg} negatives, DFC on, device={dev}, {machine()}"
@@ -173,11 +185,7 @@ def _loss_round(
     "compile",
     help="torch.compile of the correlation loss: compile time and fwd+bwd against eager at the paper's shapes",
     args=[
-        (("--batch",), dict(type=int, default=32)),
-        (("--channels",), dict(type=int, default=384)),
-        (("--dim",), dict(type=int, default=70)),
-        (("--grid",), dict(type=int, default=28)),
-        (("--side",), dict(type=int, default=11)),
+        *PAPER_SHAPES,
         (("--repeats",), dict(type=int, default=5)),
         (("--backend",), dict(default="inductor", help="torch.compile backend (eager: tracing only, for tests)")),
         (("--device",), dict(default="cpu")),
@@ -187,11 +195,8 @@ def bench_compile(args: argparse.Namespace) -> dict:
     """Training does not compile the loss: it was measured only here, at fixed inputs, not inside a run, whose
     inputs change (the DFC weight and shift decay, the FPS sample count: values dynamo may guard on, each change a
     recompile), and not on a GPU. This tells a device where compiling pays from one where it does not."""
-    gen = torch.Generator().manual_seed(0)
     B, C, K, h, S, dev = args.batch, args.channels, args.dim, args.grid, args.side, args.device
-    f1, f2 = (torch.randn(B, C, h, h, generator=gen).to(dev) for _ in range(2))
-    z1, z2 = (torch.randn(B, K, h, h, generator=gen).to(dev).requires_grad_(True) for _ in range(2))
-    d1, d2 = (torch.rand(B, 1, h * 8, h * 8, generator=gen).mul(255).floor().to(dev) for _ in range(2))
+    f1, f2, z1, z2, d1, d2 = _loss_inputs(args, torch.Generator().manual_seed(0))
     terms = paper_terms(neg_samples=5, dfc_target="paper")
     c1, c2 = (sampling.fps_coords(d, (h, h), S, fidelity="paper") for d in (d1, d2))
     print(f"torch.compile ({args.backend}) of the correlation loss: B={B}, C={C}, K={K}, {h}x{h}, S={S}, {machine()}")
