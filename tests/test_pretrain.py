@@ -111,3 +111,23 @@ def test_bundled_weights_match_their_manifest():
     assert man["world"]["split"] == "train" and man["params"]["threads"] >= 1
     net = DinoBackbone("vit_tiny_patch8", "bundled")
     assert net.weights_source.startswith(f"bundled:{path.name} sha256:{man['sha256'][:12]}")
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_device_is_refused_and_the_command_names_the_device(tmp_path):
+    """Off the CPU the device is part of the parameters (float sums differ), so a GPU checkpoint does not resume on
+    the CPU; the manifest's command names it. The CPU run records no device, as the bundled weights' manifest."""
+    from depthg.training.pretrain import _command
+
+    _run(tmp_path, "g", stop_at=2)
+    ckpt = tmp_path / "g.safetensors.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    assert "device" not in state["params"]
+    state["params"]["device"] = "cuda"  # as a GPU run writes it
+    torch.save(state, ckpt)
+    with pytest.raises(TrainingError, match="other parameters.*'device': \\('cuda', None\\)"):
+        _run(tmp_path, "g")
+    cmd = _command(PretrainConfig(**TINY), tmp_path / "g.safetensors", 1, "cuda")
+    assert cmd.startswith("python -m depthg prep pretrain --threads 1 --device cuda")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        pretrain(PretrainConfig(**TINY), tmp_path / "h.safetensors", progress=False, device="cuda")

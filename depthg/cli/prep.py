@@ -63,6 +63,11 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", help="weights file (.safetensors; default: the bundled file in depthg/assets)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (part of the result: recorded)")
     p.add_argument("--stop-at", type=int, help="stop after this many iterations (checkpoint kept; resume later)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the bundled weights' recipe), cuda, cuda:1 or auto; recorded, part of the result",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 

@@ -90,7 +90,7 @@ class DinoLoss(nn.Module):
             t = F.softmax((teacher - self.center) / teacher_temp, dim=-1).detach()  # [V_t,B,K]
         log_s = F.log_softmax(student / self.student_temp, dim=-1)  # [V_s,B,K]
         ce = -(t[:, None] * log_s[None]).sum(-1).mean(-1)  # [V_t,V_s]: mean over the batch
-        pairs = ~torch.eye(V_t, V_s, dtype=torch.bool)  # a view is never its own target
+        pairs = ~torch.eye(V_t, V_s, dtype=torch.bool, device=ce.device)  # a view is never its own target
         loss = ce[pairs].mean()
         with torch.no_grad():
             self.center.mul_(self.center_m).add_(

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from depthg.data.synthetic import render_scene
 from depthg.data.synthetic.world import VERSION as WORLD_VERSION
+from depthg.device import resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.files import atomic_write, file_sha256, write_json
 from depthg.model.backbone import DinoBackbone
@@ -146,6 +147,10 @@ class _Nets(torch.nn.Module):
         self.loss = DinoLoss(cfg.out_dim, student_temp=cfg.student_temp, centering=cfg.centering)
         self.patch_loss = PatchLoss(cfg.out_dim, student_temp=cfg.student_temp, centering=cfg.centering)
 
+    @property
+    def center_device(self) -> torch.device:
+        return self.loss.center.device
+
     def student_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.student.vit.parameters()) + list(self.student_head.parameters())
 
@@ -162,7 +167,9 @@ def _optimizer(nets: _Nets) -> torch.optim.AdamW:
 
 def _step(nets: _Nets, opt, images, cfg: PretrainConfig, it: int, sched: dict, *, update: bool = True) -> float:
     """One iteration: loss of the views of ``it``, a student step and the teacher EMA (``update``)."""
-    vs = views(images, cfg, it)
+    dev = nets.center_device
+    # the crops are drawn and cut on the CPU, so every device trains on the same views; only the nets move
+    vs = [v.to(dev, non_blocking=True) for v in views(images, cfg, it)]
     B, p, temp = cfg.batch_size, nets.student.patch_size, float(sched["teacher_temp"][it])
     glob = torch.cat(vs[:2])  # [2B,3,g,g]
     dense = cfg.patch_weight > 0
@@ -170,7 +177,7 @@ def _step(nets: _Nets, opt, images, cfg: PretrainConfig, it: int, sched: dict, *
     with torch.no_grad():
         t_out = nets.teacher_head(tokens(nets.teacher, glob)[:, keep])  # [2B,T',K]
     if dense:  # its own stream of draws, apart from the crops'
-        mask = patch_mask(cfg, 2 * B, cfg.global_px // p, generator(cfg.seed, -(10**6) - it))
+        mask = patch_mask(cfg, 2 * B, cfg.global_px // p, generator(cfg.seed, -(10**6) - it)).to(dev)
         glob = mask_patches(glob, mask, p)
     s_glob = nets.student_head(tokens(nets.student, glob)[:, keep])  # [2B,T',K]
     s_loc = nets.student_head(tokens(nets.student, torch.cat(vs[2:]))[:, 0])  # [n_local*B,K]
@@ -194,14 +201,16 @@ def _step(nets: _Nets, opt, images, cfg: PretrainConfig, it: int, sched: dict, *
     return loss.item()
 
 
-def estimate_seconds(cfg: PretrainConfig, images: torch.Tensor, n: int = 3) -> float:
+def estimate_seconds(cfg: PretrainConfig, images: torch.Tensor, n: int = 3, device: str = "cpu") -> float:
     """Measured seconds per iteration: ``n`` forward/backward passes on throwaway copies (the first one discarded)."""
-    nets = _Nets(cfg)
+    nets = _Nets(cfg).to(resolve_device(device))
     opt, sched = _optimizer(nets), schedules(cfg)
     _step(nets, opt, images, cfg, 0, sched, update=False)
     t0 = time.perf_counter()
     for it in range(1, n + 1):
         _step(nets, opt, images, cfg, it % cfg.iterations, sched, update=False)
+    if nets.center_device.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n
 
 
@@ -219,6 +228,7 @@ def pretrain(
     progress: bool = True,
     estimate: bool = True,
     stop_at: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """Run DINO pretraining and write the teacher backbone to ``out`` (.safetensors, a timm ViT state dict that
     :class:`DinoBackbone` loads as ``weights``) plus ``out`` with suffix .json (the manifest). Returns ``out``.
@@ -227,7 +237,9 @@ def pretrain(
     from when it exists with the same parameters; removed once the weights of the full schedule are written. The
     thread count is part of the result (float sums depend on it), so it is recorded and a resume with another count
     is refused. ``stop_at``: stop after that many of the schedule's iterations, keep the checkpoint (a later run
-    without it resumes to the end) and write the teacher of that iteration, marked incomplete in the manifest."""
+    without it resumes to the end) and write the teacher of that iteration, marked incomplete in the manifest.
+    ``device``: where the nets train ("cpu", "cuda", "auto"); like the thread count it is part of the result (a
+    GPU's float sums differ), so a non-CPU device is recorded and a resume on another one is refused."""
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"pretrain output {out} must end in .safetensors")
@@ -235,12 +247,15 @@ def pretrain(
         raise ConfigError(f"pretrain stop_at must be in 1..{cfg.iterations} (iterations), got {stop_at}")
     end = stop_at or cfg.iterations
     ckpt = Path(checkpoint) if checkpoint else out.with_name(out.name + ".ckpt")
+    dev = resolve_device(device)
     params = dict(asdict(cfg), format=FORMAT, threads=torch.get_num_threads())
+    if dev.type != "cpu":  # recorded only off the CPU, so CPU checkpoints and manifests keep their parameters
+        params["device"] = dev.type
     t_start = time.perf_counter()
     images = render_images(cfg, progress=progress)
     render_s = time.perf_counter() - t_start
     torch.manual_seed(cfg.seed)
-    nets, sched = _Nets(cfg), schedules(cfg)
+    nets, sched = _Nets(cfg).to(dev), schedules(cfg)
     opt = _optimizer(nets)
     start, losses, elapsed = 0, [], 0.0
     if ckpt.is_file():
@@ -253,10 +268,11 @@ def pretrain(
             raise TrainingError(f"checkpoint {ckpt} is at iteration {start}, past stop_at={stop_at}")
         print(f"pretrain: resuming from {ckpt} at iteration {start}/{cfg.iterations}", flush=True)
     if estimate and start < end:
-        per_it = estimate_seconds(cfg, images)
+        per_it = estimate_seconds(cfg, images, device=str(dev))
+        where = f"{torch.get_num_threads()} threads" if dev.type == "cpu" else str(dev)
         print(
             f"pretrain: {end - start} iterations of batch {cfg.batch_size} x {2 + cfg.n_local} views "
-            f"on {torch.get_num_threads()} threads: about {per_it * (end - start) / 60:.1f} min "
+            f"on {where}: about {per_it * (end - start) / 60:.1f} min "
             f"({per_it:.2f} s/iteration measured; rendering took {render_s:.0f} s)",
             flush=True,
         )
@@ -288,9 +304,18 @@ def pretrain(
 
 
 def _load_checkpoint(ckpt: Path, params: dict | None = None) -> dict:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    # weights-only, as every file this project reads: the checkpoint holds tensors and plain values only, so a
+    # crafted file cannot run code (issue 15); anything else is refused naming the file
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise TrainingError(
+            f"pretraining checkpoint {ckpt} cannot be read as tensors and plain values ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start the pretraining afresh"
+        ) from err
     if params is not None and state["params"] != params:
-        diff = {k: (state["params"].get(k), v) for k, v in params.items() if state["params"].get(k) != v}
+        old = state["params"]
+        diff = {k: (old.get(k), params.get(k)) for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)}
         raise TrainingError(
             f"checkpoint {ckpt} was written with other parameters {diff}; delete it or use "
             "the same parameters (and thread count) to resume"
@@ -304,7 +329,11 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     state = _load_checkpoint(Path(ckpt))
     params = state["params"]
     cfg = PretrainConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k not in ("format", "threads")}
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in params.items()
+            if k not in ("format", "threads", "device")
+        }
     )
     teacher = DinoBackbone(cfg.backbone, "random")
     prefix = "teacher.vit."
@@ -326,7 +355,7 @@ def _export(
     wall_s: float | None,
 ) -> Path:
     """Write the teacher's ViT state dict to ``out`` and the manifest (recipe, curve, sha256) beside it."""
-    state = {k: v.contiguous() for k, v in teacher.vit.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in teacher.vit.state_dict().items()}
     with atomic_write(out) as tmp:
         safetensors.torch.save_file(state, tmp)  # no metadata: its key order is random, the bytes would differ
     done = len(losses)
@@ -357,9 +386,12 @@ def _export(
         loss_curve_window=window,
         train_wall_time_s=round(train_s, 1),  # all iterations, summed over resumed runs
         render_wall_time_s=None if render_s is None else round(render_s, 1),  # of the last process
-        regenerate=_command(cfg, out, params["threads"]) + stop,
+        regenerate=_command(cfg, out, params["threads"], params.get("device", "cpu")) + stop,
         provenance=provenance(
-            seed=cfg.seed, device="cpu", weights="random (start)", wall_time_s=train_s if wall_s is None else wall_s
+            seed=cfg.seed,
+            device=params.get("device", "cpu"),
+            weights="random (start)",
+            wall_time_s=train_s if wall_s is None else wall_s,
         ),
     )
     write_json(out.with_suffix(".json"), manifest)
@@ -392,7 +424,7 @@ def config_from_overrides(overrides: list[str]) -> PretrainConfig:
     return PretrainConfig(**kw)
 
 
-def _command(cfg: PretrainConfig, out: Path, threads: int) -> str:
+def _command(cfg: PretrainConfig, out: Path, threads: int, device: str = "cpu") -> str:
     """The CLI command that makes these weights again (only the parameters that differ from the defaults; the
     output path relative to the checkout when it lies inside it)."""
     default = asdict(PretrainConfig())
@@ -400,7 +432,8 @@ def _command(cfg: PretrainConfig, out: Path, threads: int) -> str:
         f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in asdict(cfg).items() if v != default[k]
     ]
     where = "" if out.resolve() == bundled_weights_path(cfg.backbone) else f" --out {out}"
-    return " ".join([f"python -m depthg prep pretrain --threads {threads}{where}", *args])
+    on = "" if device == "cpu" else f" --device {device}"
+    return " ".join([f"python -m depthg prep pretrain --threads {threads}{on}{where}", *args])
 
 
 def main(args) -> int:
@@ -408,6 +441,6 @@ def main(args) -> int:
     cfg = config_from_overrides(args.overrides)
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else bundled_weights_path(cfg.backbone)
-    pretrain(cfg, out, progress=not args.no_progress, stop_at=args.stop_at)
+    pretrain(cfg, out, progress=not args.no_progress, stop_at=args.stop_at, device=args.device)
     print(f"pretrain: wrote {out} and {out.with_suffix('.json')}")
     return 0
