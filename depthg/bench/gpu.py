@@ -180,30 +180,11 @@ def train_timing(cfg: Config, sizes: Sizes, device: torch.device, precision: str
     try:
         run = bench_run(cfg, device, precision)
         batch = random_batch(sizes.batch, sizes.res, cfg.model.n_classes, device)
-        B, sched = sizes.batch, run.schedule
+        B = sizes.batch
 
         def marked_iteration(timer: _Timer) -> None:
             timer.mark("start")
-            feats, _ = run.model.features(torch.cat([batch["img"], batch["img_pos"]]))  # one pass, as training
-            timer.mark("backbone")
-            out = run.ddp_step(
-                feats[:B],
-                feats[B:],
-                batch["depth"],
-                batch["depth_pos"],
-                batch["label"],
-                samples=sched.samples,
-                dfc_weight=sched.dfc_weight,
-                dfc_shift=sched.dfc_shift,
-                generator=run.generator,
-            )
-            for opt in run.optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            timer.mark("head_losses")
-            for opt in run.optimizers.values():
-                opt.step()
-            timer.mark("optimiser")
+            iteration(run, batch, mark=timer.mark)  # backbone, head_losses, optimiser
 
         sync = synchronizer(device)
         for _ in range(sizes.warmup):

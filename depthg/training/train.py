@@ -144,11 +144,18 @@ def build_training(cfg: Config, device: torch.device) -> tuple[DepthGModel, Trai
     return model, step, optimizers
 
 
-def iteration(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The compute of one iteration on a batch already on the device: every loss term, detached, after the step."""
+def iteration(
+    run: Run, batch: dict[str, torch.Tensor], mark: Callable[[str], None] | None = None
+) -> dict[str, torch.Tensor]:
+    """The compute of one iteration on a batch already on the device: every loss term, detached, after the step.
+
+    ``mark(phase)`` is called at the end of each phase ("backbone", "head_losses", "optimiser"), for the GPU
+    benchmark's time split (depthg.bench.gpu); training passes none."""
+    mark = mark or (lambda phase: None)
     B = batch["img"].shape[0]
     # one backbone pass over image and partner together (frozen, no_grad, bf16 on CUDA)
     feats, _ = run.model.features(torch.cat([batch["img"], batch["img_pos"]]))
+    mark("backbone")
     out = run.ddp_step(
         feats[:B],
         feats[B:],
@@ -163,8 +170,10 @@ def iteration(run: Run, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     for opt in run.optimizers.values():
         opt.zero_grad(set_to_none=True)
     out["loss"].backward()
+    mark("head_losses")
     for opt in run.optimizers.values():
         opt.step()
+    mark("optimiser")
     return {k: v.detach() for k, v in out.items()}
 
 
