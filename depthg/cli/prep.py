@@ -125,7 +125,11 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--backbone", default="vit_small_patch8")
-    p.add_argument("--weights", default="hub", help="hub, random or a weight file")
+    p.add_argument(
+        "--weights",
+        default="hub",
+        help="hub, bundled (the synthetic backbone in depthg/assets), random or a weight file",
+    )
     p.add_argument(
         "--res",
         type=int,
