@@ -132,13 +132,23 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2, sort_keys:
     return write_text(path, json.dumps(jsonable(obj), indent=indent, sort_keys=sort_keys) + "\n")
 
 
+# (path, inode, size, mtime_ns) -> digest: a weights file is hashed by the readiness check, the kNN stage's
+# parameters and the loader in one process; read it once. A replaced file (atomic rename: new inode) or an edited
+# one (new mtime) is read again.
+_sha256_cache: dict[tuple, str] = {}
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in 1 MiB chunks (once per version of the file in a process)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _sha256_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _sha256_cache[key] = digest.hexdigest()
+    return _sha256_cache[key]
 
 
 # ---- locks ---------------------------------------------------------------------------------------------------------

@@ -136,3 +136,29 @@ def test_truncated_synthetic_manifest_is_one_line(tmp_path, capsys):
     assert main(["synthetic", "--data-dir", str(tmp_path), "--n-train", "1", "--n-val", "1", "--res", "16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "manifest.json is damaged" in err[0], err
+
+
+def test_file_sha256_reads_a_file_once_per_version(tmp_path, monkeypatch):
+    """Hashed once while unchanged (weights are hashed by readiness, the kNN stage and the loader); a replaced file
+    (atomic rename) and a file edited in place, same size, are read again."""
+    import builtins
+    import hashlib
+    import os
+
+    from depthg.files import atomic_write, file_sha256
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 100)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    assert file_sha256(path) == file_sha256(path) == hashlib.sha256(b"a" * 100).hexdigest()
+    assert opened.count(str(path)) == 1
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(b"b" * 100)
+    assert file_sha256(path) == hashlib.sha256(b"b" * 100).hexdigest()
+    with real_open(path, "r+b") as fh:  # in place, same size and inode: the new mtime tells
+        fh.write(b"c" * 100)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert file_sha256(path) == hashlib.sha256(b"c" * 100).hexdigest()

@@ -203,18 +203,19 @@ def test_prep_knn_weights_blocks_every_payload(payload_files, synthetic_world, c
 
 def test_pretraining_resume_and_export_block_every_payload(payload_files, tmp_path):
     """`prep pretrain` resumes from <out>.ckpt and `export_checkpoint` reads one: both weights-only."""
-    from depthg.errors import TrainingError
     from depthg.training.pretrain import PretrainConfig, export_checkpoint, pretrain
 
     marker, files = payload_files
 
     def load(path):
-        with pytest.raises(TrainingError, match=re.escape(str(path))):
+        with pytest.raises(WeightsError, match=re.escape(str(path))):
             export_checkpoint(path, tmp_path / "out.safetensors")
         out = tmp_path / "resume.safetensors"
         out.with_name(out.name + ".ckpt").write_bytes(path.read_bytes())  # a crafted checkpoint where resume looks
         tiny = PretrainConfig(n_images=2, res=16, global_px=16, local_px=8, n_local=1, iterations=2, batch_size=2)
-        with pytest.raises(TrainingError, match="cannot be read as tensors"):
+        with pytest.raises(
+            WeightsError, match=re.escape(f"cannot read checkpoint {out.with_name(out.name + '.ckpt')}")
+        ):
             pretrain(tiny, out, progress=False, estimate=False)
 
     _assert_blocked(marker, files, load)

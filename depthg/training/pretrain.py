@@ -41,6 +41,7 @@ from depthg.device import resolve_device
 from depthg.errors import ConfigError, TrainingError
 from depthg.files import atomic_write, file_sha256, write_json
 from depthg.model.backbone import DinoBackbone
+from depthg.model.weights import read_checkpoint
 from depthg.paths import bundled_weights_path
 from depthg.runs import provenance
 from depthg.training.dino import DinoHead, DinoLoss, PatchLoss
@@ -148,7 +149,7 @@ class _Nets(torch.nn.Module):
         self.patch_loss = PatchLoss(cfg.out_dim, student_temp=cfg.student_temp, centering=cfg.centering)
 
     @property
-    def center_device(self) -> torch.device:
+    def device(self) -> torch.device:
         return self.loss.center.device
 
     def student_parameters(self) -> list[torch.nn.Parameter]:
@@ -167,7 +168,7 @@ def _optimizer(nets: _Nets) -> torch.optim.AdamW:
 
 def _step(nets: _Nets, opt, images, cfg: PretrainConfig, it: int, sched: dict, *, update: bool = True) -> float:
     """One iteration: loss of the views of ``it``, a student step and the teacher EMA (``update``)."""
-    dev = nets.center_device
+    dev = nets.device
     # the crops are drawn and cut on the CPU, so every device trains on the same views; only the nets move
     vs = [v.to(dev, non_blocking=True) for v in views(images, cfg, it)]
     B, p, temp = cfg.batch_size, nets.student.patch_size, float(sched["teacher_temp"][it])
@@ -209,7 +210,7 @@ def estimate_seconds(cfg: PretrainConfig, images: torch.Tensor, n: int = 3, devi
     t0 = time.perf_counter()
     for it in range(1, n + 1):
         _step(nets, opt, images, cfg, it % cfg.iterations, sched, update=False)
-    if nets.center_device.type == "cuda":
+    if nets.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n
 
@@ -304,15 +305,8 @@ def pretrain(
 
 
 def _load_checkpoint(ckpt: Path, params: dict | None = None) -> dict:
-    # weights-only, as every file this project reads: the checkpoint holds tensors and plain values only, so a
-    # crafted file cannot run code (issue 15); anything else is refused naming the file
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise TrainingError(
-            f"pretraining checkpoint {ckpt} cannot be read as tensors and plain values ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to start the pretraining afresh"
-        ) from err
+    # the project's safe reader, as for every file: tensors and plain values only, a crafted file cannot run code
+    state = read_checkpoint(ckpt, released=False)
     if params is not None and state["params"] != params:
         old = state["params"]
         diff = {k: (old.get(k), params.get(k)) for k in sorted(set(old) | set(params)) if old.get(k) != params.get(k)}
